@@ -1,0 +1,63 @@
+"""Scaled dot-product attention and multi-head attention (section 3.2)."""
+import math
+
+from mindspore import nn, ops
+
+
+class ScaledDotProductAttention(nn.Cell):
+    """softmax(Q K^T / sqrt(d_k) + bias) V, with dropout on the weights."""
+
+    def __init__(self, d_k: int, dropout: float):
+        super().__init__()
+        self.scale = 1.0 / math.sqrt(d_k)
+        self.qk = ops.BatchMatMul(transpose_b=True)
+        self.av = ops.BatchMatMul()
+        self.dropout = nn.Dropout(p=dropout)
+
+    def construct(self, q, k, v, bias):
+        """q [B, H, Lq, dk], k and v [B, H, Lk, dk], bias broadcastable to [B, H, Lq, Lk]."""
+        scores = self.qk(q * self.scale, k) + bias  # [B, H, Lq, Lk]
+        weights = self.dropout(ops.softmax(scores, -1))
+        return self.av(weights, v)  # [B, H, Lq, dk]
+
+
+class MultiHeadAttention(nn.Cell):
+    """Projects to n_heads subspaces, attends in each, concatenates, projects back.
+
+    `construct` is the full computation; `project_kv` and `attend` split it so that
+    decoding can keep projected keys and values in a cache.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float):
+        super().__init__()
+        self.n_heads = n_heads
+        self.d_k = d_model // n_heads
+        self.w_q = nn.Dense(d_model, d_model)
+        self.w_k = nn.Dense(d_model, d_model)
+        self.w_v = nn.Dense(d_model, d_model)
+        self.w_o = nn.Dense(d_model, d_model)
+        self.attention = ScaledDotProductAttention(self.d_k, dropout)
+
+    def split_heads(self, x):
+        """[B, L, d] -> [B, H, L, dk]."""
+        b, length, _ = x.shape
+        return x.reshape(b, length, self.n_heads, self.d_k).transpose(0, 2, 1, 3)
+
+    def merge_heads(self, x):
+        """[B, H, L, dk] -> [B, L, d]."""
+        b, _, length, _ = x.shape
+        return x.transpose(0, 2, 1, 3).reshape(b, length, self.n_heads * self.d_k)
+
+    def project_kv(self, kv_input):
+        """[B, Lk, d] -> keys and values, each [B, H, Lk, dk]."""
+        return self.split_heads(self.w_k(kv_input)), self.split_heads(self.w_v(kv_input))
+
+    def attend(self, query_input, k, v, bias):
+        """query_input [B, Lq, d] against projected k, v -> [B, Lq, d]."""
+        q = self.split_heads(self.w_q(query_input))
+        return self.w_o(self.merge_heads(self.attention(q, k, v, bias)))
+
+    def construct(self, query_input, kv_input, bias):
+        """query_input [B, Lq, d], kv_input [B, Lk, d], bias [B|1, 1, Lq|1, Lk] -> [B, Lq, d]."""
+        k, v = self.project_kv(kv_input)
+        return self.attend(query_input, k, v, bias)

@@ -1,0 +1,39 @@
+"""Model hyper-parameters: one typed dataclass, validated by the trainer's config loader."""
+from dataclasses import dataclass
+
+
+@dataclass
+class ModelConfig:
+    """Sizes and switches of the encoder-decoder Transformer."""
+
+    encoder_layers: int = 3
+    decoder_layers: int = 3
+    d_model: int = 256
+    n_heads: int = 4
+    d_ff: int = 1024
+    dropout: float = 0.1
+    attention_dropout: float = 0.0
+    activation_dropout: float = 0.0
+    pre_norm: bool = False  # False: post-LN as in the paper and the course
+    share_embeddings: bool = True  # one table for source, target and output (joint vocab only)
+    max_positions: int = 256  # rows of the sinusoidal table; longer inputs are an error
+    layer_norm_eps: float = 1e-5
+
+    def validate(self) -> None:
+        """Raise ValueError naming the field when a size is impossible."""
+        for name in ("encoder_layers", "decoder_layers", "d_model", "n_heads", "d_ff", "max_positions"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+        if self.d_model % self.n_heads:
+            raise ValueError(
+                f"model.d_model ({self.d_model}) must be divisible by model.n_heads ({self.n_heads}); "
+                f"try n_heads={_divisor_near(self.d_model, self.n_heads)}")
+        if self.d_model % 2:
+            raise ValueError(f"model.d_model must be even for sinusoidal positions, got {self.d_model}")
+        for name in ("dropout", "attention_dropout", "activation_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"model.{name} must be in [0, 1), got {getattr(self, name)}")
+
+
+def _divisor_near(n: int, k: int) -> int:
+    return min((d for d in range(1, n + 1) if n % d == 0), key=lambda d: abs(d - k))

@@ -1,0 +1,65 @@
+"""Encoder and decoder layers (section 3.1)."""
+from mindspore import nn
+
+from model.attention import MultiHeadAttention
+from model.config import ModelConfig
+from model.feedforward import FeedForward
+from model.residual import AddNorm
+
+
+def _add_norm(cfg: ModelConfig) -> AddNorm:
+    return AddNorm(cfg.d_model, cfg.dropout, cfg.pre_norm, cfg.layer_norm_eps)
+
+
+class EncoderLayer(nn.Cell):
+    """Self-attention then FFN, each wrapped in a residual + LayerNorm."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.self_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.attention_dropout)
+        self.ffn = FeedForward(cfg.d_model, cfg.d_ff, cfg.activation_dropout)
+        self.norm1 = _add_norm(cfg)
+        self.norm2 = _add_norm(cfg)
+
+    def construct(self, x, src_bias):
+        """x [B, Ls, d], src_bias [B, 1, 1, Ls] -> [B, Ls, d]."""
+        h = self.norm1.before(x)
+        x = self.norm1.after(x, self.self_attn(h, h, src_bias))
+        return self.norm2.after(x, self.ffn(self.norm2.before(x)))
+
+
+class DecoderLayer(nn.Cell):
+    """Masked self-attention, encoder-decoder attention, FFN; each with residual + LayerNorm."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.self_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.attention_dropout)
+        self.cross_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.attention_dropout)
+        self.ffn = FeedForward(cfg.d_model, cfg.d_ff, cfg.activation_dropout)
+        self.norm1 = _add_norm(cfg)
+        self.norm2 = _add_norm(cfg)
+        self.norm3 = _add_norm(cfg)
+
+    def construct(self, x, memory, tgt_bias, src_bias):
+        """x [B, Lt, d], memory [B, Ls, d], tgt_bias [B, 1, Lt, Lt], src_bias [B, 1, 1, Ls]."""
+        h = self.norm1.before(x)
+        x = self.norm1.after(x, self.self_attn(h, h, tgt_bias))
+        x = self.norm2.after(x, self.cross_attn(self.norm2.before(x), memory, src_bias))
+        return self.norm3.after(x, self.ffn(self.norm3.before(x)))
+
+    def step(self, x, write, self_k, self_v, self_bias, cross_k, cross_v, src_bias):
+        """One incremental decoding step.
+
+        x [B, 1, d]; write [1, 1, T, 1] (1.0 at this position, else 0.0) marks the cache slot of this position;
+        self_k/self_v [B, H, T, dk] hold earlier positions; self_bias [1, 1, 1, T] hides
+        slots not yet written; cross_k/cross_v [B, H, Ls, dk] are the projected memory.
+        Returns the output [B, 1, d] and the updated self-attention caches.
+        """
+        h = self.norm1.before(x)
+        k_new, v_new = self.self_attn.project_kv(h)  # [B, H, 1, dk]
+        # slot t is still zero, so adding write * k_new stores k_new exactly
+        self_k = self_k + write * k_new
+        self_v = self_v + write * v_new
+        x = self.norm1.after(x, self.self_attn.attend(h, self_k, self_v, self_bias))
+        x = self.norm2.after(x, self.cross_attn.attend(self.norm2.before(x), cross_k, cross_v, src_bias))
+        return self.norm3.after(x, self.ffn(self.norm3.before(x))), self_k, self_v

@@ -1,0 +1,29 @@
+"""Label-smoothed cross-entropy that ignores padding (Szegedy et al. 2016; fairseq's form)."""
+import mindspore as ms
+from mindspore import nn, ops
+
+
+class LabelSmoothedCrossEntropy(nn.Cell):
+    """Sum over non-pad targets of (1 - eps) * NLL + eps * mean over the vocabulary of -log p.
+
+    Returns (loss_sum, nll_sum, n_tokens) so callers can normalise per token across
+    batches and ranks; padding positions contribute nothing.
+    """
+
+    def __init__(self, smoothing: float, pad_id: int):
+        super().__init__()
+        if not 0.0 <= smoothing < 1.0:
+            raise ValueError(f"label smoothing must be in [0, 1), got {smoothing}")
+        self.eps = smoothing
+        self.pad_id = pad_id
+
+    def construct(self, logits, target):
+        """logits [B, L, V], target [B, L] ids."""
+        vocab = logits.shape[-1]
+        lprobs = ops.log_softmax(logits.reshape(-1, vocab).astype(ms.float32), -1)  # [N, V]
+        flat = target.reshape(-1)
+        keep = ops.not_equal(flat, self.pad_id).astype(ms.float32)  # [N]
+        nll = -ops.gather_elements(lprobs, 1, flat.reshape(-1, 1).astype(ms.int32)).reshape(-1)
+        smooth = -lprobs.mean(-1)
+        loss = (1.0 - self.eps) * nll + self.eps * smooth
+        return (loss * keep).sum(), (nll * keep).sum(), keep.sum()

@@ -1,0 +1,36 @@
+"""Sinusoidal positional encoding (Vaswani et al., section 3.5)."""
+import math
+
+import numpy as np
+import mindspore as ms
+from mindspore import nn, ops
+
+
+def sinusoid_table(max_positions: int, d_model: int) -> np.ndarray:
+    """PE[pos, 2i] = sin(pos / 10000^(2i/d)), PE[pos, 2i+1] = cos(same)."""
+    pos = np.arange(max_positions, dtype=np.float64)[:, None]  # [P, 1]
+    div = np.exp(np.arange(0, d_model, 2, dtype=np.float64) * (-math.log(10000.0) / d_model))  # [d/2]
+    table = np.zeros((max_positions, d_model), dtype=np.float64)
+    table[:, 0::2] = np.sin(pos * div)
+    table[:, 1::2] = np.cos(pos * div)
+    return table.astype(np.float32)
+
+
+class PositionalEncoding(nn.Cell):
+    """Adds the fixed sinusoid table to token embeddings, then dropout."""
+
+    def __init__(self, d_model: int, max_positions: int, dropout: float):
+        super().__init__()
+        # a constant, not a Parameter: never trained, never checkpointed
+        self.table = ms.Tensor(sinusoid_table(max_positions, d_model))
+        self.dropout = nn.Dropout(p=dropout)
+
+    def construct(self, x):
+        """x [B, L, d] -> x + PE[:L]."""
+        length = x.shape[1]
+        return self.dropout(x + self.table[:length].expand_dims(0))
+
+    def at(self, x, position):
+        """One decoding step: x [B, 1, d] at integer tensor `position` []."""
+        row = ops.gather(self.table, position.reshape(1), 0)  # [1, d]
+        return self.dropout(x + row.expand_dims(0))

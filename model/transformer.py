@@ -1,0 +1,125 @@
+"""The encoder-decoder Transformer: embeddings, stacks, output projection, decoding step."""
+import math
+
+import mindspore as ms
+from mindspore import nn, ops
+from mindspore.common.initializer import Normal
+
+from model.config import ModelConfig
+from model.layers import DecoderLayer, EncoderLayer
+from model.masks import NEG_INF, causal_mask, mask_to_bias, padding_mask
+from model.positional import PositionalEncoding
+
+
+class Transformer(nn.Cell):
+    """Encoder-decoder Transformer; `construct` returns logits for teacher forcing.
+
+    Vocabulary sizes are given separately; with `cfg.share_embeddings` they must be
+    equal (a joint vocabulary) and one table serves source, target and output.
+    """
+
+    def __init__(self, cfg: ModelConfig, src_vocab: int, tgt_vocab: int, pad_id: int):
+        super().__init__()
+        cfg.validate()
+        if cfg.share_embeddings and src_vocab != tgt_vocab:
+            raise ValueError(
+                f"model.share_embeddings needs a joint vocabulary, but source has {src_vocab} "
+                f"entries and target {tgt_vocab}; set data.joint_vocab=true or model.share_embeddings=false")
+        self.cfg = cfg
+        self.pad_id = pad_id
+        self.tgt_vocab = tgt_vocab
+        self.embed_scale = math.sqrt(cfg.d_model)
+        init = Normal(cfg.d_model ** -0.5)
+        self.src_embed = nn.Embedding(src_vocab, cfg.d_model, embedding_table=init)
+        if cfg.share_embeddings:
+            self.tgt_embed = self.src_embed
+        else:
+            self.tgt_embed = nn.Embedding(tgt_vocab, cfg.d_model, embedding_table=init)
+            self.out_proj = nn.Dense(cfg.d_model, tgt_vocab, has_bias=False)
+        self.positions = PositionalEncoding(cfg.d_model, cfg.max_positions, cfg.dropout)
+        self.encoder = nn.CellList([EncoderLayer(cfg) for _ in range(cfg.encoder_layers)])
+        self.decoder = nn.CellList([DecoderLayer(cfg) for _ in range(cfg.decoder_layers)])
+        if cfg.pre_norm:  # pre-LN stacks end with a LayerNorm of their own
+            self.encoder_norm = nn.LayerNorm((cfg.d_model,), epsilon=cfg.layer_norm_eps)
+            self.decoder_norm = nn.LayerNorm((cfg.d_model,), epsilon=cfg.layer_norm_eps)
+        self.logits_matmul = ops.MatMul(transpose_b=True)
+
+    # -- pieces -------------------------------------------------------------------
+    def encode(self, src):
+        """src [B, Ls] ids -> memory [B, Ls, d], src_bias [B, 1, 1, Ls]."""
+        src_bias = mask_to_bias(padding_mask(src, self.pad_id))
+        x = self.positions(self.src_embed(src) * self.embed_scale)
+        for layer in self.encoder:
+            x = layer(x, src_bias)
+        if self.cfg.pre_norm:
+            x = self.encoder_norm(x)
+        return x, src_bias
+
+    def project(self, x):
+        """Decoder states [B, L, d] -> logits [B, L, V]."""
+        b, length, d = x.shape
+        flat = x.reshape(b * length, d)
+        if self.cfg.share_embeddings:
+            logits = self.logits_matmul(flat, self.tgt_embed.embedding_table)
+        else:
+            logits = self.out_proj(flat)
+        return logits.reshape(b, length, self.tgt_vocab)
+
+    def decode(self, tgt_in, memory, src_bias):
+        """Teacher-forced decoder: tgt_in [B, Lt] -> logits [B, Lt, V]."""
+        length = tgt_in.shape[1]
+        tgt_bias = mask_to_bias(ops.logical_and(padding_mask(tgt_in, self.pad_id), causal_mask(length)))
+        x = self.positions(self.tgt_embed(tgt_in) * self.embed_scale)
+        for layer in self.decoder:
+            x = layer(x, memory, tgt_bias, src_bias)
+        if self.cfg.pre_norm:
+            x = self.decoder_norm(x)
+        return self.project(x)
+
+    def construct(self, src, tgt_in):
+        """src [B, Ls], tgt_in [B, Lt] -> logits [B, Lt, V]."""
+        memory, src_bias = self.encode(src)
+        return self.decode(tgt_in, memory, src_bias)
+
+    # -- incremental decoding -------------------------------------------------------
+    def start_decoding(self, src, max_len: int):
+        """Encode once and build the caches for `decode_step`.
+
+        Returns (src_bias, cross_k, cross_v, self_k, self_v); caches are stacked over
+        layers: cross [N, B, H, Ls, dk], self [N, B, H, max_len, dk] (zeros).
+        """
+        memory, src_bias = self.encode(src)
+        cross_k, cross_v = [], []
+        for layer in self.decoder:
+            k, v = layer.cross_attn.project_kv(memory)
+            cross_k.append(k)
+            cross_v.append(v)
+        cross_k = ops.stack(cross_k)
+        cross_v = ops.stack(cross_v)
+        n, b, h, _, dk = cross_k.shape
+        self_k = ops.zeros((n, b, h, max_len, dk), cross_k.dtype)
+        return src_bias, cross_k, cross_v, self_k, ops.zeros_like(self_k)
+
+    def decode_step(self, token, position, src_bias, cross_k, cross_v, self_k, self_v):
+        """Logits for the next token given the previous one.
+
+        token [B, 1] ids at integer `position` []; caches as from `start_decoding`.
+        Returns log-probabilities [B, V] and the updated self-attention caches.
+        """
+        max_len = self_k.shape[3]
+        slots = ops.arange(max_len, dtype=ms.int32).reshape(1, 1, max_len, 1)
+        write = ops.equal(slots, position).astype(self_k.dtype)  # [1, 1, T, 1]
+        visible = ops.less_equal(slots.reshape(1, 1, 1, max_len), position)
+        self_bias = ops.select(visible, ops.zeros(visible.shape, ms.float32),
+                               ops.fill(ms.float32, visible.shape, NEG_INF))
+        x = self.positions.at(self.tgt_embed(token) * self.embed_scale, position)
+        new_k, new_v = [], []
+        for i, layer in enumerate(self.decoder):
+            x, k, v = layer.step(x, write, self_k[i], self_v[i], self_bias, cross_k[i], cross_v[i], src_bias)
+            new_k.append(k)
+            new_v.append(v)
+        if self.cfg.pre_norm:
+            x = self.decoder_norm(x)
+        logits = self.project(x)[:, 0]  # [B, V]
+        return ops.log_softmax(logits, -1), ops.stack(new_k), ops.stack(new_v)
+

@@ -1,0 +1,1 @@
+"""The training job each worker runs: config, data, jitted steps, evaluation, checkpoints."""

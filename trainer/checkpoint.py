@@ -1,0 +1,49 @@
+"""Single-file MindSpore checkpoints, written atomically (temporary name, fsync, rename)."""
+import os
+from pathlib import Path
+from typing import Dict, Optional
+
+import mindspore as ms
+
+META = "meta/"  # prefix of non-parameter entries (step, epoch, ...) stored beside the weights
+
+
+def save(cell_or_params, path: Path, extra: Optional[Dict] = None) -> Path:
+    """Save parameters (and scalar `extra` metadata) to `path` without ever leaving a torn file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # save_checkpoint appends ".ckpt" to names without it, so the temporary name keeps the suffix
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    try:
+        meta = {META + k: v for k, v in (extra or {}).items()}
+        ms.save_checkpoint(cell_or_params, str(tmp), append_dict=meta or None)
+        with open(tmp, "rb+") as fh:  # save_checkpoint closes without fsync
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def load_into(cell, path: Path, strict: bool = True) -> Dict:
+    """Load a checkpoint into `cell`; return the metadata saved with it (step, epoch, ...).
+
+    Entries that are neither parameters of `cell` nor metadata (optimizer moments in a
+    checkpoint of the whole training step, say) are ignored.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    params = ms.load_checkpoint(str(path))
+    names = {p.name for p in cell.get_parameters()}
+    meta = {k[len(META):]: v for k, v in params.items() if k.startswith(META)}
+    not_loaded, _ = ms.load_param_into_net(cell, {k: v for k, v in params.items() if k in names})
+    if strict and not_loaded:
+        raise ValueError(f"{path} lacks parameters {sorted(not_loaded)[:5]}... for this model")
+    return {k: (v.asnumpy().item() if hasattr(v, "asnumpy") else v) for k, v in meta.items()}

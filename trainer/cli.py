@@ -1,0 +1,86 @@
+"""The `mindrun` command: one subcommand per job; `python -m trainer` is the same."""
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+from trainer.config import ConfigError
+from trainer.data.multi30k import DataError
+
+
+def _train(args) -> int:
+    from trainer.config import load_config
+    from trainer.train import train
+
+    cfg = load_config(args.config, args.set)
+    if args.data_dir:
+        cfg.data.dir = args.data_dir
+    summary = train(cfg)
+    print(json.dumps(summary))
+    return 0
+
+
+def _evaluate(args) -> int:
+    from trainer.evaluate import evaluate, print_scores
+
+    result = evaluate(args.checkpoint, args.split, args.beam, args.length_penalty, args.batch_size,
+                      args.data_dir, args.output)
+    print_scores(result)
+    return 0
+
+
+def _translate(args) -> int:
+    from trainer.evaluate import translate_stream
+
+    translate_stream(args.checkpoint, sys.stdin, sys.stdout, args.beam, args.length_penalty, args.batch_size)
+    return 0
+
+
+def _decoding_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", type=Path, required=True, help="<run>/checkpoints/best.ckpt or last.ckpt")
+    p.add_argument("--beam", type=int, help="beam size (1 = greedy); default from the run's config")
+    p.add_argument("--length-penalty", type=float, help="fairseq-style length penalty exponent")
+    p.add_argument("--batch-size", type=int, help="sentences per decoding batch")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full command-line surface (frozen by a test)."""
+    parser = argparse.ArgumentParser(prog="mindrun", description="Transformer training on MindSpore.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model from a recipe")
+    p.add_argument("--config", default="small", help="recipe name (small, base, tiny) or YAML path")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set optim.lr=5e-4 (repeatable)")
+    p.add_argument("--data-dir", help="directory with the Multi30k .gz files (else $MINDRUN_DATA_DIR or download)")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("evaluate", help="BLEU/chrF of a checkpoint on a Multi30k split")
+    _decoding_options(p)
+    p.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    p.add_argument("--data-dir", help="directory with the Multi30k .gz files")
+    p.add_argument("--output", type=Path, help="also write the translations here")
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("translate", help="translate source lines from stdin to stdout")
+    _decoding_options(p)
+    p.set_defaults(func=_translate)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Entry point of the `mindrun` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, DataError, FileNotFoundError) as exc:
+        print(f"mindrun {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"mindrun {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,293 @@
+"""Typed run configuration: dataclasses filled from a YAML recipe plus dotted overrides.
+
+Every key is checked at load: an unknown or misspelt key names the closest valid
+one, a wrong type names the expected type, an impossible value says how to fix it.
+"""
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import yaml
+
+from model.config import ModelConfig
+
+RECIPES_DIR = Path(__file__).parent / "recipes"
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the key and the fix."""
+
+
+@dataclass
+class DataConfig:
+    """Where Multi30k comes from, how it is tokenized and batched."""
+
+    dir: Optional[str] = None  # local directory with the .gz files; else $MINDRUN_DATA_DIR; else download
+    cache_dir: Optional[str] = None  # default: $MINDRUN_CACHE_DIR or ~/.cache/mindrun
+    src_lang: str = "de"
+    tgt_lang: str = "en"
+    tokenizer: str = "bpe"  # bpe | unigram (sentencepiece) | word (the course's preprocessing)
+    vocab_size: int = 8000  # sentencepiece only
+    joint_vocab: bool = True
+    min_freq: int = 2  # word tokenizer only
+    max_tokens: int = 4096  # token budget of a batch: rows x padded length
+    buckets: List[int] = field(default_factory=lambda: [12, 16, 20, 24, 32, 48, 64, 128])
+    train_limit: Optional[int] = None  # use only the first N training pairs (tests, smoke runs)
+    valid_limit: Optional[int] = None
+
+
+@dataclass
+class OptimConfig:
+    """Adam with warmup, gradient clipping and label smoothing."""
+
+    lr: float = 7e-4
+    schedule: str = "inverse_sqrt"  # inverse_sqrt | cosine
+    warmup_steps: int = 1000
+    min_lr: float = 1e-5  # cosine floor
+    beta1: float = 0.9
+    beta2: float = 0.98
+    eps: float = 1e-9
+    weight_decay: float = 0.0
+    clip_norm: float = 1.0  # 0 disables clipping
+    label_smoothing: float = 0.1
+
+
+@dataclass
+class TrainConfig:
+    """How long to train, when to evaluate, where to write."""
+
+    out_dir: str = "runs/{name}"
+    seed: int = 1
+    max_epochs: int = 10
+    max_steps: Optional[int] = None
+    time_budget_minutes: Optional[float] = None  # stop (after a final evaluation) when spent
+    eval_every: int = 500  # steps; also at the end of every epoch when 0
+    log_every: int = 20
+    best_metric: str = "bleu"  # bleu | loss (on the validation split only)
+    progress: bool = True  # tqdm bar
+
+
+@dataclass
+class EvalConfig:
+    """Decoding for evaluation and translation."""
+
+    beam: int = 5
+    length_penalty: float = 1.0
+    max_len_a: float = 1.2  # max output length = a * source length + b
+    max_len_b: int = 10
+    batch_size: int = 64  # sentences per decoding batch
+    train_beam: int = 1  # beam used for validation BLEU during training (1 = greedy, faster)
+
+
+@dataclass
+class RunConfig:
+    """A whole run: the recipe's name plus one section per concern."""
+
+    name: str = "run"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def validate(self) -> None:
+        """Check values that types alone cannot; raise ConfigError naming the key."""
+        try:
+            self.model.validate()
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        _choice("data.tokenizer", self.data.tokenizer, ("bpe", "unigram", "word"))
+        _choice("optim.schedule", self.optim.schedule, ("inverse_sqrt", "cosine"))
+        _choice("train.best_metric", self.train.best_metric, ("bleu", "loss"))
+        if self.data.src_lang == self.data.tgt_lang:
+            raise ConfigError("data.src_lang and data.tgt_lang must differ")
+        for lang in ("src_lang", "tgt_lang"):
+            _choice(f"data.{lang}", getattr(self.data, lang), ("de", "en"))
+        buckets = self.data.buckets
+        if not buckets or sorted(set(buckets)) != buckets or buckets[0] < 2:
+            raise ConfigError(f"data.buckets must be strictly increasing lengths >= 2, got {buckets}")
+        if buckets[-1] > self.model.max_positions:
+            raise ConfigError(
+                f"data.buckets goes up to {buckets[-1]} but model.max_positions is "
+                f"{self.model.max_positions}; raise model.max_positions or lower the last bucket")
+        if self.data.max_tokens < buckets[-1]:
+            raise ConfigError(
+                f"data.max_tokens ({self.data.max_tokens}) is smaller than the longest bucket "
+                f"({buckets[-1]}): no batch could hold one sentence; raise data.max_tokens")
+        _positive("data.vocab_size", self.data.vocab_size, minimum=100)
+        _positive("data.min_freq", self.data.min_freq)
+        for key in ("train_limit", "valid_limit"):
+            if getattr(self.data, key) is not None:
+                _positive(f"data.{key}", getattr(self.data, key))
+        _positive("optim.lr", self.optim.lr, minimum=0.0, strict=True)
+        _positive("optim.warmup_steps", self.optim.warmup_steps, minimum=0)
+        if not 0.0 <= self.optim.label_smoothing < 1.0:
+            raise ConfigError(f"optim.label_smoothing must be in [0, 1), got {self.optim.label_smoothing}")
+        for key in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self.optim, key) < 1.0:
+                raise ConfigError(f"optim.{key} must be in [0, 1), got {getattr(self.optim, key)}")
+        _positive("optim.clip_norm", self.optim.clip_norm, minimum=0.0)
+        _positive("train.max_epochs", self.train.max_epochs)
+        if self.train.max_steps is not None:
+            _positive("train.max_steps", self.train.max_steps)
+        if self.train.time_budget_minutes is not None:
+            _positive("train.time_budget_minutes", self.train.time_budget_minutes, minimum=0.0, strict=True)
+        _positive("train.eval_every", self.train.eval_every, minimum=0)
+        _positive("train.log_every", self.train.log_every)
+        _positive("eval.beam", self.eval.beam)
+        _positive("eval.train_beam", self.eval.train_beam)
+        _positive("eval.batch_size", self.eval.batch_size)
+        if self.model.share_embeddings and not self.data.joint_vocab:
+            raise ConfigError(
+                "model.share_embeddings=true needs data.joint_vocab=true (one vocabulary for both "
+                "languages); set one of them differently")
+
+    def run_dir(self) -> Path:
+        """The output directory with `{name}` filled in."""
+        return Path(self.train.out_dir.format(name=self.name))
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Plain nested dict (for YAML dumps and checkpoints)."""
+        return dataclasses.asdict(self)
+
+
+def _choice(key: str, value: str, allowed) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+def _positive(key: str, value, minimum=1, strict=False) -> None:
+    if value < minimum or (strict and value == minimum):
+        sign = ">" if strict else ">="
+        raise ConfigError(f"{key} must be {sign} {minimum}, got {value}")
+
+
+# -- building dataclasses from plain data ---------------------------------------------
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(key: str, tp, value):
+    """Check `value` against annotation `tp`; return it converted where lossless."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(key, args[0], value)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping of its fields, got {type(value).__name__}")
+        return build(tp, value, prefix=key + ".")
+    if origin in (list, List):
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {type(value).__name__} {value!r}")
+        return [_coerce(f"{key}[{i}]", item_tp, v) for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} must be an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key} must be a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key} must be a string, got {value!r}")
+    raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")
+
+
+def _unknown_key(key: str, valid) -> ConfigError:
+    name = key.rsplit(".", 1)[-1]
+    close = difflib.get_close_matches(name, list(valid), n=1)
+    prefix = key[: -len(name)]
+    hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; valid keys: {', '.join(sorted(valid))}"
+    return ConfigError(f"unknown config key '{key}'{hint}")
+
+
+def build(cls, data: Dict[str, Any], prefix: str = ""):
+    """Instantiate dataclass `cls` from a dict, checking every key and type."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in fields:
+            raise _unknown_key(prefix + str(key), fields)
+        kwargs[key] = _coerce(prefix + key, hints[key], value)
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: Dict[str, Any], dotted: str, value) -> None:
+    node = tree
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override '{dotted}': '{part}' is not a section")
+    node[parts[-1]] = value
+
+
+def parse_override(text: str):
+    """'optim.lr=5e-4' -> ('optim.lr', 0.0005); values parse as YAML scalars or lists."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {key}: cannot parse value {raw!r}: {exc}") from None
+    return key.strip(), value
+
+
+def resolve_recipe(name_or_path: str) -> Path:
+    """A recipe name ('small') from the package, or a path to a YAML file."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        return path
+    packaged = RECIPES_DIR / f"{name_or_path}.yaml"
+    if packaged.is_file():
+        return packaged
+    names = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+    close = difflib.get_close_matches(name_or_path, names, n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    raise ConfigError(f"no recipe named '{name_or_path}' (recipes: {', '.join(names)}){hint}")
+
+
+def load_config(recipe: str, overrides: Optional[List[str]] = None) -> RunConfig:
+    """Load a recipe (name or path), apply dotted overrides, validate, return the config."""
+    path = resolve_recipe(recipe)
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: a recipe must be a mapping of sections")
+    tree.setdefault("name", path.stem)
+    for text in overrides or []:
+        key, value = parse_override(text)
+        _set_dotted(tree, key, value)
+    try:
+        cfg = build(RunConfig, tree)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    cfg.validate()
+    return cfg
+
+
+def config_from_dict(tree: Dict[str, Any]) -> RunConfig:
+    """Rebuild a saved config (from a run directory) and validate it."""
+    cfg = build(RunConfig, tree)
+    cfg.validate()
+    return cfg

@@ -1,0 +1,1 @@
+"""Multi30k: fetching and verifying the files, subword tokenizers, token-budget batching."""

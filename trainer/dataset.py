@@ -1,0 +1,68 @@
+"""The prepared corpus: verified Multi30k splits, trained vocabularies, sentences as token ids."""
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Sequence, Tuple
+
+from trainer.config import DataConfig
+from trainer.data import multi30k
+from trainer.data.batching import pair_length
+from trainer.data.tokenizer import build_vocabs, cache_key, load_vocabs
+
+
+@dataclass
+class Split:
+    """One split as raw text and as ids."""
+
+    pairs: List[Tuple[str, str]]
+    src_ids: List[List[int]]
+    tgt_ids: List[List[int]]
+
+    def lengths(self) -> List[int]:
+        """Padded length each pair needs (see batching.pair_length)."""
+        return [pair_length(s, t) for s, t in zip(self.src_ids, self.tgt_ids)]
+
+
+@dataclass
+class Corpus:
+    """Splits plus the vocabularies that encoded them."""
+
+    splits: Dict[str, Split]
+    src_vocab: object
+    tgt_vocab: object
+    vocab_dir: Path
+
+    def copy_vocab_to(self, dest: Path) -> None:
+        """Put the tokenizer files into a run directory so its checkpoints stand alone."""
+        dest.mkdir(parents=True, exist_ok=True)
+        for f in self.vocab_dir.iterdir():
+            if f.is_file() and not f.name.startswith("."):
+                shutil.copy2(f, dest / f.name)
+
+
+def _encode(vocab, sentences: Sequence[str]) -> List[List[int]]:
+    if hasattr(vocab, "encode_batch"):
+        return vocab.encode_batch(sentences)
+    return [vocab.encode(s) for s in sentences]
+
+
+def prepare(cfg: DataConfig) -> Corpus:
+    """Locate/verify the data, train or load the tokenizer (train split only), encode everything."""
+    root = multi30k.locate(cfg.dir, cfg.cache_dir)
+    raw = multi30k.load_splits(root, cfg.src_lang, cfg.tgt_lang)
+    if cfg.train_limit:
+        raw["train"] = raw["train"][:cfg.train_limit]
+    if cfg.valid_limit:
+        raw["valid"] = raw["valid"][:cfg.valid_limit]
+    settings = {"kind": cfg.tokenizer, "joint": cfg.joint_vocab, "vocab_size": cfg.vocab_size,
+                "min_freq": cfg.min_freq, "src": cfg.src_lang, "tgt": cfg.tgt_lang,
+                "train_pairs": len(raw["train"])}
+    key = cache_key(multi30k.SHA256, settings)
+    vocab_dir = build_vocabs(raw["train"], cfg.tokenizer, cfg.joint_vocab, cfg.vocab_size, cfg.min_freq,
+                             multi30k.cache_root(cfg.cache_dir), key)
+    src_vocab, tgt_vocab = load_vocabs(vocab_dir)
+    splits = {}
+    for name, pairs in raw.items():
+        splits[name] = Split(pairs, _encode(src_vocab, [s for s, _ in pairs]),
+                             _encode(tgt_vocab, [t for _, t in pairs]))
+    return Corpus(splits, src_vocab, tgt_vocab, vocab_dir)

@@ -1,0 +1,44 @@
+"""A run directory holds everything needed to use its checkpoints: config, vocabulary, weights.
+
+    <run>/config.yaml          the full, validated configuration
+    <run>/vocab/               tokenizer files (copied from the cache)
+    <run>/checkpoints/best.ckpt, last.ckpt
+    <run>/metrics.jsonl, <run>/tb/   logs
+"""
+from pathlib import Path
+from typing import Tuple
+
+import yaml
+
+from model import Transformer
+from trainer import checkpoint
+from trainer.config import RunConfig, config_from_dict
+from trainer.data.tokenizer import PAD, load_vocabs
+
+
+def build_model(cfg: RunConfig, src_vocab_size: int, tgt_vocab_size: int) -> Transformer:
+    """The Transformer the config describes."""
+    return Transformer(cfg.model, src_vocab_size, tgt_vocab_size, pad_id=PAD)
+
+
+def run_dir_of(checkpoint_path: Path) -> Path:
+    """<run>/checkpoints/x.ckpt -> <run>; a clear error if the layout is not there."""
+    checkpoint_path = Path(checkpoint_path)
+    if not checkpoint_path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {checkpoint_path}")
+    run = checkpoint_path.resolve().parent.parent
+    if not (run / "config.yaml").is_file():
+        raise FileNotFoundError(
+            f"{checkpoint_path}: expected config.yaml in {run} (checkpoints live in <run>/checkpoints/)")
+    return run
+
+
+def load_for_inference(checkpoint_path: Path) -> Tuple[RunConfig, Transformer, object, object]:
+    """(config, model with weights, source vocab, target vocab) from a checkpoint file."""
+    run = run_dir_of(checkpoint_path)
+    cfg = config_from_dict(yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")))
+    src_vocab, tgt_vocab = load_vocabs(run / "vocab")
+    model = build_model(cfg, len(src_vocab), len(tgt_vocab))
+    checkpoint.load_into(model, checkpoint_path)
+    model.set_train(False)
+    return cfg, model, src_vocab, tgt_vocab
