@@ -1,0 +1,75 @@
+"""Config loading: recipes by name or path, dotted overrides, and clear errors."""
+import pytest
+
+from trainer.config import ConfigError, load_config, parse_override
+
+
+def test_recipes_load_by_name():
+    small = load_config("small")
+    assert (small.model.encoder_layers, small.model.d_model, small.model.n_heads) == (3, 256, 4)
+    base = load_config("base")
+    assert (base.model.encoder_layers, base.model.d_model, base.model.d_ff) == (6, 512, 2048)
+    assert small.name == "small"
+
+
+def test_recipe_by_path(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("model:\n  d_model: 64\n  n_heads: 2\n")
+    cfg = load_config(str(path))
+    assert cfg.model.d_model == 64 and cfg.name == "mine"
+
+
+def test_overrides_apply_and_parse_types():
+    cfg = load_config("small", ["optim.lr=5e-4", "data.buckets=[8, 16, 128]", "model.pre_norm=true"])
+    assert cfg.optim.lr == 5e-4 and cfg.data.buckets == [8, 16, 128] and cfg.model.pre_norm is True
+    assert parse_override("train.max_steps=10") == ("train.max_steps", 10)
+
+
+def test_unknown_key_names_closest():
+    with pytest.raises(ConfigError, match=r"unknown config key 'optim\.lrr'.*did you mean 'optim\.lr'"):
+        load_config("small", ["optim.lrr=1"])
+    with pytest.raises(ConfigError, match=r"unknown config key 'modle'.*'model'"):
+        load_config("small", ["modle.d_model=1"])
+
+
+def test_unknown_key_in_yaml_names_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  max_epoch: 3\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml.*train\.max_epoch.*train\.max_epochs"):
+        load_config(str(path))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.d_model=abc", "model.d_model must be an integer"),
+    ("model.pre_norm=3", "model.pre_norm must be true or false"),
+    ("optim.lr=fast", "optim.lr must be a number"),
+    ("data.buckets=7", "data.buckets must be a list"),
+])
+def test_wrong_types(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("small", [override])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.n_heads=3", r"d_model \(256\) must be divisible by model.n_heads \(3\)"),
+    ("optim.label_smoothing=1.5", "optim.label_smoothing must be in"),
+    ("data.tokenizer=chars", "data.tokenizer must be one of"),
+    ("data.buckets=[32, 16]", "strictly increasing"),
+    ("data.max_tokens=10", "data.max_tokens"),
+    ("optim.lr=0", "optim.lr must be >"),
+    ("data.joint_vocab=false", "share_embeddings"),
+    ("data.buckets=[16, 512]", "max_positions"),
+])
+def test_impossible_values(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("small", [override])
+
+
+def test_unknown_recipe_suggests():
+    with pytest.raises(ConfigError, match="did you mean 'small'"):
+        load_config("smal")
+
+
+def test_malformed_override():
+    with pytest.raises(ConfigError, match="section.key=value"):
+        load_config("small", ["optim.lr"])
