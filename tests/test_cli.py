@@ -13,7 +13,7 @@ def surface():
 
 def test_cli_surface_does_not_drift():
     assert surface() == {
-        "train": sorted(["--config", "--data-dir", "--set", "-h", "--help"]),
+        "train": sorted(["--config", "--data-dir", "--set", "--resume", "-h", "--help"]),
         "evaluate": sorted(["--checkpoint", "--beam", "--length-penalty", "--batch-size", "--split", "--data-dir",
                             "--output", "-h", "--help"]),
         "translate": sorted(["--checkpoint", "--beam", "--length-penalty", "--batch-size", "-h", "--help"]),

@@ -59,6 +59,11 @@ def test_wrong_types(override, message):
     ("optim.lr=0", "optim.lr must be >"),
     ("data.joint_vocab=false", "share_embeddings"),
     ("data.buckets=[16, 512]", "max_positions"),
+    ("optim.lr=.nan", "optim.lr must be >"),
+    ("optim.eps=0", "optim.eps must be >"),
+    ("optim.weight_decay=-1", "optim.weight_decay must be >="),
+    ("eval.max_len_a=-1", "eval.max_len_a must be >="),
+    ("eval.beam=0", "eval.beam must be >="),
 ])
 def test_impossible_values(override, message):
     with pytest.raises(ConfigError, match=message):

@@ -1,4 +1,6 @@
 """Incremental decoding with cached keys/values equals recomputing the whole decoder."""
+import itertools
+
 import numpy as np
 import mindspore as ms
 import pytest
@@ -7,14 +9,17 @@ from mindspore import ops
 from model import ModelConfig, Transformer
 from model.search import BOS_ID, EOS_ID, SequenceGenerator
 
-ms.set_context(mode=ms.PYNATIVE_MODE)
+
+@pytest.fixture(autouse=True)
+def pynative():
+    ms.set_context(mode=ms.PYNATIVE_MODE)
 
 
-def make_model(pre_norm=False, share=True, seed=0):
+def make_model(pre_norm=False, share=True, seed=0, vocab=50):
     ms.set_seed(seed)
     cfg = ModelConfig(encoder_layers=2, decoder_layers=2, d_model=32, n_heads=4, d_ff=64, dropout=0.0,
                       pre_norm=pre_norm, share_embeddings=share, max_positions=64)
-    model = Transformer(cfg, 50, 50, pad_id=0)
+    model = Transformer(cfg, vocab, vocab, pad_id=0)
     model.set_train(False)
     return model
 
@@ -51,11 +56,14 @@ def reference_greedy(model, src_row, max_len):
     return out[1:]
 
 
-def test_greedy_search_matches_full_recomputation():
+@pytest.mark.parametrize("mode", [ms.PYNATIVE_MODE, ms.GRAPH_MODE])
+def test_greedy_search_matches_full_recomputation(mode):
     model = make_model()
+    ms.set_context(mode=mode)  # training and evaluation run the search in graph mode
     rng = np.random.default_rng(3)
     src = rng.integers(4, 50, size=(4, 6)).astype(np.int32)
     got = SequenceGenerator(model, beam=1).generate(src, [8] * 4, cache_len=9)
+    ms.set_context(mode=ms.PYNATIVE_MODE)
     for i in range(4):
         assert got[i] == reference_greedy(model, src[i], 8)
 
@@ -67,13 +75,33 @@ def sequence_score(model, src_row, tokens):
     return float(sum(lp[t, tok] for t, tok in enumerate(targets)))
 
 
-def test_beam_search_finds_at_least_the_greedy_score():
-    model = make_model(seed=1)
-    rng = np.random.default_rng(4)
-    src = rng.integers(4, 50, size=(3, 5)).astype(np.int32)
-    greedy = SequenceGenerator(model, beam=1).generate(src, [6] * 3, cache_len=7)
-    beam = SequenceGenerator(model, beam=4, length_penalty=0.0).generate(src, [6] * 3, cache_len=7)
-    for i in range(3):
-        if len(greedy[i]) < 6:  # greedy ended with EOS: a complete hypothesis beam search must beat or tie
-            assert sequence_score(model, src[i], beam[i]) >= sequence_score(model, src[i], greedy[i]) - 1e-4
-        assert len(beam[i]) <= 6
+def brute_force_best(model, src_row, max_len, vocab):
+    """Best hypothesis over every output sequence, scored the way the beam search scores them:
+    sum of log-probs (EOS included when emitted) / (length + 1)."""
+    best = (-np.inf, None)
+    for n in range(max_len + 1):
+        for toks in itertools.product([t for t in range(vocab) if t != EOS_ID], repeat=n):
+            toks = list(toks)
+            prefix = np.array([[BOS_ID] + toks], np.int32)
+            lp = full_lprobs(model, src_row[None], prefix)[0]
+            total = float(sum(lp[t, tok] for t, tok in enumerate(toks)))
+            if n < max_len:  # ended by EOS; at the limit the hypothesis is cut without one
+                total += float(lp[n, EOS_ID])
+            score = total / (n + 1)
+            if score > best[0]:
+                best = (score, toks)
+    return best[1]
+
+
+@pytest.mark.parametrize("mode", [ms.PYNATIVE_MODE, ms.GRAPH_MODE])
+def test_wide_beam_search_is_exact(mode):
+    """With a beam wider than every prefix set, beam search must find the brute-force optimum."""
+    vocab, max_len = 5, 3
+    model = make_model(seed=2, vocab=vocab)
+    rng = np.random.default_rng(5)
+    src = rng.integers(4, vocab, size=(2, 4)).astype(np.int32)
+    ms.set_context(mode=mode)
+    got = SequenceGenerator(model, beam=100, length_penalty=1.0).generate(src, [max_len] * 2, cache_len=max_len + 1)
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    for i in range(2):
+        assert got[i] == brute_force_best(model, src[i], max_len, vocab)

@@ -71,3 +71,19 @@ def test_same_seed_same_loss_curve(data_dir, tmp_path):
         curves.append([r["loss"] for r in read_metrics(tmp_path / name / "metrics.jsonl", "train")])
     assert len(curves[0]) == 6
     assert curves[0] == curves[1]
+
+
+def test_resume_continues_where_the_run_stopped(data_dir, tmp_path):
+    """6 steps, stop, resume to 12 == 12 steps straight (dropout off, same data order, Adam state kept)."""
+    straight = tmp_path / "straight"
+    train(tiny(data_dir, straight, "train.max_steps=12", "train.log_every=1", "train.eval_every=100"))
+    split = tmp_path / "split"
+    train(tiny(data_dir, split, "train.max_steps=6", "train.log_every=1", "train.eval_every=100"))
+    summary = train(tiny(data_dir, split, "train.max_steps=12", "train.log_every=1", "train.eval_every=100",
+                         "train.resume=true"))
+    assert summary["steps"] == 12
+    want = [(r["step"], r["loss"]) for r in read_metrics(straight / "metrics.jsonl", "train")]
+    got = [(r["step"], r["loss"]) for r in read_metrics(split / "metrics.jsonl", "train")]
+    assert [s for s, _ in got] == list(range(1, 13))
+    for (s1, a), (s2, b) in zip(want, got):
+        assert s1 == s2 and abs(a - b) <= 1e-5 * abs(a), (s1, a, b)

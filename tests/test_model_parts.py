@@ -10,8 +10,12 @@ from model.loss import LabelSmoothedCrossEntropy
 from model.masks import causal_mask, mask_to_bias, padding_mask
 from model.positional import PositionalEncoding, sinusoid_table
 
-ms.set_context(mode=ms.PYNATIVE_MODE)
 RNG = np.random.default_rng(0)
+
+
+@pytest.fixture(autouse=True)
+def pynative():
+    ms.set_context(mode=ms.PYNATIVE_MODE)
 
 
 def softmax(x, axis=-1):

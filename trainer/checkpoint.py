@@ -17,8 +17,11 @@ def save(cell_or_params, path: Path, extra: Optional[Dict] = None) -> Path:
     try:
         meta = {META + k: v for k, v in (extra or {}).items()}
         ms.save_checkpoint(cell_or_params, str(tmp), append_dict=meta or None)
-        with open(tmp, "rb+") as fh:  # save_checkpoint closes without fsync
-            os.fsync(fh.fileno())
+        fd = os.open(tmp, os.O_RDONLY)  # save_checkpoint leaves the file mode 0400 and unsynced
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
         dir_fd = os.open(path.parent, os.O_RDONLY)
         try:
@@ -29,6 +32,16 @@ def save(cell_or_params, path: Path, extra: Optional[Dict] = None) -> Path:
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+class CheckpointError(ValueError):
+    """A checkpoint does not fit the model it is loaded into; the message names the file."""
+
+
+def read_meta(path: Path) -> Dict:
+    """The metadata saved with a checkpoint, without loading it into a model."""
+    params = ms.load_checkpoint(str(path))
+    return {k[len(META):]: v.asnumpy().item() for k, v in params.items() if k.startswith(META)}
 
 
 def load_into(cell, path: Path, strict: bool = True) -> Dict:
@@ -45,5 +58,6 @@ def load_into(cell, path: Path, strict: bool = True) -> Dict:
     meta = {k[len(META):]: v for k, v in params.items() if k.startswith(META)}
     not_loaded, _ = ms.load_param_into_net(cell, {k: v for k, v in params.items() if k in names})
     if strict and not_loaded:
-        raise ValueError(f"{path} lacks parameters {sorted(not_loaded)[:5]}... for this model")
+        raise CheckpointError(f"{path} lacks {len(not_loaded)} parameters of this model, "
+                              f"e.g. {sorted(not_loaded)[:3]}: it was saved from a different model or config")
     return {k: (v.asnumpy().item() if hasattr(v, "asnumpy") else v) for k, v in meta.items()}

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+from trainer.checkpoint import CheckpointError
 from trainer.config import ConfigError
 from trainer.data.multi30k import DataError
 
@@ -16,6 +17,8 @@ def _train(args) -> int:
     cfg = load_config(args.config, args.set)
     if args.data_dir:
         cfg.data.dir = args.data_dir
+    if args.resume:
+        cfg.train.resume = True
     summary = train(cfg)
     print(json.dumps(summary))
     return 0
@@ -54,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set optim.lr=5e-4 (repeatable)")
     p.add_argument("--data-dir", help="directory with the Multi30k .gz files (else $MINDRUN_DATA_DIR or download)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from <run>/checkpoints/last.ckpt if present (same as --set train.resume=true)")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("evaluate", help="BLEU/chrF of a checkpoint on a Multi30k split")
@@ -74,7 +79,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, DataError, FileNotFoundError) as exc:
+    except (ConfigError, DataError, CheckpointError, FileNotFoundError) as exc:
         print(f"mindrun {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -64,10 +64,11 @@ class TrainConfig:
     max_epochs: int = 10
     max_steps: Optional[int] = None
     time_budget_minutes: Optional[float] = None  # stop (after a final evaluation) when spent
-    eval_every: int = 500  # steps; also at the end of every epoch when 0
+    eval_every: int = 500  # validate every N steps (0: never mid-epoch); always at the end of an epoch
     log_every: int = 20
     best_metric: str = "bleu"  # bleu | loss (on the validation split only)
     progress: bool = True  # tqdm bar
+    resume: bool = False  # continue from <run>/checkpoints/last.ckpt when it exists
 
 
 @dataclass
@@ -137,6 +138,12 @@ class RunConfig:
             _positive("train.time_budget_minutes", self.train.time_budget_minutes, minimum=0.0, strict=True)
         _positive("train.eval_every", self.train.eval_every, minimum=0)
         _positive("train.log_every", self.train.log_every)
+        _positive("optim.eps", self.optim.eps, minimum=0.0, strict=True)
+        _positive("optim.weight_decay", self.optim.weight_decay, minimum=0.0)
+        _positive("eval.max_len_a", self.eval.max_len_a, minimum=0.0)
+        _positive("eval.max_len_b", self.eval.max_len_b, minimum=0)
+        if self.eval.max_len_a == 0 and self.eval.max_len_b == 0:
+            raise ConfigError("eval.max_len_a and eval.max_len_b are both 0: no output could be produced")
         _positive("eval.beam", self.eval.beam)
         _positive("eval.train_beam", self.eval.train_beam)
         _positive("eval.batch_size", self.eval.batch_size)
@@ -160,7 +167,7 @@ def _choice(key: str, value: str, allowed) -> None:
 
 
 def _positive(key: str, value, minimum=1, strict=False) -> None:
-    if value < minimum or (strict and value == minimum):
+    if not value >= minimum or (strict and value == minimum):  # `not >=` also catches NaN
         sign = ">" if strict else ">="
         raise ConfigError(f"{key} must be {sign} {minimum}, got {value}")
 

@@ -7,6 +7,7 @@ from typing import Dict, Optional, TextIO
 
 import mindspore as ms
 
+from trainer.config import ConfigError
 from trainer.data import multi30k
 from trainer.run_dir import load_for_inference
 from trainer.scoring import score
@@ -18,9 +19,13 @@ def _translator(checkpoint_path: Path, beam: Optional[int], length_penalty: Opti
     ms.set_context(mode=ms.GRAPH_MODE)
     cfg, model, src_vocab, tgt_vocab = load_for_inference(checkpoint_path)
     ev = cfg.eval
-    translator = Translator(model, src_vocab, tgt_vocab, cfg.data.buckets,
-                            beam or ev.beam, ev.length_penalty if length_penalty is None else length_penalty,
-                            ev.max_len_a, ev.max_len_b, batch_size or ev.batch_size)
+    beam = ev.beam if beam is None else beam
+    batch_size = ev.batch_size if batch_size is None else batch_size
+    if beam < 1 or batch_size < 1:
+        raise ConfigError(f"--beam and --batch-size must be >= 1, got {beam} and {batch_size}")
+    translator = Translator(model, src_vocab, tgt_vocab, cfg.data.buckets, beam,
+                            ev.length_penalty if length_penalty is None else length_penalty,
+                            ev.max_len_a, ev.max_len_b, batch_size)
     return cfg, translator
 
 

@@ -10,17 +10,26 @@ from tensorboardX import SummaryWriter
 class MetricsLog:
     """Writes records to <run>/metrics.jsonl and scalars to <run>/tb (rank 0 only writes).
 
-    A new run starts a new metrics.jsonl (`append=False`); a resumed one appends.
+    A new run starts a new metrics.jsonl. A run resumed at step `resume_step` keeps the
+    records up to that step and drops later ones (written after the checkpoint it
+    resumes from), in the JSON log and in TensorBoard alike.
     """
 
-    def __init__(self, run_dir: Path, enabled: bool = True, append: bool = False):
+    def __init__(self, run_dir: Path, enabled: bool = True, resume_step: Optional[int] = None):
         self.enabled = enabled
         self._jsonl = None
         self._tb: Optional[SummaryWriter] = None
         if enabled:
             run_dir.mkdir(parents=True, exist_ok=True)
-            self._jsonl = open(run_dir / "metrics.jsonl", "a" if append else "w", encoding="utf-8")
-            self._tb = SummaryWriter(str(run_dir / "tb"))
+            path = run_dir / "metrics.jsonl"
+            kept = []
+            if resume_step is not None and path.is_file():
+                kept = [r for r in read_metrics(path) if r["step"] <= resume_step]
+            self._jsonl = open(path, "w", encoding="utf-8")
+            for record in kept:
+                self._jsonl.write(json.dumps(record) + "\n")
+            purge = resume_step + 1 if resume_step is not None else None
+            self._tb = SummaryWriter(str(run_dir / "tb"), purge_step=purge)
 
     def write(self, kind: str, step: int, values: Dict[str, object]) -> None:
         """One record: `kind` ('train', 'valid', 'test') at optimiser step `step`."""

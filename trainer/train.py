@@ -39,26 +39,42 @@ class LossSums(nn.Cell):
 
 
 def prefetch(items: Iterable, depth: int = 4) -> Iterator:
-    """Produce `items` in a background thread, `depth` ahead of the consumer."""
+    """Produce `items` in a background thread, `depth` ahead of the consumer.
+
+    The producer stops when the consumer stops early (break, exception, close()).
+    """
     q: "queue.Queue" = queue.Queue(maxsize=depth)
-    done = object()
+    done, stopped = object(), threading.Event()
+
+    def put(item) -> bool:
+        while not stopped.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     def work():
         try:
             for item in items:
-                q.put(item)
+                if not put(item):
+                    return
         except BaseException as exc:  # surface producer errors in the consumer
-            q.put(exc)
-        q.put(done)
+            put(exc)
+        put(done)
 
     threading.Thread(target=work, daemon=True).start()
-    while True:
-        item = q.get()
-        if item is done:
-            return
-        if isinstance(item, BaseException):
-            raise item
-        yield item
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stopped.set()
 
 
 def seed_everything(seed: int) -> None:
@@ -97,8 +113,151 @@ class Validator:
                 "bleu": scores["bleu"], "bleu_lowercase": scores["bleu_lowercase"], "chrf": scores["chrf"]}
 
 
+class Trainer:
+    """Owns the model, the jitted step and the bookkeeping of one training run."""
+
+    def __init__(self, cfg: RunConfig, corpus: Corpus):
+        self.cfg, self.corpus = cfg, corpus
+        self.run_dir = cfg.run_dir()
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.train_split = corpus.splits["train"]
+        self.model = build_model(cfg, len(corpus.src_vocab), len(corpus.tgt_vocab))
+        opt = cfg.optim
+        self.optimizer = nn.Adam(self.model.trainable_params(), learning_rate=ms.Tensor(0.0, ms.float32),
+                                 beta1=opt.beta1, beta2=opt.beta2, eps=opt.eps, weight_decay=opt.weight_decay)
+        self.step_fn = TrainStep(self.model, LabelSmoothedCrossEntropy(opt.label_smoothing, PAD), self.optimizer,
+                                 opt.clip_norm)
+        self.step_fn.set_train(True)
+        self.validator = Validator(cfg, self.model, corpus)
+        self.batcher = TokenBatcher(self.train_split.lengths(), cfg.data.buckets, cfg.data.max_tokens,
+                                    cfg.train.seed)
+        self.total_steps = cfg.train.max_steps or len(self.batcher) * cfg.train.max_epochs
+        self.step, self.epoch, self.batch_index = 0, 0, 0
+        self.best_value: Optional[float] = None
+        self.best: Dict[str, float] = {}
+        self.log: Optional[MetricsLog] = None
+
+    def resume(self) -> bool:
+        """Load last.ckpt (weights, Adam state, position) if present; return whether it was."""
+        last = self.ckpt_dir / "last.ckpt"
+        if not last.is_file():
+            return False
+        meta = checkpoint.load_into(self.step_fn, last)
+        self.step, self.epoch, self.batch_index = int(meta["step"]), int(meta["epoch"]), int(meta["batch_index"])
+        best = self.ckpt_dir / "best.ckpt"
+        if best.is_file():  # best.ckpt's own metadata, in case a crash fell between the two saves
+            best_meta = checkpoint.read_meta(best)
+            self.best_value, self.best = best_meta["best_value"], {"step": int(best_meta["best_step"])}
+        tqdm.write(f"resuming {self.run_dir} at step {self.step} (epoch {self.epoch}, batch {self.batch_index})")
+        return True
+
+    def _improves(self, value: float) -> bool:
+        if self.best_value is None:
+            return True
+        return value > self.best_value if self.cfg.train.best_metric == "bleu" else value < self.best_value
+
+    def validate_and_save(self, epoch: int, batch_index: int) -> None:
+        """Validate, then write best.ckpt (if better) and last.ckpt with the resume position.
+
+        (epoch, batch_index) is where training continues: the next batch to run.
+        """
+        t0 = time.time()
+        val = self.validator.run()
+        val["seconds"] = round(time.time() - t0, 2)
+        self.log.write("valid", self.step, {"epoch": round(self.step / len(self.batcher), 2), **val})
+        value = val[self.cfg.train.best_metric]
+        improved = self._improves(value)
+        if improved:
+            self.best_value, self.best = value, {"step": self.step, **val}
+        meta = {"step": self.step, "epoch": epoch, "batch_index": batch_index,
+                "best_value": float(self.best_value), "best_step": self.best["step"]}
+        if improved:
+            checkpoint.save(self.model, self.ckpt_dir / "best.ckpt", meta)
+        checkpoint.save(self.step_fn, self.ckpt_dir / "last.ckpt", meta)
+        tqdm.write(f"step {self.step} epoch {epoch}: valid loss {val['loss']:.3f} ppl {val['ppl']:.2f} "
+                   f"BLEU {val['bleu']:.2f} (best {self.cfg.train.best_metric} {self.best_value:.3f} "
+                   f"at step {self.best['step']})")
+
+    def train_step(self, src, tin, tout):
+        """One optimiser step; returns (loss_sum, nll_sum, target tokens, grad-norm tensor, learning rate)."""
+        self.step += 1
+        opt = self.cfg.optim
+        rate = learning_rate(self.step, opt.lr, opt.warmup_steps, opt.schedule, self.total_steps, opt.min_lr)
+        self.optimizer.learning_rate.set_data(ms.Tensor(rate, ms.float32))  # a Parameter inside the graph
+        loss_sum, nll_sum, n_tgt, gnorm = self.step_fn(ms.Tensor(src), ms.Tensor(tin), ms.Tensor(tout))
+        return float(loss_sum.asnumpy()), float(nll_sum.asnumpy()), float(n_tgt.asnumpy()), gnorm, rate
+
+    def run(self) -> Dict[str, object]:
+        """Train until max_epochs, max_steps or the time budget; return the summary."""
+        cfg = self.cfg
+        resumed = cfg.train.resume and self.resume()
+        self.log = MetricsLog(self.run_dir, resume_step=self.step if resumed else None)
+        start = time.time()
+        budget = cfg.train.time_budget_minutes * 60 if cfg.train.time_budget_minutes else None
+        max_steps = cfg.train.max_steps
+        stop = max_steps is not None and self.step >= max_steps  # a finished run, resumed
+        window = _Window()
+        per_epoch = len(self.batcher)
+        for epoch in range(self.epoch, cfg.train.max_epochs):
+            if stop:
+                break
+            first = self.batch_index if epoch == self.epoch else 0
+            batches = prefetch(collate(b, self.train_split.src_ids, self.train_split.tgt_ids)
+                               for b in self.batcher.iterate(epoch, first))
+            bar = tqdm(batches, total=per_epoch, initial=first, desc=f"epoch {epoch}",
+                       disable=not cfg.train.progress, dynamic_ncols=True, leave=False)
+            for i, (src, tin, tout) in enumerate(bar, start=first):
+                loss_sum, nll_sum, n_tgt, gnorm, rate = self.train_step(src, tin, tout)
+                window.add(int((src != PAD).sum()) + int(n_tgt), loss_sum, nll_sum, n_tgt)
+                if self.step % cfg.train.log_every == 0:
+                    record = {"epoch": epoch, **window.flush(), "lr": rate, "grad_norm": float(gnorm.asnumpy()),
+                              "elapsed_s": round(time.time() - start, 1)}
+                    self.log.write("train", self.step, record)
+                    bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
+                out_of_time = budget is not None and time.time() - start >= budget
+                stop = out_of_time or (max_steps is not None and self.step >= max_steps)
+                if (cfg.train.eval_every and self.step % cfg.train.eval_every == 0) or stop:
+                    self.validate_and_save(epoch, i + 1)
+                    window.restart_clock()  # validation time is not training throughput
+                if stop:
+                    break
+            bar.close()
+            if not stop and (not cfg.train.eval_every or self.step % cfg.train.eval_every):
+                self.validate_and_save(epoch + 1, 0)
+        self.log.close()
+        summary = {"steps": self.step, "epochs": round(self.step / max(per_epoch, 1), 2),
+                   "train_seconds": round(time.time() - start, 1), "best": self.best, "run_dir": str(self.run_dir),
+                   "best_checkpoint": str(self.ckpt_dir / "best.ckpt"),
+                   "last_checkpoint": str(self.ckpt_dir / "last.ckpt")}
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+        return summary
+
+
+class _Window:
+    """Running sums between two log lines: tokens/s and per-token losses."""
+
+    def __init__(self):
+        self.tokens, self.loss, self.nll, self.targets = 0, 0.0, 0.0, 0.0
+        self.t0 = time.time()
+
+    def add(self, tokens: int, loss_sum: float, nll_sum: float, targets: float) -> None:
+        self.tokens += tokens
+        self.loss += loss_sum
+        self.nll += nll_sum
+        self.targets += targets
+
+    def restart_clock(self) -> None:
+        self.t0 = time.time()
+
+    def flush(self) -> Dict[str, float]:
+        n = max(self.targets, 1.0)
+        out = {"loss": self.loss / n, "nll": self.nll / n, "tokens_per_s": self.tokens / (time.time() - self.t0)}
+        self.__init__()
+        return out
+
+
 def train(cfg: RunConfig, corpus: Optional[Corpus] = None) -> Dict[str, object]:
-    """Train per `cfg`; return a summary (best validation score, steps, paths)."""
+    """Train per `cfg` (resuming from last.ckpt when cfg.train.resume); return a summary."""
     ms.set_context(mode=ms.GRAPH_MODE)
     seed_everything(cfg.train.seed)
     run_dir = cfg.run_dir()
@@ -106,82 +265,4 @@ def train(cfg: RunConfig, corpus: Optional[Corpus] = None) -> Dict[str, object]:
     corpus = corpus or prepare(cfg.data)
     corpus.copy_vocab_to(run_dir / "vocab")
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
-
-    train_split = corpus.splits["train"]
-    model = build_model(cfg, len(corpus.src_vocab), len(corpus.tgt_vocab))
-    optimizer = nn.Adam(model.trainable_params(), learning_rate=ms.Tensor(0.0, ms.float32), beta1=cfg.optim.beta1,
-                        beta2=cfg.optim.beta2, eps=cfg.optim.eps, weight_decay=cfg.optim.weight_decay)
-    step_fn = TrainStep(model, LabelSmoothedCrossEntropy(cfg.optim.label_smoothing, PAD), optimizer,
-                        cfg.optim.clip_norm)
-    step_fn.set_train(True)
-    validator = Validator(cfg, model, corpus)
-    batcher = TokenBatcher(train_split.lengths(), cfg.data.buckets, cfg.data.max_tokens, cfg.train.seed)
-    per_epoch = len(batcher)
-    total_steps = cfg.train.max_steps or per_epoch * cfg.train.max_epochs
-    log = MetricsLog(run_dir)
-    ckpt_dir = run_dir / "checkpoints"
-    better = (lambda new, old: new > old) if cfg.train.best_metric == "bleu" else (lambda new, old: new < old)
-    best_value: Optional[float] = None
-    best: Dict[str, float] = {}
-    step, start = 0, time.time()
-    budget = cfg.train.time_budget_minutes * 60 if cfg.train.time_budget_minutes else None
-
-    def validate_and_save(epoch: int, batch_index: int) -> None:
-        nonlocal best_value, best
-        t0 = time.time()
-        val = validator.run()
-        val["seconds"] = round(time.time() - t0, 2)
-        log.write("valid", step, {"epoch": epoch, **val})
-        meta = {"step": step, "epoch": epoch, "batch_index": batch_index}
-        checkpoint.save(step_fn, ckpt_dir / "last.ckpt", meta)
-        value = val[cfg.train.best_metric]
-        if best_value is None or better(value, best_value):
-            best_value, best = value, {"step": step, **val}
-            checkpoint.save(model, ckpt_dir / "best.ckpt", meta)
-        tqdm.write(f"step {step} epoch {epoch}: valid loss {val['loss']:.3f} ppl {val['ppl']:.2f} "
-                   f"BLEU {val['bleu']:.2f} (best {cfg.train.best_metric} {best_value:.3f} at step {best['step']})")
-
-    stop = False
-    window = {"tokens": 0, "loss": 0.0, "nll": 0.0, "targets": 0.0, "t0": time.time()}
-    for epoch in range(cfg.train.max_epochs):
-        batches = prefetch(collate(b, train_split.src_ids, train_split.tgt_ids) for b in batcher.iterate(epoch))
-        bar = tqdm(batches, total=per_epoch, desc=f"epoch {epoch}", disable=not cfg.train.progress,
-                   dynamic_ncols=True, leave=False)
-        for i, (src, tin, tout) in enumerate(bar):
-            step += 1
-            rate = learning_rate(step, cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.schedule,
-                                 total_steps, cfg.optim.min_lr)
-            optimizer.learning_rate.set_data(ms.Tensor(rate, ms.float32))  # a Parameter inside the graph
-            loss_sum, nll_sum, n_tgt, gnorm = step_fn(ms.Tensor(src), ms.Tensor(tin), ms.Tensor(tout))
-            n_tgt = float(n_tgt.asnumpy())
-            window["tokens"] += int((src != PAD).sum()) + int(n_tgt)
-            window["loss"] += float(loss_sum.asnumpy())
-            window["nll"] += float(nll_sum.asnumpy())
-            window["targets"] += n_tgt
-            if step % cfg.train.log_every == 0:
-                elapsed = time.time() - window["t0"]
-                n = max(window["targets"], 1.0)
-                record = {"epoch": epoch, "loss": window["loss"] / n, "nll": window["nll"] / n, "lr": rate,
-                          "grad_norm": float(gnorm.asnumpy()), "tokens_per_s": window["tokens"] / elapsed,
-                          "elapsed_s": round(time.time() - start, 1)}
-                log.write("train", step, record)
-                bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
-                window = {"tokens": 0, "loss": 0.0, "nll": 0.0, "targets": 0.0, "t0": time.time()}
-            out_of_time = budget is not None and time.time() - start >= budget
-            stop = out_of_time or (cfg.train.max_steps is not None and step >= cfg.train.max_steps)
-            if (cfg.train.eval_every and step % cfg.train.eval_every == 0) or stop:
-                validate_and_save(epoch, i + 1)
-                window["t0"] = time.time()  # validation time is not training throughput
-            if stop:
-                break
-        bar.close()
-        if stop:
-            break
-        if not cfg.train.eval_every or step % cfg.train.eval_every:
-            validate_and_save(epoch + 1, 0)
-    log.close()
-    summary = {"steps": step, "epochs": round(step / max(per_epoch, 1), 2), "train_seconds": round(time.time() - start, 1),
-               "best": best, "run_dir": str(run_dir), "best_checkpoint": str(ckpt_dir / "best.ckpt"),
-               "last_checkpoint": str(ckpt_dir / "last.ckpt")}
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
-    return summary
+    return Trainer(cfg, corpus).run()
