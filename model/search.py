@@ -13,6 +13,12 @@ from mindspore import nn, ops
 BOS_ID, EOS_ID = 2, 3
 
 
+def _mutable(*caches):
+    """Per-layer cache tuples as graph inputs; without `mutable` graph mode would take a
+    tuple for a constant and compile a new graph for every call."""
+    return tuple(ms.mutable(tuple(c)) for c in caches)
+
+
 class _Start(nn.Cell):
     """Encode, build caches, repeat them for `beam` hypotheses per sentence."""
 
@@ -24,11 +30,17 @@ class _Start(nn.Cell):
         src_bias, ck, cv, sk, sv = self.model.start_decoding(src, self.max_len)
         if self.beam > 1:
             src_bias = ops.repeat_interleave(src_bias, self.beam, 0)
-            ck = ops.repeat_interleave(ck, self.beam, 1)
-            cv = ops.repeat_interleave(cv, self.beam, 1)
-            sk = ops.repeat_interleave(sk, self.beam, 1)
-            sv = ops.repeat_interleave(sv, self.beam, 1)
+            ck = self._repeat(ck)
+            cv = self._repeat(cv)
+            sk = self._repeat(sk)
+            sv = self._repeat(sv)
         return src_bias, ck, cv, sk, sv
+
+    def _repeat(self, caches):
+        out = ()
+        for c in caches:
+            out += (ops.repeat_interleave(c, self.beam, 0),)
+        return out
 
 
 class _GreedyStep(nn.Cell):
@@ -49,8 +61,11 @@ class _BeamStep(nn.Cell):
         self.model, self.beam = model, beam
 
     def construct(self, token, position, reorder, scores, src_bias, ck, cv, sk, sv):
-        sk = ops.gather(sk, reorder, 1)
-        sv = ops.gather(sv, reorder, 1)
+        new_k, new_v = (), ()
+        for i in range(len(sk)):
+            new_k += (ops.gather(sk[i], reorder, 0),)
+            new_v += (ops.gather(sv[i], reorder, 0),)
+        sk, sv = new_k, new_v
         lprobs, sk, sv = self.model.decode_step(token, position, src_bias, ck, cv, sk, sv)  # [B*k, V]
         vocab = lprobs.shape[-1]
         cand = (scores.reshape(-1, 1) + lprobs).reshape(-1, self.beam * vocab)  # [B, k*V]
@@ -89,7 +104,7 @@ class SequenceGenerator:
         out: List[List[int]] = [[] for _ in range(rows)]
         done = np.zeros(rows, bool)
         for t in range(cache_len):
-            nxt, sk, sv = self._greedy(ms.Tensor(token), ms.Tensor(t, ms.int32), src_bias, ck, cv, sk, sv)
+            nxt, sk, sv = self._greedy(ms.Tensor(token), ms.Tensor(t, ms.int32), src_bias, *_mutable(ck, cv, sk, sv))
             nxt = nxt.asnumpy()
             for i in np.flatnonzero(~done):
                 if nxt[i] == EOS_ID or len(out[i]) >= max_lens[i]:
@@ -115,7 +130,7 @@ class SequenceGenerator:
         for t in range(cache_len):
             top_s, top_i, sk, sv = self._beam_step(
                 ms.Tensor(token), ms.Tensor(t, ms.int32), ms.Tensor(reorder), ms.Tensor(scores),
-                src_bias, ck, cv, sk, sv)
+                src_bias, *_mutable(ck, cv, sk, sv))
             top_s, top_i = top_s.asnumpy(), top_i.asnumpy()
             for b in range(rows):
                 if done[b]:

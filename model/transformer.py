@@ -82,44 +82,44 @@ class Transformer(nn.Cell):
         return self.decode(tgt_in, memory, src_bias)
 
     # -- incremental decoding -------------------------------------------------------
+    # Caches are tuples with one tensor per decoder layer: slicing a stacked tensor
+    # (StridedSlice) was 75% of a decoding step on CPU.
     def start_decoding(self, src, max_len: int):
         """Encode once and build the caches for `decode_step`.
 
-        Returns (src_bias, cross_k, cross_v, self_k, self_v); caches are stacked over
-        layers: cross [N, B, H, Ls, dk], self [N, B, H, max_len, dk] (zeros).
+        Returns (src_bias, cross_k, cross_v, self_k, self_v); each cache is a tuple over
+        decoder layers of [B, H, Ls, dk] (cross) or [B, H, max_len, dk] zeros (self).
         """
         memory, src_bias = self.encode(src)
-        cross_k, cross_v = [], []
+        cross_k, cross_v, self_k, self_v = (), (), (), ()
         for layer in self.decoder:
             k, v = layer.cross_attn.project_kv(memory)
-            cross_k.append(k)
-            cross_v.append(v)
-        cross_k = ops.stack(cross_k)
-        cross_v = ops.stack(cross_v)
-        n, b, h, _, dk = cross_k.shape
-        self_k = ops.zeros((n, b, h, max_len, dk), cross_k.dtype)
-        return src_bias, cross_k, cross_v, self_k, ops.zeros_like(self_k)
+            b, h, _, dk = k.shape
+            cross_k += (k,)
+            cross_v += (v,)
+            self_k += (ops.zeros((b, h, max_len, dk), k.dtype),)
+            self_v += (ops.zeros((b, h, max_len, dk), k.dtype),)
+        return src_bias, cross_k, cross_v, self_k, self_v
 
     def decode_step(self, token, position, src_bias, cross_k, cross_v, self_k, self_v):
-        """Logits for the next token given the previous one.
+        """Log-probabilities of the next token given the previous one.
 
         token [B, 1] ids at integer `position` []; caches as from `start_decoding`.
         Returns log-probabilities [B, V] and the updated self-attention caches.
         """
-        max_len = self_k.shape[3]
+        max_len = self_k[0].shape[2]
         slots = ops.arange(max_len, dtype=ms.int32).reshape(1, 1, max_len, 1)
-        write = ops.equal(slots, position).astype(self_k.dtype)  # [1, 1, T, 1]
+        write = ops.equal(slots, position).astype(self_k[0].dtype)  # [1, 1, T, 1]
         visible = ops.less_equal(slots.reshape(1, 1, 1, max_len), position)
         self_bias = ops.select(visible, ops.zeros(visible.shape, ms.float32),
                                ops.fill(ms.float32, visible.shape, NEG_INF))
         x = self.positions.at(self.tgt_embed(token) * self.embed_scale, position)
-        new_k, new_v = [], []
+        new_k, new_v = (), ()
         for i, layer in enumerate(self.decoder):
             x, k, v = layer.step(x, write, self_k[i], self_v[i], self_bias, cross_k[i], cross_v[i], src_bias)
-            new_k.append(k)
-            new_v.append(v)
+            new_k += (k,)
+            new_v += (v,)
         if self.cfg.pre_norm:
             x = self.decoder_norm(x)
-        logits = self.project(x)[:, 0]  # [B, V]
-        return ops.log_softmax(logits, -1), ops.stack(new_k), ops.stack(new_v)
-
+        logits = self.project(x).reshape(x.shape[0], self.tgt_vocab)  # [B, V]
+        return ops.log_softmax(logits, -1), new_k, new_v

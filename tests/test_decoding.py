@@ -79,29 +79,35 @@ def brute_force_best(model, src_row, max_len, vocab):
     """Best hypothesis over every output sequence, scored the way the beam search scores them:
     sum of log-probs (EOS included when emitted) / (length + 1)."""
     best = (-np.inf, None)
+    tokens = [t for t in range(vocab) if t != EOS_ID]
     for n in range(max_len + 1):
-        for toks in itertools.product([t for t in range(vocab) if t != EOS_ID], repeat=n):
-            toks = list(toks)
-            prefix = np.array([[BOS_ID] + toks], np.int32)
-            lp = full_lprobs(model, src_row[None], prefix)[0]
-            total = float(sum(lp[t, tok] for t, tok in enumerate(toks)))
+        seqs = [list(p) for p in itertools.product(tokens, repeat=n)]
+        prefix = np.array([[BOS_ID] + q for q in seqs], np.int32)  # all sequences of length n at once
+        lp = full_lprobs(model, np.repeat(src_row[None], len(seqs), 0), prefix)
+        for row, toks in enumerate(seqs):
+            total = float(sum(lp[row, t, tok] for t, tok in enumerate(toks)))
             if n < max_len:  # ended by EOS; at the limit the hypothesis is cut without one
-                total += float(lp[n, EOS_ID])
+                total += float(lp[row, n, EOS_ID])
             score = total / (n + 1)
             if score > best[0]:
                 best = (score, toks)
     return best[1]
 
 
-@pytest.mark.parametrize("mode", [ms.PYNATIVE_MODE, ms.GRAPH_MODE])
-def test_wide_beam_search_is_exact(mode):
-    """With a beam wider than every prefix set, beam search must find the brute-force optimum."""
+@pytest.fixture(scope="module")
+def exact_case():
+    """A tiny model, two sources, and the brute-force best outputs (computed once)."""
+    ms.set_context(mode=ms.PYNATIVE_MODE)
     vocab, max_len = 5, 3
     model = make_model(seed=2, vocab=vocab)
-    rng = np.random.default_rng(5)
-    src = rng.integers(4, vocab, size=(2, 4)).astype(np.int32)
+    src = np.random.default_rng(5).integers(4, vocab, size=(2, 4)).astype(np.int32)
+    return model, src, max_len, [brute_force_best(model, src[i], max_len, vocab) for i in range(2)]
+
+
+@pytest.mark.parametrize("mode", [ms.PYNATIVE_MODE, ms.GRAPH_MODE])
+def test_wide_beam_search_is_exact(mode, exact_case):
+    """With a beam wider than every prefix set, beam search must find the brute-force optimum."""
+    model, src, max_len, want = exact_case
     ms.set_context(mode=mode)
     got = SequenceGenerator(model, beam=100, length_penalty=1.0).generate(src, [max_len] * 2, cache_len=max_len + 1)
-    ms.set_context(mode=ms.PYNATIVE_MODE)
-    for i in range(2):
-        assert got[i] == brute_force_best(model, src[i], max_len, vocab)
+    assert got == want

@@ -224,6 +224,7 @@ class Trainer:
             bar.close()
             if not stop and (not cfg.train.eval_every or self.step % cfg.train.eval_every):
                 self.validate_and_save(epoch + 1, 0)
+                window.restart_clock()
         self.log.close()
         summary = {"steps": self.step, "epochs": round(self.step / max(per_epoch, 1), 2),
                    "train_seconds": round(time.time() - start, 1), "best": self.best, "run_dir": str(self.run_dir),
