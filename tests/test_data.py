@@ -61,14 +61,16 @@ def test_non_utf8_names_file_and_line(tmp_path):
         multi30k.read_lines(tmp_path / "val.de.gz")
 
 
-def test_download_verifies_and_caches(tmp_path, data_dir):
+def test_download_verifies_and_caches(tmp_path, data_dir, monkeypatch):
+    monkeypatch.delenv("MINDRUN_DATA_DIR", raising=False)  # else the local directory wins
     cache = tmp_path / "cache"
     root = multi30k.locate(cache_dir=str(cache), url_template=data_dir.as_uri() + "/{name}")
     assert root == cache / "multi30k"
     assert sorted(p.name for p in root.iterdir()) == sorted(multi30k.SHA256)
 
 
-def test_failed_download_leaves_nothing(tmp_path, data_dir):
+def test_failed_download_leaves_nothing(tmp_path, data_dir, monkeypatch):
+    monkeypatch.delenv("MINDRUN_DATA_DIR", raising=False)
     source = tmp_path / "mirror"
     source.mkdir()
     for name in multi30k.SHA256:
