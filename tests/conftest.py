@@ -11,7 +11,7 @@ DEFAULT_DATA = REPO.parent / "shared" / "data" / "multi30k"
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """$MINDRUN_DATA_DIR or ../shared/data/multi30k; a missing directory fails the test (not skips)."""
-    path = Path(os.environ.get("MINDRUN_DATA_DIR") or DEFAULT_DATA)
+    path = Path(os.environ.get("MINDRUN_DATA_DIR") or DEFAULT_DATA).resolve()
     assert path.is_dir(), f"Multi30k not found at {path}: set MINDRUN_DATA_DIR"
     return path
 
