@@ -1,4 +1,5 @@
-"""Process launcher (msrun-style workers, rank tables, mpirun); see the launcher issue.
+"""msrun-style process launcher: scheduler + workers, HCCL rank tables, mpirun, failure handling.
 
-Not built yet: `mindrun launch` does not exist until that issue lands.
+It starts any script or module; it knows nothing about models. Entry points:
+`mindrun launch`, `mindrun ranktable`, `python -m launcher`.
 """

@@ -5,10 +5,6 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from trainer.checkpoint import CheckpointError
-from trainer.config import ConfigError
-from trainer.data.multi30k import DataError
-
 
 def _train(args) -> int:
     from trainer.config import load_config
@@ -71,12 +67,29 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("translate", help="translate source lines from stdin to stdout")
     _decoding_options(p)
     p.set_defaults(func=_translate)
+
+    # Handed to the launcher package before parsing (see main); listed here for --help.
+    sub.add_parser("launch", add_help=False, help="start workers msrun-style: mindrun launch --help")
+    sub.add_parser("ranktable", add_help=False, help="HCCL rank tables: mindrun ranktable --help")
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the `mindrun` console script."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["launch"]:
+        from launcher.cli import launch_main
+
+        return launch_main(argv[1:])
+    if argv[:1] == ["ranktable"]:
+        from launcher.cli import ranktable_main
+
+        return ranktable_main(argv[1:])
     args = build_parser().parse_args(argv)
+    from trainer.checkpoint import CheckpointError  # imports MindSpore: not needed by launch/ranktable
+    from trainer.config import ConfigError
+    from trainer.data.multi30k import DataError
+
     try:
         return args.func(args)
     except (ConfigError, DataError, CheckpointError, FileNotFoundError) as exc:

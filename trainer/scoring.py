@@ -12,7 +12,8 @@ def score(hypotheses: Sequence[str], references: Sequence[str]) -> Dict[str, obj
     bleu = sacrebleu.metrics.BLEU()
     bleu_lc = sacrebleu.metrics.BLEU(lowercase=True)
     chrf = sacrebleu.metrics.CHRF()
-    cased, lower, chrf_score = bleu.corpus_score(hyps, refs), bleu_lc.corpus_score(hyps, refs), chrf.corpus_score(hyps, refs)
+    cased, lower = bleu.corpus_score(hyps, refs), bleu_lc.corpus_score(hyps, refs)
+    chrf_score = chrf.corpus_score(hyps, refs)
     return {
         "bleu": round(cased.score, 2),
         "bleu_signature": str(bleu.get_signature()),

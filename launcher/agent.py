@@ -1,0 +1,351 @@
+"""The agent: start the scheduler and workers of this node, watch them, stop them all together.
+
+States of a worker group, as in torchrun's elastic agent:
+
+    INIT -> RUNNING -> SUCCEEDED
+                    -> FAILED -> (restart: RUNNING again, up to --max_restarts) | exit with its code
+                    -> INTERRUPTED (SIGINT/SIGTERM to the launcher) -> exit 128 + signal
+
+Every child runs in its own session (so its whole process tree can be signalled) and gets
+SIGKILL from the kernel if the launcher itself dies (PR_SET_PDEATHSIG): no orphans.
+"""
+import ctypes
+import enum
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from launcher import affinity, environment
+from launcher.spec import LaunchSpec
+
+POLL_S = 0.05
+SCHEDULER_EXIT_WAIT_S = 30.0
+LAST_LINES = 20
+REGISTERED = b"Cluster is successfully initialized"
+# MindSpore's own MS_TOPO_TIMEOUT counts from init(); the launcher's backstop also allows for
+# interpreter start-up and imports before init(), and catches workers that hang before it.
+STARTUP_ALLOWANCE_S = 20.0
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_PR_SET_PDEATHSIG = 1
+
+
+class State(enum.Enum):
+    INIT = "init"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+
+
+@dataclass
+class Child:
+    """One process of the group: a worker (key = its rank) or the scheduler (key = -1)."""
+
+    name: str
+    key: int
+    popen: subprocess.Popen
+    log: Path
+
+
+@dataclass
+class Outcome:
+    state: State
+    code: int = 0
+    child: Optional[Child] = None
+    how: str = ""
+
+
+def say(message: str) -> None:
+    """A launcher message on stderr, marked as ours."""
+    print(f"[mindrun] {message}", file=sys.stderr, flush=True)
+
+
+def exit_code(returncode: int) -> int:
+    """Popen's returncode as a shell would report it (a signal N becomes 128 + N)."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def describe(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exit code {returncode}"
+
+
+def last_lines(path: Path, count: int = LAST_LINES) -> List[str]:
+    """The last `count` lines of a log file (empty if unreadable)."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - 64 * 1024))
+            return handle.read().decode("utf-8", "replace").splitlines()[-count:]
+    except OSError:
+        return []
+
+
+class _Tail:
+    """Copies new lines of one log file to the console with a prefix."""
+
+    def __init__(self, path: Path, prefix: str, start: int):
+        self.path, self.prefix, self.offset, self.partial = path, prefix, start, b""
+
+    def pump(self, final: bool = False) -> None:
+        try:
+            with open(self.path, "rb") as handle:
+                handle.seek(self.offset)
+                data = handle.read()
+        except OSError:
+            return
+        self.offset += len(data)
+        lines = (self.partial + data).split(b"\n")
+        self.partial = lines.pop()
+        if final and self.partial:
+            lines.append(self.partial)
+            self.partial = b""
+        for line in lines:
+            sys.stdout.write(f"{self.prefix} {line.decode('utf-8', 'replace')}\n")
+        if lines:
+            sys.stdout.flush()
+
+
+class Agent:
+    """Runs one node's share of a job described by a LaunchSpec; `run()` returns the exit code."""
+
+    def __init__(self, spec: LaunchSpec, env: Optional[Dict[str, str]] = None):
+        self.spec = spec
+        self.base_env, self.cleared = environment.clean(dict(os.environ if env is None else env))
+        self.children: List[Child] = []
+        self.tails: List[_Tail] = []
+        self.signal_received: Optional[int] = None
+        self.cpus = affinity.plan(spec.local_worker_num) if spec.bind_core else None
+        self.rank_table: Optional[str] = None
+        self.table_ranks: List = []
+
+    # ---- what to start -------------------------------------------------------------------
+    def plan(self, restart: int = 0) -> List[Dict]:
+        """Each process to start: name, key, command, env, cwd, log path, cpus."""
+        spec, items = self.spec, []
+        if spec.launch_mode == "dynamic":
+            if spec.run_scheduler:
+                env = environment.scheduler_env(spec, self.base_env, restart)
+                items.append({"name": "scheduler", "key": -1, "env": env, "cwd": None,
+                              "log": spec.log_dir / "scheduler.log", "cpus": None})
+            if spec.run_workers:
+                for i in range(spec.local_worker_num):
+                    if spec.only_local is not None and i != spec.only_local:
+                        continue
+                    rank = spec.rank_of(i)
+                    key = rank if rank is not None else i
+                    items.append({"name": f"rank {key}" if rank is not None else f"local worker {i}", "key": key,
+                                  "env": environment.worker_env(spec, i, self.base_env, restart), "cwd": None,
+                                  "log": spec.log_dir / f"worker_{key}.log",
+                                  "cpus": self.cpus[i] if self.cpus else None})
+        else:
+            for i, (rank, device) in enumerate(self.table_ranks):
+                i = spec.only_local if spec.only_local is not None else i
+                items.append({"name": f"rank {rank}", "key": rank,
+                              "env": environment.ranktable_env(spec, i, rank, device, self.rank_table,
+                                                               self.base_env, restart),
+                              "cwd": spec.log_dir / f"rank_{rank}", "log": spec.log_dir / f"worker_{rank}.log",
+                              "cpus": self.cpus[i] if self.cpus else None})
+        for item in items:
+            item["command"] = list(spec.command)
+        return items
+
+    def dry_run(self) -> int:
+        """Print every process's command, directory and launcher-set environment; start nothing."""
+        for note in self.spec.notes:
+            say(note)
+        if self.cleared:
+            say(f"would clear inherited variables: {', '.join(self.cleared)}")
+        for item in self.plan():
+            added = {k: v for k, v in item["env"].items() if self.base_env.get(k) != v}
+            print(f"{item['name']}:")
+            print(f"  command: {' '.join(item['command'])}")
+            print(f"  cwd: {item['cwd'] or os.getcwd()}")
+            print(f"  log: {item['log']}")
+            if item["cpus"] is not None:
+                print(f"  cpus: {item['cpus']}")
+            for key in sorted(added):
+                print(f"  {key}={added[key]}")
+        return 0
+
+    # ---- running -------------------------------------------------------------------------
+    def _spawn(self, item: Dict, restart: int) -> Child:
+        item["log"].parent.mkdir(parents=True, exist_ok=True)
+        if item["cwd"] is not None:
+            Path(item["cwd"]).mkdir(parents=True, exist_ok=True)
+        mode = "ab" if restart else "wb"
+        with open(item["log"], mode) as log:
+            if restart:
+                log.write(f"\n---- mindrun: restart {restart} ----\n".encode())
+                log.flush()
+            start = log.tell()
+            cpus = item["cpus"]
+
+            def child_setup():  # runs in the child between fork and exec: keep it to syscalls
+                _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+                if cpus:
+                    os.sched_setaffinity(0, cpus)
+
+            popen = subprocess.Popen(item["command"], env=item["env"], cwd=item["cwd"], stdin=subprocess.DEVNULL,
+                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                     preexec_fn=child_setup)
+        child = Child(item["name"], item["key"], popen, item["log"])
+        tail = self.spec.tail_ranks
+        if item["key"] >= 0 and (tail is None or item["key"] in tail):
+            self.tails.append(_Tail(item["log"], f"[{item['name']}]", start))
+        return child
+
+    def _start(self, restart: int) -> None:
+        self.children, self.tails = [], []
+        for item in self.plan(restart):
+            self.children.append(self._spawn(item, restart))
+        names = ", ".join(f"{c.name} (pid {c.popen.pid})" for c in self.children)
+        say(f"started {names}; logs in {self.spec.log_dir}")
+
+    def _on_signal(self, signum, _frame) -> None:
+        if self.signal_received is not None:  # a second Ctrl-C: no more grace
+            self._kill_all(signal.SIGKILL)
+        self.signal_received = signum
+
+    def _kill_all(self, sig: int) -> None:
+        for child in self.children:
+            try:
+                os.killpg(child.popen.pid, sig)  # the child's whole session: its own children too
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def stop(self, grace: float) -> None:
+        """SIGTERM every process group, wait up to `grace` seconds, then SIGKILL what is left."""
+        alive = [c for c in self.children if c.popen.poll() is None]
+        if alive:
+            self._kill_all(signal.SIGTERM)
+            deadline = time.monotonic() + grace
+            while time.monotonic() < deadline and any(c.popen.poll() is None for c in alive):
+                self._pump()
+                time.sleep(POLL_S)
+        self._kill_all(signal.SIGKILL)  # also reaches grandchildren of children that already exited
+        for child in self.children:
+            child.popen.wait()
+        self._pump(final=True)
+
+    def _pump(self, final: bool = False) -> None:
+        for tail in self.tails:
+            tail.pump(final)
+
+    def _registered(self, scheduler: Child) -> bool:
+        try:
+            with open(scheduler.log, "rb") as handle:
+                return REGISTERED in handle.read()
+        except OSError:
+            return False
+
+    def _count_registered(self, scheduler: Child) -> int:
+        try:
+            return scheduler.log.read_bytes().count(b" is registered")
+        except OSError:
+            return 0
+
+    def _not_registered(self) -> str:
+        scheduler = next((c for c in self.children if c.key == -1), None)
+        count = f"only {self._count_registered(scheduler)} of" if scheduler is not None else "not all"
+        return (f"{count} {self.spec.worker_num} workers registered with the scheduler at "
+                f"{self.spec.master_addr}:{self.spec.master_port} within --cluster_time_out "
+                f"{self.spec.cluster_time_out} s. Start the other nodes' launchers with the same "
+                f"--master_addr/--master_port and --worker_num, or raise --cluster_time_out")
+
+    def monitor(self) -> Outcome:
+        """Watch the group until it succeeds, one process fails, time runs out or a signal arrives."""
+        started = time.monotonic()
+        scheduler = next((c for c in self.children if c.key == -1), None)
+        workers = [c for c in self.children if c.key >= 0]
+        registered = scheduler is None
+        next_check = 0.0
+        while True:
+            self._pump()
+            if self.signal_received is not None:
+                return Outcome(State.INTERRUPTED, 128 + self.signal_received,
+                               how=signal.Signals(self.signal_received).name)
+            for child in self.children:
+                code = child.popen.poll()
+                if code not in (None, 0):
+                    return Outcome(State.FAILED, exit_code(code), child, describe(code))
+            if workers and all(c.popen.poll() == 0 for c in workers):
+                if scheduler is not None and scheduler.popen.poll() is None:
+                    try:
+                        scheduler.popen.wait(SCHEDULER_EXIT_WAIT_S)
+                    except subprocess.TimeoutExpired:
+                        say(f"scheduler still running {SCHEDULER_EXIT_WAIT_S:.0f} s after all workers exited; "
+                            f"stopping it")
+                        return Outcome(State.SUCCEEDED)
+                    if scheduler.popen.returncode:
+                        return Outcome(State.FAILED, exit_code(scheduler.popen.returncode), scheduler,
+                                       describe(scheduler.popen.returncode))
+                return Outcome(State.SUCCEEDED)
+            if not workers and scheduler is not None and scheduler.popen.poll() == 0:
+                return Outcome(State.SUCCEEDED)
+            now = time.monotonic()
+            if not registered and now >= next_check:
+                next_check = now + 0.5
+                registered = self._registered(scheduler) or scheduler.popen.poll() is not None
+                if not registered and now - started > self.spec.cluster_time_out + STARTUP_ALLOWANCE_S:
+                    return Outcome(State.FAILED, 1, scheduler, self._not_registered())
+            time.sleep(POLL_S)
+
+    def report(self, outcome: Outcome) -> None:
+        child = outcome.child
+        if outcome.state is State.FAILED and child is not None:
+            say(f"{child.name} (pid {child.popen.pid}) failed: {outcome.how}")
+            lines = last_lines(child.log)
+            if lines:
+                say(f"last {len(lines)} lines of {child.log}:")
+                for line in lines:
+                    print(f"    {line}", file=sys.stderr)
+            if any("Topology build timed out" in line or "Failed to initialize distributed job cluster" in line
+                   for line in lines):
+                say(self._not_registered())
+        elif outcome.state is State.INTERRUPTED:
+            say(f"received {outcome.how}: stopped all processes (exit {outcome.code})")
+
+    def run(self) -> int:
+        """Start, supervise and (up to --max_restarts times) restart the group; return the exit code."""
+        if self.spec.dry_run:
+            return self.dry_run()
+        for note in self.spec.notes:
+            say(note)
+        if self.cleared:
+            say(f"cleared inherited variables: {', '.join(self.cleared)}")
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+        try:
+            restart = 0
+            while True:
+                if self.spec.run_scheduler and self.spec.launch_mode == "dynamic":
+                    from launcher.ports import check_master_port
+
+                    check_master_port(self.spec.master_addr, self.spec.master_port)
+                self._start(restart)
+                outcome = self.monitor()
+                if outcome.state is State.SUCCEEDED:
+                    self.stop(0)
+                    say("all processes exited successfully")
+                    return 0
+                self.stop(self.spec.grace_period)
+                self.report(outcome)
+                if outcome.state is State.FAILED and restart < self.spec.max_restarts:
+                    restart += 1
+                    say(f"restarting the whole group ({restart} of {self.spec.max_restarts})")
+                    continue
+                return outcome.code
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)

@@ -1,0 +1,179 @@
+"""`mindrun launch` (also `python -m launcher`) and `mindrun ranktable generate | merge | validate`.
+
+    mindrun launch --worker_num 2 --local_worker_num 2 train.py --lr 1e-3
+    mindrun launch --cluster cluster_configs/ascend_1x8.yaml -m trainer train --config base
+    mindrun launch --worker_num 16 --local_worker_num 8 --node_rank 1 --master_addr 10.0.0.1 train.py
+    mpirun -n 16 mindrun launch --mpi train.py
+
+msrun's options keep msrun's names and meanings; a bad option, cluster file or rank table
+exits with code 2 and a one-line reason, before any process starts.
+"""
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+from launcher.errors import LaunchError
+
+
+def _bool(text: str) -> bool:
+    value = str(text).strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected True or False, got {text!r}")
+
+
+def launch_parser() -> argparse.ArgumentParser:
+    """Options of `mindrun launch` (msrun's names first, then mindrun's own)."""
+    p = argparse.ArgumentParser(prog="mindrun launch", description="Start one worker process per device, "
+                                "msrun-style, and supervise them.")
+    ms = p.add_argument_group("msrun options (same names and meanings)")
+    ms.add_argument("--worker_num", type=int, help="workers in the whole job (msrun default 8)")
+    ms.add_argument("--local_worker_num", type=int, help="workers on this node (msrun default 8)")
+    ms.add_argument("--master_addr", help="scheduler address (default 127.0.0.1)")
+    ms.add_argument("--master_port", type=int, help="scheduler port (default 8118; 0 = pick a free one)")
+    ms.add_argument("--node_rank", type=int, help="this node's index; rank = node_rank x local_worker_num + i")
+    ms.add_argument("--log_dir", help="per-rank logs: scheduler.log, worker_{rank}.log (default mindrun_logs)")
+    ms.add_argument("--join", type=_bool, default=True,
+                    help="accepted for msrun scripts; mindrun always waits for and supervises its workers")
+    ms.add_argument("--cluster_time_out", type=int, help="seconds for all workers to register (default 600)")
+    ms.add_argument("--bind_core", type=_bool, help="pin each local worker to its own cores (NUMA-aware)")
+    ms.add_argument("--rank_table_file", help="HCCL rank table (exported as RANK_TABLE_FILE)")
+    ms.add_argument("--tail_worker_log", help="ranks echoed to the console, e.g. 0,1; -1 = all (default: "
+                    "this node's first rank)")
+    own = p.add_argument_group("mindrun options")
+    own.add_argument("--cluster", help="cluster description (cluster_configs/*.yaml); options above override it")
+    own.add_argument("--launch_mode", choices=["dynamic", "ranktable"],
+                     help="dynamic: scheduler + workers (CPU/GPU/Ascend); ranktable: Ascend, no scheduler")
+    own.add_argument("--max_restarts", type=int, default=0,
+                     help="restart the whole group this many times after a failure (MINDRUN_RESTART_COUNT)")
+    own.add_argument("--grace_period", type=float, help="seconds between SIGTERM and SIGKILL (default 15)")
+    own.add_argument("--mpi", action="store_true", help="running under mpirun: ranks come from mpi4py "
+                     "(detected automatically from OMPI_/PMI_ variables)")
+    own.add_argument("--dry_run", action="store_true", help="print each process's command and environment")
+    p.add_argument("-m", dest="module", help="run a Python module (like python -m)")
+    p.add_argument("script", nargs="?", help="training script (.py) or program")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the script")
+    return p
+
+
+def _cli_dict(ns: argparse.Namespace) -> dict:
+    args = list(ns.args or [])
+    script = ns.script
+    if ns.module and script is not None:  # `-m trainer train --config x`: everything after is the module's
+        args, script = [script] + args, None
+    return {"worker_num": ns.worker_num, "local_worker_num": ns.local_worker_num, "master_addr": ns.master_addr,
+            "master_port": ns.master_port, "node_rank": ns.node_rank, "log_dir": ns.log_dir,
+            "cluster_time_out": ns.cluster_time_out, "bind_core": ns.bind_core,
+            "rank_table_file": ns.rank_table_file, "launch_mode": ns.launch_mode, "cluster": ns.cluster,
+            "max_restarts": ns.max_restarts, "grace_period": ns.grace_period, "dry_run": ns.dry_run,
+            "tail_worker_log": ns.tail_worker_log, "script": script, "module": ns.module, "args": args}
+
+
+def under_mpi(env=os.environ) -> bool:
+    """True when mpirun/mpiexec started this process (Open MPI, MPICH/PMI, PMIx)."""
+    return any(k in env for k in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"))
+
+
+def launch_main(argv: Optional[List[str]] = None) -> int:
+    """Entry point of `mindrun launch`; returns the job's exit code."""
+    ns = launch_parser().parse_args(argv)
+    try:
+        cli = _cli_dict(ns)
+        if ns.mpi or under_mpi():
+            from launcher.mpi import run_under_mpi
+
+            return run_under_mpi(cli)
+        from launcher.agent import Agent, say
+        from launcher.spec import resolve
+
+        spec = resolve(cli)
+        if not ns.join:
+            say("--join False is accepted for msrun scripts; mindrun still supervises its workers")
+        agent = Agent(spec)
+        if spec.launch_mode == "ranktable":
+            from launcher import ranktable_job
+
+            agent.rank_table, agent.table_ranks = ranktable_job.prepare(spec)
+        return agent.run()
+    except LaunchError as exc:
+        print(f"mindrun launch: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def ranktable_parser() -> argparse.ArgumentParser:
+    """Options of `mindrun ranktable`."""
+    p = argparse.ArgumentParser(prog="mindrun ranktable", description="HCCL rank tables (version 1.0).")
+    sub = p.add_subparsers(dest="action", required=True)
+    g = sub.add_parser("generate", help="write a rank table for this node or for a cluster file")
+    g.add_argument("--cluster", help="cluster file: one server per node, device IPs from it or from hccn")
+    g.add_argument("--devices", default="0-7", help="this node's devices, e.g. 0-7 or 0,1,2,3 (no --cluster)")
+    g.add_argument("--server_id", help="this node's address (default: its hostname's address)")
+    g.add_argument("--device_ip_source", default="auto", choices=["auto", "hccn_tool", "hccn_conf"],
+                   help="auto: hccn_tool when on PATH, else the hccn.conf file")
+    g.add_argument("--hccn_conf", default="/etc/hccn.conf")
+    g.add_argument("-o", "--output", required=True, help="file to write (atomically, mode 0640)")
+    m = sub.add_parser("merge", help="merge per-node tables, order servers by server_id, renumber ranks")
+    m.add_argument("tables", nargs="+")
+    m.add_argument("-o", "--output", required=True)
+    v = sub.add_parser("validate", help="check a rank table; exit 2 naming the server and device at fault")
+    v.add_argument("table")
+    v.add_argument("--world_size", type=int, help="also check the table has this many devices")
+    return p
+
+
+def ranktable_main(argv: Optional[List[str]] = None) -> int:
+    """Entry point of `mindrun ranktable`."""
+    import socket
+
+    from launcher import devices, ranktable
+    from launcher.cluster import load_cluster
+    from launcher.discovery import resolve
+
+    ns = ranktable_parser().parse_args(argv)
+    try:
+        if ns.action == "generate":
+            if ns.cluster:
+                cluster = load_cluster(ns.cluster)
+                servers = []
+                for node in cluster.nodes:
+                    if node.device_ips:
+                        ips = dict(zip(node.ids(), node.device_ips))
+                    else:
+                        ips = devices.discover_device_ips(node.ids(), ns.device_ip_source, ns.hccn_conf)
+                    servers.append((node.host, [(d, ips[d]) for d in node.ids()]))
+            else:
+                ids = devices.parse_device_list(ns.devices)
+                ips = devices.discover_device_ips(ids, ns.device_ip_source, ns.hccn_conf)
+                servers = [(ns.server_id or resolve(socket.gethostname()), [(d, ips[d]) for d in ids])]
+            table = ranktable.build(servers)
+            ranktable.write(table, ns.output)
+            print(f"wrote {ns.output}: {len(table['server_list'])} server(s), {ranktable.world_size(table)} devices")
+        elif ns.action == "merge":
+            tables = [ranktable.load(t) for t in ns.tables]
+            table = ranktable.merge(tables, ns.tables)
+            ranktable.write(table, ns.output)
+            print(f"wrote {ns.output}: {len(table['server_list'])} servers, {ranktable.world_size(table)} devices")
+        else:
+            table = ranktable.load(ns.table)
+            ranktable.validate(table, ns.table, world_size=ns.world_size)
+            print(json.dumps({"file": str(Path(ns.table)), "servers": len(table["server_list"]),
+                              "devices": ranktable.world_size(table), "valid": True}))
+        return 0
+    except LaunchError as exc:
+        print(f"mindrun ranktable: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """`python -m launcher [launch options] SCRIPT` or `python -m launcher ranktable ...`."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["ranktable"]:
+        return ranktable_main(argv[1:])
+    if argv[:1] == ["launch"]:
+        argv = argv[1:]
+    return launch_main(argv)

@@ -1,0 +1,110 @@
+"""mpirun mode: `mpirun -n N mindrun launch [options] SCRIPT`; each MPI process runs one worker.
+
+Rank, size and local rank come from mpi4py. MPI rank 0 picks the scheduler's address and port
+and broadcasts them; in rank-table mode every process reports its node and NPU address, rank 0
+builds the HCCL rank table and broadcasts it, and each node writes it once.
+"""
+import socket
+from typing import Dict
+
+from launcher import devices, ranktable
+from launcher.errors import LaunchError
+
+
+def _mpi():
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        raise LaunchError("mpirun mode needs mpi4py: pip install 'mindrun[mpi]'") from None
+    return MPI
+
+
+def _shape(comm, MPI) -> Dict:
+    node_comm = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    host = socket.gethostname()
+    hosts = comm.allgather(host)
+    order = list(dict.fromkeys(hosts))  # nodes in order of their first MPI rank
+    local_sizes = {h: hosts.count(h) for h in order}
+    if len(set(local_sizes.values())) > 1:
+        raise LaunchError(f"mpirun placed different process counts on the nodes ({local_sizes}); "
+                          f"use the same count per node (e.g. mpirun --map-by ppr:8:node)")
+    return {"rank": comm.Get_rank(), "size": comm.Get_size(), "local_rank": node_comm.Get_rank(),
+            "local_size": node_comm.Get_size(), "node_rank": order.index(host), "nodes": len(order),
+            "host": host, "single_host": len(order) == 1, "node_comm": node_comm}
+
+
+def run_under_mpi(cli: Dict) -> int:
+    """Resolve this process's worker from MPI, then supervise it like the agent does."""
+    MPI = _mpi()
+    comm = MPI.COMM_WORLD
+    from launcher.agent import Agent
+    from launcher.discovery import resolve
+    from launcher.ports import free_port
+    from launcher.spec import resolve as resolve_spec
+
+    shape = _shape(comm, MPI)
+    if cli.get("max_restarts"):
+        raise LaunchError("--max_restarts is not available under mpirun: mpirun owns the processes")
+    error = None
+    endpoint = None
+    if shape["rank"] == 0:
+        try:
+            addr = cli.get("master_addr") or ("127.0.0.1" if shape["single_host"] else resolve(shape["host"]))
+            port = cli.get("master_port") or free_port(addr if shape["single_host"] else "0.0.0.0")
+            endpoint = (addr, port)
+        except LaunchError as exc:
+            error = str(exc)
+    endpoint, error = comm.bcast((endpoint, error), root=0)
+    if error:
+        raise LaunchError(error)
+    cli = dict(cli, worker_num=shape["size"], local_worker_num=shape["local_size"], node_rank=shape["node_rank"],
+               master_addr=endpoint[0], master_port=endpoint[1])
+    spec = resolve_spec(cli)
+    spec.only_local = shape["local_rank"]
+    spec.fixed_rank = shape["rank"]
+    spec.run_scheduler = spec.launch_mode == "dynamic" and shape["rank"] == 0
+    spec.tail_ranks = [0]
+    agent = Agent(spec)
+    if spec.launch_mode == "ranktable":
+        agent.rank_table, agent.table_ranks = _rank_table(comm, shape, spec)
+    return agent.run()
+
+
+def _rank_table(comm, shape: Dict, spec):
+    """Gather every process's (server, device, device IP); rank 0 builds the table; all get it."""
+    device = spec.device_ids[shape["local_rank"]]
+    mine, error = None, None
+    try:
+        server = spec.cluster.nodes[shape["node_rank"]].host if spec.cluster else (
+            "127.0.0.1" if shape["single_host"] else socket.gethostbyname(shape["host"]))
+        node = spec.cluster.nodes[shape["node_rank"]] if spec.cluster else None
+        if node is not None and node.device_ips:
+            ip = dict(zip(node.ids(), node.device_ips))[device]
+        else:
+            ip = devices.discover_device_ips([device])[device]
+        mine = (server, device, ip)
+    except LaunchError as exc:
+        error = f"MPI rank {shape['rank']}: {exc}"
+    gathered = comm.gather((mine, error), root=0)
+    table, failure = None, None
+    if shape["rank"] == 0:
+        failure = next((e for _, e in gathered if e), None)
+        if failure is None:
+            servers: Dict[str, list] = {}
+            for server, dev, ip in (m for m, _ in gathered):
+                servers.setdefault(server, []).append((dev, ip))
+            try:
+                table = ranktable.build([(s, sorted(d)) for s, d in servers.items()])
+            except LaunchError as exc:
+                failure = str(exc)
+    table, failure = comm.bcast((table, failure), root=0)
+    if failure:
+        raise LaunchError(failure)
+    path = spec.log_dir / "rank_table.json"
+    if shape["local_rank"] == 0:
+        ranktable.write(table, path)
+    shape["node_comm"].Barrier()
+    server = mine[0]
+    pairs = ranktable.server_devices(table, server)
+    rank = next(r for r, d in pairs if d == device)
+    return str(path.resolve()), [(rank, device)]

