@@ -43,6 +43,9 @@ class Transformer(nn.Cell):
             self.encoder_norm = nn.LayerNorm((cfg.d_model,), epsilon=cfg.layer_norm_eps)
             self.decoder_norm = nn.LayerNorm((cfg.d_model,), epsilon=cfg.layer_norm_eps)
         self.logits_matmul = ops.MatMul(transpose_b=True)
+        # where a parallel layout puts its collectives around the output projection (identity here)
+        self.before_logits = nn.Identity()
+        self.after_logits = nn.Identity()
 
     # -- pieces -------------------------------------------------------------------
     def encode(self, src):
@@ -58,12 +61,12 @@ class Transformer(nn.Cell):
     def project(self, x):
         """Decoder states [B, L, d] -> logits [B, L, V]."""
         b, length, d = x.shape
-        flat = x.reshape(b * length, d)
+        flat = self.before_logits(x.reshape(b * length, d))
         if self.cfg.share_embeddings:
             logits = self.logits_matmul(flat, self.tgt_embed.embedding_table)
         else:
             logits = self.out_proj(flat)
-        return logits.reshape(b, length, self.tgt_vocab)
+        return self.after_logits(logits).reshape(b, length, self.tgt_vocab)
 
     def decode(self, tgt_in, memory, src_bias):
         """Teacher-forced decoder: tgt_in [B, Lt] -> logits [B, Lt, V]."""

@@ -17,6 +17,7 @@ def test_cli_surface_does_not_drift():
         "evaluate": sorted(["--checkpoint", "--beam", "--length-penalty", "--batch-size", "--split", "--data-dir",
                             "--output", "-h", "--help"]),
         "translate": sorted(["--checkpoint", "--beam", "--length-penalty", "--batch-size", "-h", "--help"]),
+        "plan": sorted(["--config", "--set", "--world-size", "--backend", "--vocab-size", "-h", "--help"]),
         "launch": [],  # handed to launcher.cli, frozen below
         "ranktable": [],
     }

@@ -17,7 +17,8 @@ def _train(args) -> int:
         cfg.train.resume = True
     summary = train(cfg)
     print(json.dumps(summary))
-    return 0
+    signum = summary.get("interrupted_by_signal")
+    return 128 + int(signum) if signum else 0
 
 
 def _evaluate(args) -> int:
@@ -33,6 +34,26 @@ def _translate(args) -> int:
     from trainer.evaluate import translate_stream
 
     translate_stream(args.checkpoint, sys.stdin, sys.stdout, args.beam, args.length_penalty, args.batch_size)
+    return 0
+
+
+def _plan(args) -> int:
+    from model.parallel.layout import TRANSFORMER_LAYOUT, semi_auto_plan
+    from trainer.config import load_config
+    from trainer.parallel.plan import make_plan
+    from trainer.run_dir import build_model
+
+    cfg = load_config(args.config, args.set)
+    plan = make_plan(cfg, args.world_size, args.backend, vocab_size=args.vocab_size, for_execution=False)
+    print(f"plan: {plan.describe()}")
+    print("hybrid layout (model parallel, Megatron-style):")
+    for pattern, kind in TRANSFORMER_LAYOUT:
+        print(f"  {pattern:<14} {kind}")
+    vocab = args.vocab_size or cfg.data.vocab_size
+    model = build_model(cfg, vocab, vocab)
+    print(f"semi_auto shard() strategies (dp={plan.data_parallel}, mp={plan.model_parallel}):")
+    for path, op, strategy in semi_auto_plan(model, plan.data_parallel, plan.model_parallel):
+        print(f"  {path:<44} {op:<12} {strategy}")
     return 0
 
 
@@ -67,6 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("translate", help="translate source lines from stdin to stdout")
     _decoding_options(p)
     p.set_defaults(func=_translate)
+
+    p = sub.add_parser("plan", help="check a parallel layout and print every sharded operator's strategy")
+    p.add_argument("--config", default="small", help="recipe name or YAML path")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--world-size", type=int, default=1, help="workers in the job")
+    p.add_argument("--backend", default="Ascend", choices=["CPU", "GPU", "Ascend"], help="where it would run")
+    p.add_argument("--vocab-size", type=int, help="the real vocabulary size (default: data.vocab_size)")
+    p.set_defaults(func=_plan)
 
     # Handed to the launcher package before parsing (see main); listed here for --help.
     sub.add_parser("launch", add_help=False, help="start workers msrun-style: mindrun launch --help")

@@ -84,6 +84,18 @@ class EvalConfig:
 
 
 @dataclass
+class ParallelConfig:
+    """How one model is laid out over the job's workers (checked by trainer.parallel.plan)."""
+
+    mode: str = "auto"  # auto | standalone | data_parallel | hybrid | semi_auto
+    data_parallel: Optional[int] = None  # replicas, each on a share of every batch; None: world / (mp x pp)
+    model_parallel: int = 1  # tensor parallel: heads, FFN and vocabulary split Megatron-style
+    pipeline_stages: int = 1  # semi_auto only (Ascend/GPU)
+    micro_batches: int = 1  # pipeline micro-batches per step
+    optimizer_shard: bool = False  # semi_auto only: shard Adam state over data-parallel ranks
+
+
+@dataclass
 class RunConfig:
     """A whole run: the recipe's name plus one section per concern."""
 
@@ -93,6 +105,7 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
     def validate(self) -> None:
         """Check values that types alone cannot; raise ConfigError naming the key."""
@@ -147,6 +160,10 @@ class RunConfig:
         _positive("eval.beam", self.eval.beam)
         _positive("eval.train_beam", self.eval.train_beam)
         _positive("eval.batch_size", self.eval.batch_size)
+        _choice("parallel.mode", self.parallel.mode, ("auto", "standalone", "data_parallel", "hybrid", "semi_auto"))
+        for key in ("data_parallel", "model_parallel", "pipeline_stages", "micro_batches"):
+            if getattr(self.parallel, key) is not None:
+                _positive(f"parallel.{key}", getattr(self.parallel, key))
         if self.model.share_embeddings and not self.data.joint_vocab:
             raise ConfigError(
                 "model.share_embeddings=true needs data.joint_vocab=true (one vocabulary for both "

@@ -1,4 +1,13 @@
-"""The jitted training step: forward, label-smoothed loss, gradients, clipping, Adam update."""
+"""The jitted training step: forward, label-smoothed loss, gradients, clipping, Adam update.
+
+One step for every layout. Standalone it is the plain step; with a data-parallel group the
+gradients (of the loss summed over this rank's rows, divided by the target tokens of the
+whole global batch) are summed across ranks with MindSpore's DistributedGradReducer, which
+makes the update exactly the standalone update on the global batch; with a model-parallel
+group the clipping norm counts split parameters across their shards and replicated ones once.
+"""
+from typing import Dict, Optional
+
 import mindspore as ms
 from mindspore import nn, ops
 
@@ -9,19 +18,16 @@ def _scale_grad(scale, grad):
     return grad * scale
 
 
-def global_norm(grads):
-    """L2 norm over all gradient tensors."""
-    return ops.sqrt(ops.addn([ops.reduce_sum(ops.square(g.astype(ms.float32))) for g in grads]))
-
-
 class TrainStep(nn.Cell):
-    """One optimiser step on a batch; returns (loss_sum, nll_sum, n_tokens, grad_norm).
+    """One optimiser step on a batch; returns (loss_sum, nll_sum, n_tokens, grad_norm) of the global batch.
 
     The loss is normalised per target token before differentiating, so the learning
     rate does not depend on how many tokens a batch holds.
     """
 
-    def __init__(self, model: nn.Cell, criterion: nn.Cell, optimizer: nn.Optimizer, clip_norm: float):
+    def __init__(self, model: nn.Cell, criterion: nn.Cell, optimizer: nn.Optimizer, clip_norm: float,
+                 dp_group: Optional[str] = None, mp_group: Optional[str] = None, mp_size: int = 1,
+                 shard_axis: Optional[Dict[str, int]] = None):
         super().__init__(auto_prefix=False)
         self.model = model
         self.criterion = criterion
@@ -29,16 +35,36 @@ class TrainStep(nn.Cell):
         self.clip_norm = clip_norm
         self.weights = optimizer.parameters
         self.grad_fn = ops.value_and_grad(self.forward, None, self.weights, has_aux=True)
+        self.dp_sum = ops.AllReduce(ops.ReduceOp.SUM, dp_group) if dp_group else None
+        self.grad_reducer = nn.DistributedGradReducer(self.weights, mean=False, group=dp_group) if dp_group else None
+        self.mp_sum = ops.AllReduce(ops.ReduceOp.SUM, mp_group) if mp_group else None
+        split = shard_axis or {}
+        # per-parameter weight in the squared norm: split ones are summed over shards, replicated ones once
+        self.norm_weights = tuple(1.0 if p.name in split else 1.0 / mp_size for p in self.weights)
 
-    def forward(self, src, tgt_in, tgt_out):
-        """Mean loss per target token, with the sums as auxiliary outputs."""
+    def forward(self, src, tgt_in, tgt_out, denominator):
+        """Loss of this rank's rows per target token of the global batch, with the sums as auxiliaries."""
         logits = self.model(src, tgt_in)
         loss_sum, nll_sum, n_tokens = self.criterion(logits, tgt_out)
-        return loss_sum / ops.maximum(n_tokens, 1.0), loss_sum, nll_sum, n_tokens
+        return loss_sum / denominator, loss_sum, nll_sum, n_tokens
+
+    def _norm(self, grads):
+        squares = [ops.reduce_sum(ops.square(g.astype(ms.float32))) * w for g, w in zip(grads, self.norm_weights)]
+        total = ops.addn(squares)
+        if self.mp_sum is not None:
+            total = self.mp_sum(total)
+        return ops.sqrt(total)
 
     def construct(self, src, tgt_in, tgt_out):
-        (_, loss_sum, nll_sum, n_tokens), grads = self.grad_fn(src, tgt_in, tgt_out)
-        norm = global_norm(grads)
+        n_tokens = ops.not_equal(tgt_out, self.criterion.pad_id).astype(ms.float32).sum()
+        if self.dp_sum is not None:
+            n_tokens = self.dp_sum(n_tokens)
+        (_, loss_sum, nll_sum, _), grads = self.grad_fn(src, tgt_in, tgt_out, ops.maximum(n_tokens, 1.0))
+        if self.grad_reducer is not None:
+            grads = self.grad_reducer(grads)
+            loss_sum = self.dp_sum(loss_sum)
+            nll_sum = self.dp_sum(nll_sum)
+        norm = self._norm(grads)
         if self.clip_norm > 0:
             scale = ops.minimum(self.clip_norm / (norm + 1e-6), 1.0)
             grads = _hyper_map(ops.partial(_scale_grad, scale), grads)

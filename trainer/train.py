@@ -1,8 +1,10 @@
 """The training loop: batches in, jitted steps, periodic validation, best/last checkpoints, logs."""
 import json
 import math
+import os
 import queue
 import random
+import signal
 import threading
 import time
 from typing import Dict, Iterable, Iterator, Optional
@@ -14,12 +16,16 @@ from mindspore import nn
 from tqdm import tqdm
 
 from model.loss import LabelSmoothedCrossEntropy
+from model.parallel.layout import apply_hybrid
 from trainer import checkpoint
-from trainer.config import RunConfig
+from trainer.config import ConfigError, RunConfig
 from trainer.data.batching import TokenBatcher, collate
 from trainer.data.tokenizer import PAD
 from trainer.dataset import Corpus, Split, prepare
 from trainer.metrics import MetricsLog
+from trainer.parallel.context import ParallelContext, init_parallel, is_scheduler, world_size_from_env
+from trainer.parallel.data import gather_full_params, shard_rows
+from trainer.parallel.plan import make_plan
 from trainer.run_dir import build_model
 from trainer.schedule import learning_rate
 from trainer.scoring import score
@@ -114,19 +120,23 @@ class Validator:
 
 
 class Trainer:
-    """Owns the model, the jitted step and the bookkeeping of one training run."""
+    """Owns the model, the jitted step and the bookkeeping of one training run (one rank of it)."""
 
-    def __init__(self, cfg: RunConfig, corpus: Corpus):
+    def __init__(self, cfg: RunConfig, corpus: Corpus, ctx: Optional[ParallelContext] = None):
         self.cfg, self.corpus = cfg, corpus
+        self.ctx = ctx or ParallelContext(make_plan(cfg, 1, vocab_size=len(corpus.tgt_vocab)))
         self.run_dir = cfg.run_dir()
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.train_split = corpus.splits["train"]
-        self.model = build_model(cfg, len(corpus.src_vocab), len(corpus.tgt_vocab))
+        self.model = build_model(cfg, len(corpus.src_vocab), len(corpus.tgt_vocab))  # same init on every rank
+        plan = self.ctx.plan
+        self.layout = apply_hybrid(self.model, self.ctx.mp_group, self.ctx.mp_rank, plan.model_parallel)
         opt = cfg.optim
         self.optimizer = nn.Adam(self.model.trainable_params(), learning_rate=ms.Tensor(0.0, ms.float32),
                                  beta1=opt.beta1, beta2=opt.beta2, eps=opt.eps, weight_decay=opt.weight_decay)
         self.step_fn = TrainStep(self.model, LabelSmoothedCrossEntropy(opt.label_smoothing, PAD), self.optimizer,
-                                 opt.clip_norm)
+                                 opt.clip_norm, self.ctx.dp_group, self.ctx.mp_group, plan.model_parallel,
+                                 self.layout.shard_axis)
         self.step_fn.set_train(True)
         self.validator = Validator(cfg, self.model, corpus)
         self.batcher = TokenBatcher(self.train_split.lengths(), cfg.data.buckets, cfg.data.max_tokens,
@@ -136,12 +146,16 @@ class Trainer:
         self.best_value: Optional[float] = None
         self.best: Dict[str, float] = {}
         self.log: Optional[MetricsLog] = None
+        self.stop_signal: Optional[int] = None  # SIGTERM/SIGINT seen: save last.ckpt and stop
 
     def resume(self) -> bool:
         """Load last.ckpt (weights, Adam state, position) if present; return whether it was."""
         last = self.ckpt_dir / "last.ckpt"
         if not last.is_file():
             return False
+        if self.ctx.plan.model_parallel > 1:
+            raise ConfigError("train.resume with parallel.model_parallel > 1 needs sharded checkpoints, which "
+                              "are not built yet; resume with the same data_parallel and model_parallel=1")
         meta = checkpoint.load_into(self.step_fn, last)
         self.step, self.epoch, self.batch_index = int(meta["step"]), int(meta["epoch"]), int(meta["batch_index"])
         best = self.ckpt_dir / "best.ckpt"
@@ -171,12 +185,38 @@ class Trainer:
             self.best_value, self.best = value, {"step": self.step, **val}
         meta = {"step": self.step, "epoch": epoch, "batch_index": batch_index,
                 "best_value": float(self.best_value), "best_step": self.best["step"]}
-        if improved:
-            checkpoint.save(self.model, self.ckpt_dir / "best.ckpt", meta)
-        checkpoint.save(self.step_fn, self.ckpt_dir / "last.ckpt", meta)
+        self._save(improved, meta)
         tqdm.write(f"step {self.step} epoch {epoch}: valid loss {val['loss']:.3f} ppl {val['ppl']:.2f} "
                    f"BLEU {val['bleu']:.2f} (best {self.cfg.train.best_metric} {self.best_value:.3f} "
                    f"at step {self.best['step']})")
+
+    def _save(self, best: bool, meta: Dict) -> None:
+        """best.ckpt (weights) if `best`, and last.ckpt (with Adam state unless the model is split).
+
+        With model_parallel > 1 every rank takes part in gathering the shards; rank 0 writes.
+        """
+        if self.ctx.plan.model_parallel > 1:
+            full = gather_full_params(self.model, self.layout.shard_axis, self.ctx)
+            if self.ctx.is_main:
+                if best:
+                    checkpoint.save(full, self.ckpt_dir / "best.ckpt", meta)
+                checkpoint.save(full, self.ckpt_dir / "last.ckpt", meta)
+            return
+        if self.ctx.is_main:
+            if best:
+                checkpoint.save(self.model, self.ckpt_dir / "best.ckpt", meta)
+            checkpoint.save(self.step_fn, self.ckpt_dir / "last.ckpt", meta)
+
+    def save_position(self, epoch: int, batch_index: int) -> None:
+        """Write last.ckpt (weights, Adam state, position) without validating: the fast save on a signal."""
+        best = float(self.best_value) if self.best_value is not None else float("nan")
+        meta = {"step": self.step, "epoch": epoch, "batch_index": batch_index, "best_value": best,
+                "best_step": self.best.get("step", 0)}
+        self._save(False, meta)
+        tqdm.write(f"saved {self.ckpt_dir / 'last.ckpt'} at step {self.step} after signal {self.stop_signal}")
+
+    def _on_signal(self, signum, _frame) -> None:
+        self.stop_signal = signum
 
     def train_step(self, src, tin, tout):
         """One optimiser step; returns (loss_sum, nll_sum, target tokens, grad-norm tensor, learning rate)."""
@@ -184,6 +224,7 @@ class Trainer:
         opt = self.cfg.optim
         rate = learning_rate(self.step, opt.lr, opt.warmup_steps, opt.schedule, self.total_steps, opt.min_lr)
         self.optimizer.learning_rate.set_data(ms.Tensor(rate, ms.float32))  # a Parameter inside the graph
+        src, tin, tout = shard_rows((src, tin, tout), self.ctx)
         loss_sum, nll_sum, n_tgt, gnorm = self.step_fn(ms.Tensor(src), ms.Tensor(tin), ms.Tensor(tout))
         return float(loss_sum.asnumpy()), float(nll_sum.asnumpy()), float(n_tgt.asnumpy()), gnorm, rate
 
@@ -191,21 +232,22 @@ class Trainer:
         """Train until max_epochs, max_steps or the time budget; return the summary."""
         cfg = self.cfg
         resumed = cfg.train.resume and self.resume()
-        self.log = MetricsLog(self.run_dir, resume_step=self.step if resumed else None)
+        self.log = MetricsLog(self.run_dir, enabled=self.ctx.is_main, resume_step=self.step if resumed else None)
         start = time.time()
         budget = cfg.train.time_budget_minutes * 60 if cfg.train.time_budget_minutes else None
         max_steps = cfg.train.max_steps
         stop = max_steps is not None and self.step >= max_steps  # a finished run, resumed
         window = _Window()
         per_epoch = len(self.batcher)
+        handlers = _catch(self._on_signal)
         for epoch in range(self.epoch, cfg.train.max_epochs):
-            if stop:
+            if stop or self.stop_signal is not None:
                 break
             first = self.batch_index if epoch == self.epoch else 0
             batches = prefetch(collate(b, self.train_split.src_ids, self.train_split.tgt_ids)
                                for b in self.batcher.iterate(epoch, first))
             bar = tqdm(batches, total=per_epoch, initial=first, desc=f"epoch {epoch}",
-                       disable=not cfg.train.progress, dynamic_ncols=True, leave=False)
+                       disable=not (cfg.train.progress and self.ctx.is_main), dynamic_ncols=True, leave=False)
             for i, (src, tin, tout) in enumerate(bar, start=first):
                 loss_sum, nll_sum, n_tgt, gnorm, rate = self.train_step(src, tin, tout)
                 window.add(int((src != PAD).sum()) + int(n_tgt), loss_sum, nll_sum, n_tgt)
@@ -214,6 +256,9 @@ class Trainer:
                               "elapsed_s": round(time.time() - start, 1)}
                     self.log.write("train", self.step, record)
                     bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
+                if self.stop_signal is not None:  # the launcher's grace period: keep the work, then stop
+                    self.save_position(epoch, i + 1)
+                    break
                 out_of_time = budget is not None and time.time() - start >= budget
                 stop = out_of_time or (max_steps is not None and self.step >= max_steps)
                 if (cfg.train.eval_every and self.step % cfg.train.eval_every == 0) or stop:
@@ -222,15 +267,21 @@ class Trainer:
                 if stop:
                     break
             bar.close()
+            if self.stop_signal is not None:
+                break
             if not stop and (not cfg.train.eval_every or self.step % cfg.train.eval_every):
                 self.validate_and_save(epoch + 1, 0)
                 window.restart_clock()
+        if handlers is not None:
+            _catch(None, handlers)
         self.log.close()
-        summary = {"steps": self.step, "epochs": round(self.step / max(per_epoch, 1), 2),
+        summary = {"steps": self.step, "interrupted_by_signal": self.stop_signal,
+                   "epochs": round(self.step / max(per_epoch, 1), 2),
                    "train_seconds": round(time.time() - start, 1), "best": self.best, "run_dir": str(self.run_dir),
                    "best_checkpoint": str(self.ckpt_dir / "best.ckpt"),
                    "last_checkpoint": str(self.ckpt_dir / "last.ckpt")}
-        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+        if self.ctx.is_main:
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
         return summary
 
 
@@ -257,13 +308,45 @@ class _Window:
         return out
 
 
+def _catch(handler, previous=None):
+    """Route SIGTERM/SIGINT to `handler` (or restore `previous`); a no-op outside the main thread."""
+    signals = (signal.SIGTERM, signal.SIGINT)
+    try:
+        if previous is not None:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+            return None
+        return {sig: signal.signal(sig, handler) for sig in signals}
+    except ValueError:  # not the main thread: signals stay with whoever owns them
+        return None
+
+
 def train(cfg: RunConfig, corpus: Optional[Corpus] = None) -> Dict[str, object]:
-    """Train per `cfg` (resuming from last.ckpt when cfg.train.resume); return a summary."""
+    """Train per `cfg` (resuming from last.ckpt when cfg.train.resume); return a summary.
+
+    Under `mindrun launch --max_restarts N` a restarted worker (MINDRUN_RESTART_COUNT > 0)
+    resumes from last.ckpt by itself; SIGTERM saves last.ckpt at the next step and stops.
+    """
+    if int(os.environ.get("MINDRUN_RESTART_COUNT", "0") or 0) > 0:
+        cfg.train.resume = True
     ms.set_context(mode=ms.GRAPH_MODE)
+    if is_scheduler():  # msrun-style launchers run the script in the scheduler process too
+        from mindspore.communication import init
+
+        init()
+        return {"role": "scheduler"}
+    world = world_size_from_env()
+    backend = ms.get_context("device_target")
+    plan = make_plan(cfg, world, backend)  # layout errors before anything compiles
+    ctx = init_parallel(plan)
     seed_everything(cfg.train.seed)
     run_dir = cfg.run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
     corpus = corpus or prepare(cfg.data)
-    corpus.copy_vocab_to(run_dir / "vocab")
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
-    return Trainer(cfg, corpus).run()
+    plan = make_plan(cfg, world, backend, vocab_size=len(corpus.tgt_vocab))
+    if ctx.is_main:
+        corpus.copy_vocab_to(run_dir / "vocab")
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+        if world > 1:
+            tqdm.write(f"parallel plan: {plan.describe()}")
+    return Trainer(cfg, corpus, ctx).run()

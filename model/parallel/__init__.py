@@ -1,0 +1,1 @@
+"""Parallel layouts for the one model definition: collectives, parallel layers, layout tables."""

@@ -1,0 +1,85 @@
+"""Parallel training on CPU with real processes from our launcher: the same losses and weights as standalone.
+
+Tiny model, dropout off, one bucket shape, 6 steps; each job is compared with one standalone run.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
+
+STEPS = 6
+BIN = Path(sys.executable).parent
+
+
+def settings(data_dir, out):
+    return ["--config", "tiny", "--data-dir", str(data_dir), "--set", f"train.out_dir={out}",
+            "--set", f"train.max_steps={STEPS}", "--set", "train.log_every=1", "--set", "data.buckets=[64]",
+            "--set", "model.dropout=0.0", "--set", "eval.max_len_b=2"]
+
+
+def losses(out):
+    records = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in records if r["kind"] == "train"]
+
+
+def weights(out):
+    import mindspore as ms
+
+    params = ms.load_checkpoint(str(Path(out) / "checkpoints" / "last.ckpt"))
+    return {k: v.asnumpy() for k, v in params.items() if not k.startswith(("meta/", "moment", "beta", "global_step",
+                                                                          "learning_rate"))}
+
+
+@pytest.fixture(scope="module")
+def standalone(data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("standalone")
+    proc = subprocess.run([sys.executable, "-m", "trainer", "train", *settings(data_dir, out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(losses(out)) == STEPS
+    return out
+
+
+def launched(data_dir, out, workers, *sets):
+    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
+    args = [sys.executable, "-m", "launcher", "--worker_num", str(workers), "--local_worker_num", str(workers),
+            "--master_port", "0", "--log_dir", str(out / "logs"), "-m", "trainer", "train",
+            *settings(data_dir, out / "run")]
+    for s in sets:
+        args += ["--set", s]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    return out / "run"
+
+
+def same_run(standalone, parallel):
+    ref, got = losses(standalone), losses(parallel)
+    assert len(got) == STEPS
+    np.testing.assert_allclose(got, ref, rtol=1e-4)
+    a, b = weights(standalone), weights(parallel)
+    assert set(b) and set(b) <= set(a)
+    for name in b:
+        np.testing.assert_allclose(b[name], a[name], rtol=1e-4, atol=2e-5, err_msg=name)
+
+
+def test_data_parallel_matches_standalone(standalone, data_dir, tmp_path):
+    run = launched(data_dir, tmp_path, 2, "parallel.mode=data_parallel")
+    assert "data_parallel 2 x model_parallel 1" in (tmp_path / "logs" / "worker_0.log").read_text()
+    same_run(standalone, run)
+
+
+def test_hybrid_model_parallel_matches_standalone(standalone, data_dir, tmp_path):
+    run = launched(data_dir, tmp_path, 2, "parallel.model_parallel=2")
+    assert "hybrid: data_parallel 1 x model_parallel 2" in (tmp_path / "logs" / "worker_0.log").read_text()
+    same_run(standalone, run)
+
+
+def test_data_and_model_parallel_2x2_matches_standalone(standalone, data_dir, tmp_path):
+    run = launched(data_dir, tmp_path, 4, "parallel.model_parallel=2", "parallel.data_parallel=2")
+    same_run(standalone, run)

@@ -1,0 +1,108 @@
+"""The parallel plan: `parallel:` checked against the model, the vocabulary and the world size.
+
+Every impossible layout is a ConfigError that names the key and the fix, raised before
+anything compiles (and, through `mindrun plan` or the launcher, before anything spawns).
+"""
+from dataclasses import dataclass
+from typing import Optional
+
+from trainer.config import ConfigError, RunConfig
+
+MODES = ("standalone", "data_parallel", "hybrid", "semi_auto")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A resolved layout: the mode and each dimension (dp x mp x pp = world_size)."""
+
+    mode: str
+    data_parallel: int
+    model_parallel: int
+    pipeline_stages: int
+    micro_batches: int
+    optimizer_shard: bool
+    world_size: int
+
+    def describe(self) -> str:
+        return (f"{self.mode}: data_parallel {self.data_parallel} x model_parallel {self.model_parallel} x "
+                f"pipeline_stages {self.pipeline_stages} = {self.world_size} workers")
+
+
+def _auto_mode(backend: str, world: int, mp: int, pp: int) -> str:
+    if world == 1:
+        return "standalone"
+    if backend.lower() == "ascend":
+        return "semi_auto"
+    if pp > 1:
+        return "semi_auto"  # pipeline stages exist only under MindSpore auto-parallel
+    return "hybrid" if mp > 1 else "data_parallel"
+
+
+def make_plan(cfg: RunConfig, world_size: int, backend: str = "CPU", vocab_size: Optional[int] = None,
+              for_execution: bool = True) -> Plan:
+    """Resolve `cfg.parallel` for `world_size` workers on `backend`; ConfigError on any violation.
+
+    `vocab_size` is the real vocabulary (known once the tokenizer exists); before that the
+    configured data.vocab_size is checked. `for_execution=False` plans without requiring
+    that this machine can run the mode (what `mindrun plan` prints for Ascend).
+    """
+    par, model = cfg.parallel, cfg.model
+    mp, pp, micro = par.model_parallel, par.pipeline_stages, par.micro_batches
+    if world_size < 1:
+        raise ConfigError(f"the job needs at least one worker, got world size {world_size}")
+    if par.data_parallel is None:
+        if world_size % (mp * pp):
+            raise ConfigError(
+                f"{world_size} workers cannot be split into model_parallel {mp} x pipeline_stages {pp} groups; "
+                f"launch a multiple of {mp * pp} workers or change parallel.model_parallel/pipeline_stages")
+        dp = world_size // (mp * pp)
+    else:
+        dp = par.data_parallel
+    if dp * mp * pp != world_size:
+        raise ConfigError(
+            f"parallel.data_parallel ({dp}) x model_parallel ({mp}) x pipeline_stages ({pp}) = {dp * mp * pp}, "
+            f"but the job has {world_size} workers; launch {dp * mp * pp} workers (--worker_num) or change "
+            f"parallel.data_parallel (leave it unset to fill the world size)")
+    mode = _auto_mode(backend, world_size, mp, pp) if par.mode == "auto" else par.mode
+    if mode == "standalone" and world_size > 1:
+        raise ConfigError(f"parallel.mode=standalone runs one process, but the job has {world_size} workers; "
+                          f"use parallel.mode=data_parallel, hybrid or auto")
+    if mode == "data_parallel" and mp > 1:
+        raise ConfigError(f"parallel.mode=data_parallel cannot split the model (model_parallel={mp}); "
+                          f"use parallel.mode=hybrid (CPU/GPU/Ascend) or semi_auto (Ascend/GPU)")
+    if mode != "semi_auto" and (pp > 1 or par.optimizer_shard):
+        what = "parallel.pipeline_stages > 1" if pp > 1 else "parallel.optimizer_shard"
+        raise ConfigError(f"{what} needs parallel.mode=semi_auto (MindSpore auto-parallel, Ascend or GPU); "
+                          f"mode {mode} has no pipeline or optimizer sharding")
+    if for_execution and mode == "semi_auto" and backend.lower() == "cpu":
+        raise ConfigError("parallel.mode=semi_auto cannot compile on CPU (MindSpore: 'Invalid communication "
+                          "backend: CPU for semi_auto_parallel'); use parallel.mode=hybrid or data_parallel here")
+    if mp > 1:
+        if model.n_heads % mp:
+            raise ConfigError(f"model.n_heads ({model.n_heads}) is not divisible by parallel.model_parallel ({mp}): "
+                              f"each rank needs whole heads; choose model_parallel from the divisors of n_heads")
+        if model.d_ff % mp:
+            raise ConfigError(f"model.d_ff ({model.d_ff}) is not divisible by parallel.model_parallel ({mp})")
+        vocab = vocab_size if vocab_size is not None else (cfg.data.vocab_size if cfg.data.tokenizer != "word"
+                                                           else None)
+        if vocab is not None and vocab % mp:
+            which = "the vocabulary" if vocab_size is not None else "data.vocab_size"
+            raise ConfigError(f"{which} ({vocab}) is not divisible by parallel.model_parallel ({mp}); the "
+                              f"embedding and output projection are split by vocabulary rows: set data.vocab_size "
+                              f"to a multiple of {mp}")
+    layers = model.encoder_layers + model.decoder_layers
+    if pp > 1:
+        if model.encoder_layers % pp or model.decoder_layers % pp:
+            raise ConfigError(f"model.encoder_layers ({model.encoder_layers}) and decoder_layers "
+                              f"({model.decoder_layers}) must each be divisible by parallel.pipeline_stages ({pp}) "
+                              f"({layers} layers in all)")
+        if micro < pp:
+            raise ConfigError(f"parallel.micro_batches ({micro}) must be at least pipeline_stages ({pp}) or "
+                              f"stages sit idle; set micro_batches >= {pp}")
+    rows = cfg.data.max_tokens // cfg.data.buckets[-1]
+    if rows < dp * micro:
+        raise ConfigError(f"a batch of the longest bucket ({cfg.data.buckets[-1]} tokens) holds {rows} rows "
+                          f"(data.max_tokens {cfg.data.max_tokens}), fewer than data_parallel x micro_batches "
+                          f"({dp} x {micro}); raise data.max_tokens to at least "
+                          f"{dp * micro * cfg.data.buckets[-1]}")
+    return Plan(mode, dp, mp, pp, micro, par.optimizer_shard, world_size)
