@@ -93,3 +93,57 @@ def test_resume_continues_where_the_run_stopped(data_dir, tmp_path):
     assert [s for s, _ in got] == list(range(1, 13))
     for (s1, a), (s2, b) in zip(want, got):
         assert s1 == s2 and abs(a - b) <= 2e-4 * abs(a), (s1, a, b)
+
+
+def _train_steps(out):
+    path = out / "metrics.jsonl"
+    return [r["step"] for r in read_metrics(path, "train")] if path.exists() else []
+
+
+@pytest.mark.multiprocess
+def test_sigterm_to_the_launcher_saves_last_checkpoint_then_resume_continues(data_dir, tmp_path):
+    """Ctrl-C/SIGTERM on a 2-worker job: workers finish the step, save last.ckpt, exit 143;
+    `train.resume=true` then continues from the saved step without repeating any."""
+    import os
+    import signal
+    import time
+    from pathlib import Path
+
+    out = tmp_path / "run"
+    bin_dir = Path(sys.executable).parent
+    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    cmd = [sys.executable, "-m", "launcher", "--worker_num", "2", "--local_worker_num", "2", "--master_port", "0",
+           "--log_dir", str(tmp_path / "logs"), "-m", "trainer", "train", "--config", "tiny",
+           "--data-dir", str(data_dir), "--set", f"train.out_dir={out}", "--set", "train.log_every=1",
+           "--set", "train.eval_every=1000", "--set", "data.buckets=[64]", "--set", "eval.max_len_b=2"]
+    job = subprocess.Popen([*cmd, "--set", "train.max_steps=400"], env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while len(_train_steps(out)) < 3 and job.poll() is None and time.time() < deadline:
+        time.sleep(0.5)
+    assert job.poll() is None, job.stdout.read()[-3000:]
+    job.send_signal(signal.SIGTERM)
+    log = job.communicate(timeout=120)[0]
+    assert job.returncode == 128 + signal.SIGTERM, log[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["interrupted_by_signal"] == signal.SIGTERM
+    stopped = summary["steps"]
+    assert 3 <= stopped < 400 and (out / "checkpoints" / "last.ckpt").exists()
+    assert _train_steps(out) == list(range(1, stopped + 1))
+
+    resumed = subprocess.run([*cmd, "--set", f"train.max_steps={stopped + 3}", "--set", "train.resume=true"],
+                             env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-3000:]
+    assert _train_steps(out) == list(range(1, stopped + 4))  # nothing repeated, nothing skipped
+
+
+def test_a_restarted_worker_resumes_by_itself(data_dir, tmp_path, monkeypatch):
+    """Under `mindrun launch --max_restarts`, MINDRUN_RESTART_COUNT > 0 turns on train.resume."""
+    train(tiny(data_dir, tmp_path, "train.max_steps=3", "train.log_every=1", "train.eval_every=100"))
+    first = read_metrics(tmp_path / "metrics.jsonl", "train")
+    monkeypatch.setenv("MINDRUN_RESTART_COUNT", "1")
+    summary = train(tiny(data_dir, tmp_path, "train.max_steps=5", "train.log_every=1", "train.eval_every=100"))
+    assert summary["steps"] == 5
+    again = read_metrics(tmp_path / "metrics.jsonl", "train")
+    assert [r["step"] for r in again] == [1, 2, 3, 4, 5]
+    assert again[:3] == first  # steps 1-3 were not trained again (their records carry wall-clock times)

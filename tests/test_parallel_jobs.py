@@ -15,6 +15,7 @@ pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
 
 STEPS = 6
 BIN = Path(sys.executable).parent
+KEY_BIAS_BOUND = 0.003 * sum(range(1, STEPS + 1)) / 20  # tiny recipe: lr 3e-3, 20 warm-up steps
 
 
 def settings(data_dir, out):
@@ -65,7 +66,13 @@ def same_run(standalone, parallel):
     a, b = weights(standalone), weights(parallel)
     assert set(b) and set(b) <= set(a)
     for name in b:
-        np.testing.assert_allclose(b[name], a[name], rtol=1e-4, atol=2e-5, err_msg=name)
+        if name.endswith("w_k.bias"):
+            # softmax is blind to a bias on the keys: its gradient is exactly zero in theory and
+            # rounding noise in practice, which Adam scales up to lr-sized steps of either sign.
+            # Bound it by the total step size (sum of lr over the warm-up steps) instead.
+            np.testing.assert_allclose(b[name], a[name], atol=KEY_BIAS_BOUND, err_msg=name)
+        else:
+            np.testing.assert_allclose(b[name], a[name], rtol=1e-4, atol=2e-5, err_msg=name)
 
 
 def test_data_parallel_matches_standalone(standalone, data_dir, tmp_path):

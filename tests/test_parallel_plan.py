@@ -98,3 +98,23 @@ def test_shard_rows_covers_the_global_batch():
     assert all(p.shape == (3, 4) for p in parts)
     joined = np.concatenate(parts)
     assert (joined[:7] == batch).all() and (joined[7:] == 0).all()  # padding rows are PAD
+
+
+def test_hybrid_layout_keeps_every_parameter_name_and_splits_the_right_axis():
+    from model import Transformer
+    from model.parallel.layout import apply_hybrid
+
+    model = Transformer(cfg(recipe="tiny").model, 400, 400, 0)
+    full = {p.name: p.asnumpy() for p in model.trainable_params()}
+    applied = apply_hybrid(model, "mp_0", 1, 2)
+    split = {p.name: p.asnumpy() for p in model.trainable_params()}
+    assert sorted(split) == sorted(full)  # unique and unchanged, so shards gather back by name
+    assert "encoder.0.self_attn.w_q.weight" in applied.shard_axis
+    for name, value in split.items():
+        axis = applied.shard_axis.get(name)
+        if axis is None:
+            np.testing.assert_array_equal(value, full[name], err_msg=name)
+        else:
+            n = full[name].shape[axis] // 2
+            expected = full[name][n:] if axis == 0 else full[name][:, n:]  # rank 1's half
+            np.testing.assert_array_equal(value, expected, err_msg=name)

@@ -132,3 +132,19 @@ def test_rank_table_mode_dry_run_gives_each_worker_its_table_rank_and_device(tmp
     assert f"RANK_TABLE_FILE={(logs / 'rank_table.json').resolve()}" in proc.stdout
     assert "DEVICE_ID=1" in proc.stdout and "RANK_ID=1" in proc.stdout
     assert f"cwd: {logs / 'rank_1'}" in proc.stdout
+
+
+def test_rank_table_mode_takes_a_given_table_and_finds_this_node(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "launcher", "--launch_mode", "ranktable", "--worker_num", "16",
+                           "--local_worker_num", "8", "--node_rank", "1", "--rank_table_file",
+                           str(GOLDEN / "ranktable_2x8.json"), "--log_dir", str(tmp_path), "--dry_run",
+                           str(HERE / "launch_scripts" / "print_env.py")], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    # node_rank 1 is the second server in server_id order ("10.0.0.2"), which holds ranks 8..15
+    assert [f"rank {r}:" in proc.stdout for r in range(8, 16)] == [True] * 8 and "rank 0:" not in proc.stdout
+    assert "RANK_ID=15" in proc.stdout and "DEVICE_ID=7" in proc.stdout and "RANK_SIZE=16" in proc.stdout
+    wrong = subprocess.run([sys.executable, "-m", "launcher", "--launch_mode", "ranktable", "--worker_num", "8",
+                            "--local_worker_num", "8", "--rank_table_file", str(GOLDEN / "ranktable_2x8.json"),
+                            "--dry_run", str(HERE / "launch_scripts" / "print_env.py")], capture_output=True,
+                           text=True, timeout=60)
+    assert wrong.returncode == 2 and "16 devices but the job has 8 workers" in wrong.stderr

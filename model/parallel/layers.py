@@ -16,6 +16,10 @@ def _slice(param: Parameter, axis: int, rank: int, size: int) -> Parameter:
     return Parameter(Tensor(part.copy(), param.dtype), name=param.name, requires_grad=param.requires_grad)
 
 
+def _names(dense: nn.Dense) -> dict:
+    return {"weight": dense.weight.name, **({"bias": dense.bias.name} if dense.has_bias else {})}
+
+
 class ColumnParallelDense(nn.Cell):
     """y = x W_r^T + b_r with this rank's rows of W (a slice of the output features)."""
 
@@ -26,6 +30,7 @@ class ColumnParallelDense(nn.Cell):
         if self.has_bias:
             self.bias = _slice(dense.bias, 0, rank, size)
         self.shard_axis = {self.weight.name: 0, **({dense.bias.name: 0} if dense.has_bias else {})}
+        self.full_names = _names(dense)
         self.copy = CopyToGroup(group)
         self.matmul = ops.MatMul(transpose_b=True)
 
@@ -47,6 +52,7 @@ class RowParallelDense(nn.Cell):
         if self.has_bias:
             self.bias = dense.bias  # replicated: added once, after the reduction
         self.shard_axis = {self.weight.name: 1}
+        self.full_names = _names(dense)
         self.reduce = ReduceFromGroup(group)
         self.matmul = ops.MatMul(transpose_b=True)
 
@@ -67,6 +73,7 @@ class VocabParallelEmbedding(nn.Cell):
         self.per_rank = self.embedding_table.shape[0]
         self.start = rank * self.per_rank
         self.shard_axis = {self.embedding_table.name: 0}
+        self.full_names = {"embedding_table": embedding.embedding_table.name}
         self.reduce = ReduceFromGroup(group)
 
     def construct(self, ids):

@@ -53,6 +53,13 @@ def _set(root: nn.Cell, path: str, cell: nn.Cell) -> None:
     setattr(owner, leaf, cell)
 
 
+def _restore_names(cell: nn.Cell) -> None:
+    # Cell.__setattr__ re-prefixes a new child's parameters with its attribute name only
+    # ("w_q.weight"), which collides across layers; give back the full layer's names.
+    for attr, name in cell.full_names.items():
+        getattr(cell, attr).name = name
+
+
 def apply_hybrid(model: nn.Cell, group: str, rank: int, size: int) -> Applied:
     """Split `model` in place for tensor parallelism over `group` (this process is `rank` of `size`)."""
     if size == 1:
@@ -75,6 +82,8 @@ def apply_hybrid(model: nn.Cell, group: str, rank: int, size: int) -> Applied:
         shard_axis.update(new_cells[id(cell)].shard_axis)
     if model.cfg.share_embeddings:
         model.tgt_embed = model.src_embed  # cells_and_names lists a shared cell once
+    for cell in new_cells.values():
+        _restore_names(cell)
         model.before_logits = CopyToGroup(group)  # x is used by every rank's slice of the vocabulary
     model.after_logits = GatherLastDim(group, rank, size)
     return Applied(shard_axis, [p for p, _ in targets])

@@ -5,11 +5,20 @@
     GatherLastDim    forward: all-gather, concat    backward: keep this rank's slice
                               on the last axis
 
-All three run on CPU workers (AllReduce and AllGather work there; ReduceScatter does not,
-which is why GatherLastDim's backward slices instead of reduce-scattering: every rank
-computes the same loss on the gathered tensor, so each already holds the full gradient).
+All three run on CPU workers. ReduceScatter does not work there, which is why GatherLastDim's
+backward slices instead of reduce-scattering: every rank computes the same loss on the gathered
+tensor, so each already holds the full gradient. AllGather works on CPU only over the world
+group, so on a CPU sub-group (data_parallel x model_parallel jobs) a gather is an all-reduce of
+zero-padded slices: `size` times the traffic, the same result.
 """
+import mindspore as ms
 from mindspore import nn, ops
+from mindspore.communication import GlobalComm
+
+
+def all_gather_works(group: str) -> bool:
+    """Whether AllGather can run over `group` on this backend (see the module docstring)."""
+    return group == GlobalComm.WORLD_COMM_GROUP or ms.get_context("device_target") != "CPU"
 
 
 class CopyToGroup(nn.Cell):
@@ -45,12 +54,19 @@ class GatherLastDim(nn.Cell):
 
     def __init__(self, group: str, rank: int, size: int):
         super().__init__()
+        self.use_all_gather = all_gather_works(group)
         self.all_gather = ops.AllGather(group)
+        self.all_reduce = ops.AllReduce(ops.ReduceOp.SUM, group)
         self.rank, self.size = rank, size
 
     def construct(self, x):
-        gathered = self.all_gather(x)  # [size * N, n]: AllGather stacks along axis 0
-        return ops.concat(ops.split(gathered, x.shape[0], 0), -1)
+        if self.use_all_gather:
+            gathered = self.all_gather(x)  # [size * N, n]: AllGather stacks along axis 0
+            return ops.concat(ops.split(gathered, x.shape[0], 0), -1)
+        n = x.shape[-1]
+        before = ops.zeros(x.shape[:-1] + (self.rank * n,), x.dtype)
+        after = ops.zeros(x.shape[:-1] + ((self.size - 1 - self.rank) * n,), x.dtype)
+        return self.all_reduce(ops.concat((before, x, after), -1))
 
     def bprop(self, x, out, dout):
         n = x.shape[-1]

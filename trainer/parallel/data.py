@@ -29,9 +29,7 @@ def shard_rows(arrays: Sequence[np.ndarray], ctx: ParallelContext) -> Tuple[np.n
 def gather_full_params(model, shard_axis: Dict[str, int], ctx: ParallelContext) -> List[Dict]:
     """Every parameter at full size, as save_checkpoint's list form; all model-parallel ranks must call it."""
     import mindspore as ms
-    from mindspore import ops
 
-    gather = ops.AllGather(ctx.mp_group) if ctx.mp_group else None
     full = []
     seen = set()
     for param in model.get_parameters():
@@ -40,10 +38,28 @@ def gather_full_params(model, shard_axis: Dict[str, int], ctx: ParallelContext) 
         seen.add(param.name)
         data = param.value()
         axis = shard_axis.get(param.name)
-        if axis is not None and gather is not None:
-            if axis == 0:
-                data = gather(data)
-            else:  # AllGather stacks along axis 0: gather the transpose
-                data = gather(data.swapaxes(0, 1)).swapaxes(0, 1)
+        if axis is not None and ctx.mp_group:
+            data = _gather_axis(data, axis, ctx)
         full.append({"name": param.name, "data": ms.Tensor(data.asnumpy())})
     return full
+
+
+def _gather_axis(data, axis: int, ctx: ParallelContext):
+    """The model-parallel shards of `data` joined along `axis`, in rank order."""
+    import mindspore as ms
+    from mindspore import ops
+
+    from model.parallel.mappings import all_gather_works
+
+    if all_gather_works(ctx.mp_group):
+        gather = ops.AllGather(ctx.mp_group)  # stacks along axis 0: gather the transpose for axis 1
+        return gather(data) if axis == 0 else gather(data.swapaxes(0, 1)).swapaxes(0, 1)
+    mp, part = ctx.plan.model_parallel, data.asnumpy()
+    n = part.shape[axis]
+    shape = list(part.shape)
+    shape[axis] = n * mp
+    placed = np.zeros(shape, part.dtype)
+    index = [slice(None)] * len(shape)
+    index[axis] = slice(ctx.mp_rank * n, (ctx.mp_rank + 1) * n)
+    placed[tuple(index)] = part
+    return ops.AllReduce(ops.ReduceOp.SUM, ctx.mp_group)(ms.Tensor(placed))
