@@ -128,3 +128,18 @@ def test_label_smoothing_ignores_padding_logits():
 def test_label_smoothing_rejects_bad_eps():
     with pytest.raises(ValueError, match="label smoothing"):
         LabelSmoothedCrossEntropy(1.0, 0)
+
+
+def test_label_smoothed_gradient_matches_numpy_and_survives_large_logits():
+    eps, vocab = 0.1, 11
+    logits = (RNG.normal(size=(2, 3, vocab)) * 300).astype(np.float32)  # exp() would overflow unshifted
+    target = np.array([[2, 5, 0], [3, 0, 0]], np.int32)
+    crit = LabelSmoothedCrossEntropy(eps, 0)
+    grad = ms.grad(lambda x: crit(x, ms.Tensor(target))[0])(ms.Tensor(logits)).asnumpy()
+    shifted = logits - logits.max(-1, keepdims=True)
+    softmax = np.exp(shifted) / np.exp(shifted).sum(-1, keepdims=True)
+    onehot = np.eye(vocab, dtype=np.float32)[target]
+    want = (softmax - (1 - eps) * onehot - eps / vocab) * (target != 0)[..., None]
+    np.testing.assert_allclose(grad, want, atol=1e-5)
+    assert np.isfinite(crit(ms.Tensor(logits), ms.Tensor(target))[0].asnumpy())
+

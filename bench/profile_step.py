@@ -1,0 +1,101 @@
+"""Where the training step's time goes: MindSpore's profiler over a few steps of the `small` model.
+
+    python bench/profile_step.py --rows 128 --length 16 [--set model.dropout=0.0]
+
+Compiles the step, runs --warmup steps, profiles --steps steps, and prints the operator
+types by total time (from the profiler's CPU op statistics), so an optimisation starts
+from a measurement. Output goes to bench/out/profile/<name>/.
+"""
+import argparse
+import csv
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=128)
+    parser.add_argument("--length", type=int, default=16)
+    parser.add_argument("--vocab", type=int, default=8000)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--set", action="append", default=[], dest="sets")
+    parser.add_argument("--name", default="step")
+    parser.add_argument("--top", type=int, default=25)
+    args = parser.parse_args()
+
+    import mindspore as ms
+    from mindspore import nn
+
+    from model.loss import LabelSmoothedCrossEntropy
+    from trainer.config import load_config
+    from trainer.run_dir import build_model
+    from trainer.step import TrainStep
+
+    ms.set_context(mode=ms.GRAPH_MODE)
+    ms.set_seed(0)
+    cfg = load_config("small", args.sets)
+    model = build_model(cfg, args.vocab, args.vocab)
+    optimizer = nn.Adam(model.trainable_params(), learning_rate=1e-4)
+    step = TrainStep(model, LabelSmoothedCrossEntropy(0.1, 0), optimizer, 1.0)
+    rng = np.random.default_rng(0)
+    batch = [ms.Tensor(rng.integers(4, args.vocab, (args.rows, args.length)).astype(np.int32)) for _ in range(3)]
+    for _ in range(args.warmup):
+        step(*batch)[0].asnumpy()
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        step(*batch)[0].asnumpy()
+    plain = (time.perf_counter() - t0) / args.steps
+    print(f"step {plain * 1000:.0f} ms without the profiler; "
+          f"{2 * args.rows * args.length / plain:.0f} tokens/s (every slot a token)")
+
+    out = ROOT / "bench" / "out" / "profile" / args.name
+    from mindspore.profiler import Profiler
+
+    profiler = Profiler(output_path=str(out))
+    for _ in range(args.steps):
+        step(*batch)[0].asnumpy()
+    profiler.analyse()
+    table = _op_table(out)
+    if not table:
+        print(f"no op statistics found under {out}")
+        return 1
+    total = sum(table.values())
+    print(f"profiled op time per step: {total / args.steps:.0f} ms")
+    for name, ms_ in sorted(table.items(), key=lambda kv: -kv[1])[:args.top]:
+        print(f"{name:40s} {ms_ / args.steps:8.1f} ms/step {100 * ms_ / total:5.1f} %")
+    return 0
+
+
+def _op_table(out: Path):
+    """op type -> total ms, from the first CPU op statistics CSV the profiler wrote."""
+    for path in sorted(out.rglob("*.csv")):
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        if not rows:
+            continue
+        keys = rows[0].keys()
+        type_key = next((k for k in keys if k.lower().replace(" ", "_") in ("op_type", "type")), None)
+        time_key = next((k for k in keys if "total" in k.lower() and ("time" in k.lower() or "(ms)" in k.lower())),
+                        None)
+        if type_key and time_key:
+            table = defaultdict(float)
+            for r in rows:
+                try:
+                    table[r[type_key]] += float(r[time_key])
+                except ValueError:
+                    pass
+            print(f"(from {path.relative_to(out)}: {type_key} / {time_key})")
+            return table
+    return {}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

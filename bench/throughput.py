@@ -1,0 +1,237 @@
+"""bench/throughput: training tokens/s of mindrun's step against the course notebook and PyTorch, same batches.
+
+    pip install -e '.[bench]'          # torch==2.13.0 (CPU), bench only
+    python bench/throughput.py --data-dir ../shared/data/multi30k
+
+Contestants, each in its own process, on identical batches (3+3 layers, d_model 256, 4 heads,
+d_ff 1024, dropout 0.1, the notebook's word vocabularies of 7,853 / 5,893 entries):
+  course       the notebook's step as written (PyNative), bench/throughput_course.py: the baseline
+  course_jit   the same step under mindspore.jit (for reference)
+  mindrun      mindrun's graph-mode TrainStep (label smoothing, clipping, Adam), untied embeddings
+  torch        PyTorch eager nn.Transformer, same sizes (skipped with a note if torch is missing)
+Part 1, synthetic batches of 32 pairs padded to 32. Part 2, real Multi30k pairs through the
+notebook's preprocessing: mindrun with the notebook's fixed padding vs with its own token
+bucketing (2,048-slot batches, the `small` recipe's buckets).
+
+Each contestant warms up (one step per batch shape: graph compiles), then times --windows
+windows of --steps steps; tokens/s is the median window (non-pad source + target tokens).
+MFU = model FLOPs of the non-pad tokens (forward + backward = 3 x forward matmul FLOPs) per
+second over the peak of NumPy sgemm measured in the same invocation. Peak memory is the
+worker process's maximum RSS. Results: bench/out/throughput/result.json and Markdown tables.
+"""
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+SIZES = dict(d_model=256, n_heads=4, d_ff=1024, layers=3, dropout=0.1)
+COURSE_VOCABS = (7853, 5893)
+COURSE_PAD, MINDRUN_PAD = 1, 0
+
+
+# -- FLOPs and peak --------------------------------------------------------------------------
+def model_flops(batch, pad: int, tgt_vocab: int) -> float:
+    """Training FLOPs (3 x forward matmuls) spent on the non-pad tokens of a batch."""
+    d, ff, layers = SIZES["d_model"], SIZES["d_ff"], SIZES["layers"]
+    src_tokens = float((batch[0] != pad).sum())
+    tgt_tokens = float((batch[2] != pad).sum())
+    src_len = float((batch[0] != pad).sum(1).mean())
+    tgt_len = float((batch[2] != pad).sum(1).mean())
+    enc = src_tokens * layers * (2 * 4 * d * d + 2 * 2 * d * ff + 2 * 2 * src_len * d)
+    dec = tgt_tokens * layers * (2 * 8 * d * d + 2 * 2 * d * ff + 2 * 2 * tgt_len * d + 2 * 2 * src_len * d)
+    out = tgt_tokens * 2 * d * tgt_vocab
+    return 3 * (enc + dec + out)
+
+
+def sgemm_peak(repeats: int = 7) -> float:
+    """NumPy float32 matmul GFLOP/s, best of `repeats` (1024x256 @ 256x1024 and 2048x512 @ 512x2048)."""
+    best = 0.0
+    rng = np.random.default_rng(0)
+    for m, k in ((1024, 256), (2048, 512)):
+        a, b = rng.standard_normal((m, k), np.float32), rng.standard_normal((k, m), np.float32)
+        a @ b
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for _ in range(10):
+                a @ b
+            best = max(best, 10 * 2 * m * k * m / (time.perf_counter() - t0) / 1e9)
+    return best
+
+
+# -- batches ---------------------------------------------------------------------------------
+def make_batches(kind: str, pad: int, data_dir: str, count: int):
+    from throughput_batches import real_bucketed, real_fixed, synthetic
+
+    if kind == "synthetic":
+        return synthetic(count, 32, 32, *COURSE_VOCABS, pad=pad, seed=0)
+    pairs = course_pairs(data_dir)
+    if kind == "real_fixed":
+        return real_fixed(pairs, 128, 32, pad, count)
+    return real_bucketed(pairs, 2048, [12, 16, 20, 24, 32, 48, 64, 128], pad, count)
+
+
+def course_pairs(data_dir: str):
+    """Multi30k train pairs as the notebook prepares them: lowercase word tokens, min_freq-2 vocabularies."""
+    from trainer.data.multi30k import load_splits, locate
+    from trainer.data.tokenizer import WordVocab
+
+    from trainer.data.tokenizer import UNK
+
+    train = load_splits(locate(data_dir), "de", "en")["train"]
+    src_vocab = WordVocab.build([s for s, _ in train], min_freq=2)
+    tgt_vocab = WordVocab.build([t for _, t in train], min_freq=2)
+    # our vocabularies come out a few entries larger than the notebook's (it drops each file's
+    # last line); the few rarest words beyond the notebook's sizes become <unk>
+
+    def clip(ids, size):
+        return [i if i < size else UNK for i in ids]
+
+    return [(clip(src_vocab.encode(s), COURSE_VOCABS[0]), clip(tgt_vocab.encode(t), COURSE_VOCABS[1]))
+            for s, t in train]
+
+
+# -- one contestant, in its own process ----------------------------------------------------------
+def build_step(name: str, vocabs):
+    """A function (src, tgt_in, tgt_out) -> loss for the contestant, and its pad id."""
+    if name == "torch":
+        from throughput_torch import make
+
+        return make(*vocabs, SIZES["d_model"], SIZES["n_heads"], SIZES["d_ff"], SIZES["layers"],
+                    SIZES["dropout"], COURSE_PAD, threads=os.cpu_count()), COURSE_PAD
+    import mindspore as ms
+
+    if name.startswith("course"):
+        from throughput_course import CourseTransformer, make_step
+
+        ms.set_context(mode=ms.PYNATIVE_MODE)
+        ms.set_seed(0)
+        model = CourseTransformer(*vocabs, SIZES["d_model"], SIZES["n_heads"], SIZES["d_ff"], SIZES["layers"],
+                                  SIZES["dropout"])
+        step = make_step(model, jit=name == "course_jit")
+        return (lambda s, i, o: step(ms.Tensor(s), ms.Tensor(i), ms.Tensor(o)).asnumpy()), COURSE_PAD
+    from mindspore import nn
+
+    from model.loss import LabelSmoothedCrossEntropy
+    from trainer.config import load_config
+    from trainer.run_dir import build_model
+    from trainer.step import TrainStep
+
+    ms.set_context(mode=ms.GRAPH_MODE)
+    ms.set_seed(0)
+    cfg = load_config("small", ["model.share_embeddings=false"])
+    model = build_model(cfg, *vocabs)
+    optimizer = nn.Adam(model.trainable_params(), learning_rate=1e-4)
+    step = TrainStep(model, LabelSmoothedCrossEntropy(0.1, MINDRUN_PAD), optimizer, 1.0)
+    return (lambda s, i, o: step(ms.Tensor(s), ms.Tensor(i), ms.Tensor(o))[0].asnumpy()), MINDRUN_PAD
+
+
+def worker(args) -> int:
+    from throughput_batches import tokens
+
+    step, pad = build_step(args.worker, COURSE_VOCABS)
+    batches = make_batches(args.batches, pad, args.data_dir, args.windows * args.steps)
+    t0 = time.perf_counter()
+    seen = set()
+    for b in batches:  # warm-up: one step per shape (each compiles once in graph mode)
+        if b[0].shape not in seen:
+            seen.add(b[0].shape)
+            step(*b)
+    warmup_s = time.perf_counter() - t0
+    rates, flops = [], []
+    for w in range(args.windows):
+        window = batches[w * args.steps:(w + 1) * args.steps]
+        t0 = time.perf_counter()
+        for b in window:
+            step(*b)
+        seconds = time.perf_counter() - t0
+        rates.append(sum(tokens(b, pad) for b in window) / seconds)
+        flops.append(sum(model_flops(b, pad, COURSE_VOCABS[1]) for b in window) / seconds / 1e9)
+    record = {"tokens_per_s": rates, "gflops": flops, "warmup_s": round(warmup_s, 1), "shapes": len(seen),
+              "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+    Path(args.out).write_text(json.dumps(record))
+    return 0
+
+
+def run_worker(name: str, batches: str, args, out: Path) -> dict:
+    result = out / f"{name}_{batches}.json"
+    cmd = [sys.executable, __file__, "--worker", name, "--batches", batches, "--steps", str(args.steps),
+           "--windows", str(args.windows), "--data-dir", args.data_dir, "--out", str(result)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+    if proc.returncode != 0:
+        raise SystemExit(f"{name} on {batches} batches failed:\n{proc.stderr[-3000:]}")
+    record = json.loads(result.read_text())
+    record["median_tokens_per_s"] = statistics.median(record["tokens_per_s"])
+    record["median_gflops"] = statistics.median(record["gflops"])
+    print(f"{name} / {batches}: {record['median_tokens_per_s']:.0f} tokens/s", file=sys.stderr)
+    return record
+
+
+def have_torch() -> bool:
+    return subprocess.run([sys.executable, "-c", "import torch"], capture_output=True).returncode == 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default=os.environ.get("MINDRUN_DATA_DIR", "../shared/data/multi30k"))
+    parser.add_argument("--steps", type=int, default=10, help="steps per timed window")
+    parser.add_argument("--windows", type=int, default=5, help="timed windows per contestant (median reported)")
+    parser.add_argument("--only", nargs="*", help="contestants to run (default: all)")
+    parser.add_argument("--out", default="bench/out/throughput")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--batches", default="synthetic", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return worker(args)
+
+    out = ROOT / args.out
+    out.mkdir(parents=True, exist_ok=True)
+    peak = sgemm_peak()
+    names = args.only or ["course", "course_jit", "mindrun", "torch"]
+    if "torch" in names and not have_torch():
+        print("torch is not installed (pip install -e '.[bench]'): skipping the PyTorch contestant", file=sys.stderr)
+        names.remove("torch")
+    synthetic = {name: run_worker(name, "synthetic", args, out) for name in names}
+    real = {}
+    if "mindrun" in names:
+        real = {kind: run_worker("mindrun", kind, args, out) for kind in ("real_fixed", "real_bucketed")}
+    peak_after = sgemm_peak()
+    record = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+              "sgemm_gflops": [round(peak, 1), round(peak_after, 1)], "sizes": SIZES, "vocabs": COURSE_VOCABS,
+              "steps": args.steps, "windows": args.windows, "synthetic": synthetic, "real": real}
+    (out / "result.json").write_text(json.dumps(record, indent=1), encoding="utf-8")
+
+    base = synthetic.get("course", {}).get("median_tokens_per_s")
+    ref = synthetic.get("torch", {}).get("median_tokens_per_s")
+    top = max(peak, peak_after)
+    print(f"NumPy sgemm peak: {peak:.0f} GFLOP/s before, {peak_after:.0f} after\n")
+    print("| step (synthetic 32 x 32) | tokens/s | vs course | vs PyTorch | MFU | peak RSS |")
+    print("|---|---|---|---|---|---|")
+    for name, r in synthetic.items():
+        t = r["median_tokens_per_s"]
+        vs_course = f"{t / base:.2f}x" if base else "-"
+        vs_torch = f"{t / ref:.2f}x" if ref else "-"
+        print(f"| {name} | {t:.0f} | {vs_course} | {vs_torch} | {100 * r['median_gflops'] / top:.0f} % | "
+              f"{r['peak_rss_mb']} MB |")
+    if real:
+        print("\n| mindrun on Multi30k | tokens/s | MFU | shapes compiled | warm-up |")
+        print("|---|---|---|---|---|")
+        for kind, r in real.items():
+            print(f"| {kind} | {r['median_tokens_per_s']:.0f} | {100 * r['median_gflops'] / top:.0f} % | "
+                  f"{r['shapes']} | {r['warmup_s']} s |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
