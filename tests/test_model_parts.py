@@ -142,4 +142,3 @@ def test_label_smoothed_gradient_matches_numpy_and_survives_large_logits():
     want = (softmax - (1 - eps) * onehot - eps / vocab) * (target != 0)[..., None]
     np.testing.assert_allclose(grad, want, atol=1e-5)
     assert np.isfinite(crit(ms.Tensor(logits), ms.Tensor(target))[0].asnumpy())
-
