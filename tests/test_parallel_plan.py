@@ -118,3 +118,21 @@ def test_hybrid_layout_keeps_every_parameter_name_and_splits_the_right_axis():
             n = full[name].shape[axis] // 2
             expected = full[name][n:] if axis == 0 else full[name][:, n:]  # rank 1's half
             np.testing.assert_array_equal(value, expected, err_msg=name)
+
+
+def test_hybrid_layout_enters_the_vocabulary_region_once():
+    """Tied: the output matmul uses the embedding table, so `before_logits` copies x into the
+    group; untied: the column-parallel out_proj does that itself, and a second copy would
+    all-reduce the gradient twice."""
+    from mindspore import nn
+
+    from model import Transformer
+    from model.parallel.layout import apply_hybrid
+    from model.parallel.mappings import CopyToGroup
+
+    tied = Transformer(cfg(recipe="tiny").model, 400, 400, 0)
+    apply_hybrid(tied, "mp_0", 0, 2)
+    assert isinstance(tied.before_logits, CopyToGroup)
+    untied = Transformer(cfg("model.share_embeddings=false", recipe="tiny").model, 400, 400, 0)
+    apply_hybrid(untied, "mp_0", 0, 2)
+    assert isinstance(untied.before_logits, nn.Identity)

@@ -80,10 +80,10 @@ def apply_hybrid(model: nn.Cell, group: str, rank: int, size: int) -> Applied:
     for path, cell in targets:
         _set(model, path, new_cells[id(cell)])
         shard_axis.update(new_cells[id(cell)].shard_axis)
-    if model.cfg.share_embeddings:
-        model.tgt_embed = model.src_embed  # cells_and_names lists a shared cell once
     for cell in new_cells.values():
         _restore_names(cell)
+    if model.cfg.share_embeddings:
+        model.tgt_embed = model.src_embed  # cells_and_names lists a shared cell once
         model.before_logits = CopyToGroup(group)  # x is used by every rank's slice of the vocabulary
     model.after_logits = GatherLastDim(group, rank, size)
     return Applied(shard_axis, [p for p, _ in targets])

@@ -55,8 +55,10 @@ class GatherLastDim(nn.Cell):
     def __init__(self, group: str, rank: int, size: int):
         super().__init__()
         self.use_all_gather = all_gather_works(group)
-        self.all_gather = ops.AllGather(group)
-        self.all_reduce = ops.AllReduce(ops.ReduceOp.SUM, group)
+        if self.use_all_gather:
+            self.all_gather = ops.AllGather(group)
+        else:
+            self.all_reduce = ops.AllReduce(ops.ReduceOp.SUM, group)
         self.rank, self.size = rank, size
 
     def construct(self, x):
