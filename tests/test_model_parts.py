@@ -142,3 +142,22 @@ def test_label_smoothed_gradient_matches_numpy_and_survives_large_logits():
     want = (softmax - (1 - eps) * onehot - eps / vocab) * (target != 0)[..., None]
     np.testing.assert_allclose(grad, want, atol=1e-5)
     assert np.isfinite(crit(ms.Tensor(logits), ms.Tensor(target))[0].asnumpy())
+
+
+def test_label_smoothed_gradient_of_both_sums():
+    # the written-out backward must weigh loss_sum and nll_sum each by its own incoming gradient
+    eps, vocab = 0.2, 7
+    logits = RNG.normal(size=(2, 4, vocab)).astype(np.float32)
+    target = np.array([[1, 6, 3, 0], [2, 2, 0, 0]], np.int32)
+    crit = LabelSmoothedCrossEntropy(eps, 0)
+
+    def objective(x):
+        loss_sum, nll_sum, _ = crit(x, ms.Tensor(target))
+        return 2.0 * loss_sum + 0.5 * nll_sum
+
+    grad = ms.grad(objective)(ms.Tensor(logits)).asnumpy()
+    p = softmax(logits)
+    onehot = np.eye(vocab, dtype=np.float32)[target]
+    keep = (target != 0)[..., None]
+    want = keep * (2.0 * (p - (1 - eps) * onehot - eps / vocab) + 0.5 * (p - onehot))
+    np.testing.assert_allclose(grad, want, atol=1e-5)
