@@ -147,3 +147,18 @@ def test_a_restarted_worker_resumes_by_itself(data_dir, tmp_path, monkeypatch):
     again = read_metrics(tmp_path / "metrics.jsonl", "train")
     assert [r["step"] for r in again] == [1, 2, 3, 4, 5]
     assert again[:3] == first  # steps 1-3 were not trained again (their records carry wall-clock times)
+
+
+def test_the_time_budget_counts_the_runs_a_resume_continues(data_dir, tmp_path):
+    """last.ckpt carries the training seconds so far; a resume whose budget they already spend trains no more."""
+    from trainer import checkpoint
+
+    train(tiny(data_dir, tmp_path, "train.max_steps=3", "train.log_every=1", "train.eval_every=100"))
+    spent = checkpoint.read_meta(tmp_path / "checkpoints" / "last.ckpt")["elapsed_s"]
+    assert spent > 0
+    summary = train(tiny(data_dir, tmp_path, "train.max_steps=10", "train.log_every=1", "train.eval_every=100",
+                         "train.resume=true", f"train.time_budget_minutes={spent / 60 / 2}"))
+    assert summary["steps"] == 3
+    summary = train(tiny(data_dir, tmp_path, "train.max_steps=5", "train.log_every=1", "train.eval_every=100",
+                         "train.resume=true", "train.time_budget_minutes=30"))
+    assert summary["steps"] == 5

@@ -90,3 +90,22 @@ def test_hybrid_model_parallel_matches_standalone(standalone, data_dir, tmp_path
 def test_data_and_model_parallel_2x2_matches_standalone(standalone, data_dir, tmp_path):
     run = launched(data_dir, tmp_path, 4, "parallel.model_parallel=2", "parallel.data_parallel=2")
     same_run(standalone, run)
+
+
+def test_time_budget_stops_every_rank_at_the_same_step_with_the_rate_annealed(data_dir, tmp_path):
+    """Ranks read one clock (AllGather, then max), so a budget cannot end them a step apart (a hang)."""
+    run = launched(data_dir, tmp_path, 2, "parallel.mode=data_parallel", "train.max_steps=null",
+                   "train.max_epochs=100000", "train.time_budget_minutes=0.75", "optim.schedule=cosine",
+                   "optim.min_lr=0.0", "data.valid_limit=8")
+    last_valid = []
+    for rank in (0, 1):
+        lines = (tmp_path / "logs" / f"worker_{rank}.log").read_text().splitlines()
+        last_valid.append([line for line in lines if ": valid loss" in line][-1].split(":")[0])
+    assert last_valid[0] == last_valid[1]  # "step N epoch E" on both ranks
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    rates = [r["lr"] for r in records if r["kind"] == "train"]
+    assert len(rates) > 20  # the budget, not a step limit, ended the run
+    assert max(rates) > 1e-3 and rates[-1] < 0.15 * max(rates)  # decayed toward 0 with the clock
+    meta = json.loads((run / "summary.json").read_text())
+    # rank 0's own seconds; the shared clock (the maximum) may be a rank that started a few seconds earlier
+    assert 0.75 * 60 - 15 <= meta["train_seconds"] < 0.75 * 60 + 60

@@ -23,6 +23,7 @@ from trainer.data.batching import TokenBatcher, collate
 from trainer.data.tokenizer import PAD
 from trainer.dataset import Corpus, Split, prepare
 from trainer.metrics import MetricsLog
+from trainer.parallel.clock import RunClock
 from trainer.parallel.context import ParallelContext, init_parallel, is_scheduler, world_size_from_env
 from trainer.parallel.data import gather_full_params, shard_rows
 from trainer.parallel.plan import make_plan
@@ -143,6 +144,9 @@ class Trainer:
                                     cfg.train.seed)
         self.total_steps = cfg.train.max_steps or len(self.batcher) * cfg.train.max_epochs
         self.step, self.epoch, self.batch_index = 0, 0, 0
+        self.elapsed_before = 0.0  # training seconds of the runs this one resumes
+        self.clock: Optional[RunClock] = None
+        self.time_fraction: Optional[float] = None  # share of train.time_budget_minutes spent
         self.best_value: Optional[float] = None
         self.best: Dict[str, float] = {}
         self.log: Optional[MetricsLog] = None
@@ -158,6 +162,7 @@ class Trainer:
                               "are not built yet; resume with the same data_parallel and model_parallel=1")
         meta = checkpoint.load_into(self.step_fn, last)
         self.step, self.epoch, self.batch_index = int(meta["step"]), int(meta["epoch"]), int(meta["batch_index"])
+        self.elapsed_before = float(meta.get("elapsed_s", 0.0))
         best = self.ckpt_dir / "best.ckpt"
         if best.is_file():  # best.ckpt's own metadata, in case a crash fell between the two saves
             best_meta = checkpoint.read_meta(best)
@@ -183,7 +188,7 @@ class Trainer:
         improved = self._improves(value)
         if improved:
             self.best_value, self.best = value, {"step": self.step, **val}
-        meta = {"step": self.step, "epoch": epoch, "batch_index": batch_index,
+        meta = {"step": self.step, "epoch": epoch, "batch_index": batch_index, "elapsed_s": self._elapsed(),
                 "best_value": float(self.best_value), "best_step": self.best["step"]}
         self._save(improved, meta)
         tqdm.write(f"step {self.step} epoch {epoch}: valid loss {val['loss']:.3f} ppl {val['ppl']:.2f} "
@@ -210,10 +215,13 @@ class Trainer:
     def save_position(self, epoch: int, batch_index: int) -> None:
         """Write last.ckpt (weights, Adam state, position) without validating: the fast save on a signal."""
         best = float(self.best_value) if self.best_value is not None else float("nan")
-        meta = {"step": self.step, "epoch": epoch, "batch_index": batch_index, "best_value": best,
-                "best_step": self.best.get("step", 0)}
+        meta = {"step": self.step, "epoch": epoch, "batch_index": batch_index, "elapsed_s": self._elapsed(),
+                "best_value": best, "best_step": self.best.get("step", 0)}
         self._save(False, meta)
         tqdm.write(f"saved {self.ckpt_dir / 'last.ckpt'} at step {self.step} after signal {self.stop_signal}")
+
+    def _elapsed(self) -> float:
+        return self.clock.local() if self.clock is not None else self.elapsed_before
 
     def _on_signal(self, signum, _frame) -> None:
         self.stop_signal = signum
@@ -222,7 +230,8 @@ class Trainer:
         """One optimiser step; returns (loss_sum, nll_sum, target tokens, grad-norm tensor, learning rate)."""
         self.step += 1
         opt = self.cfg.optim
-        rate = learning_rate(self.step, opt.lr, opt.warmup_steps, opt.schedule, self.total_steps, opt.min_lr)
+        rate = learning_rate(self.step, opt.lr, opt.warmup_steps, opt.schedule, self.total_steps, opt.min_lr,
+                             self.time_fraction)
         self.optimizer.learning_rate.set_data(ms.Tensor(rate, ms.float32))  # a Parameter inside the graph
         src, tin, tout = shard_rows((src, tin, tout), self.ctx)
         loss_sum, nll_sum, n_tgt, gnorm = self.step_fn(ms.Tensor(src), ms.Tensor(tin), ms.Tensor(tout))
@@ -233,10 +242,14 @@ class Trainer:
         cfg = self.cfg
         resumed = cfg.train.resume and self.resume()
         self.log = MetricsLog(self.run_dir, enabled=self.ctx.is_main, resume_step=self.step if resumed else None)
+        self.clock = RunClock(self.ctx, self.elapsed_before)
         start = time.time()
         budget = cfg.train.time_budget_minutes * 60 if cfg.train.time_budget_minutes else None
+        if budget is not None:  # the budget counts the resumed runs' time too
+            self.time_fraction = self.clock.elapsed() / budget
         max_steps = cfg.train.max_steps
         stop = max_steps is not None and self.step >= max_steps  # a finished run, resumed
+        stop = stop or (self.time_fraction is not None and self.time_fraction >= 1.0)
         window = _Window()
         per_epoch = len(self.batcher)
         handlers = _catch(self._on_signal)
@@ -259,7 +272,9 @@ class Trainer:
                 if self.stop_signal is not None:  # the launcher's grace period: keep the work, then stop
                     self.save_position(epoch, i + 1)
                     break
-                out_of_time = budget is not None and time.time() - start >= budget
+                if budget is not None:  # every rank reads the same clock, so all stop at the same step
+                    self.time_fraction = self.clock.elapsed() / budget
+                out_of_time = budget is not None and self.time_fraction >= 1.0
                 stop = out_of_time or (max_steps is not None and self.step >= max_steps)
                 if (cfg.train.eval_every and self.step % cfg.train.eval_every == 0) or stop:
                     self.validate_and_save(epoch, i + 1)
