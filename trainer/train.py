@@ -188,7 +188,7 @@ class Trainer:
         improved = self._improves(value)
         if improved:
             self.best_value, self.best = value, {"step": self.step, **val}
-        meta = {"step": self.step, "epoch": epoch, "batch_index": batch_index, "elapsed_s": self._elapsed(),
+        meta = {"step": self.step, "epoch": epoch, "batch_index": batch_index, "elapsed_s": self.clock.local(),
                 "best_value": float(self.best_value), "best_step": self.best["step"]}
         self._save(improved, meta)
         tqdm.write(f"step {self.step} epoch {epoch}: valid loss {val['loss']:.3f} ppl {val['ppl']:.2f} "
@@ -215,13 +215,20 @@ class Trainer:
     def save_position(self, epoch: int, batch_index: int) -> None:
         """Write last.ckpt (weights, Adam state, position) without validating: the fast save on a signal."""
         best = float(self.best_value) if self.best_value is not None else float("nan")
-        meta = {"step": self.step, "epoch": epoch, "batch_index": batch_index, "elapsed_s": self._elapsed(),
+        meta = {"step": self.step, "epoch": epoch, "batch_index": batch_index, "elapsed_s": self.clock.local(),
                 "best_value": best, "best_step": self.best.get("step", 0)}
         self._save(False, meta)
         tqdm.write(f"saved {self.ckpt_dir / 'last.ckpt'} at step {self.step} after signal {self.stop_signal}")
 
-    def _elapsed(self) -> float:
-        return self.clock.local() if self.clock is not None else self.elapsed_before
+    def _budget_spent(self, budget: Optional[float]) -> bool:
+        """Update the share of the time budget spent (resumed runs' time included); True once spent.
+
+        Every rank reads the same clock, so all ranks stop at the same step with the same rate.
+        """
+        if budget is None:
+            return False
+        self.time_fraction = self.clock.elapsed() / budget
+        return self.time_fraction >= 1.0
 
     def _on_signal(self, signum, _frame) -> None:
         self.stop_signal = signum
@@ -245,11 +252,9 @@ class Trainer:
         self.clock = RunClock(self.ctx, self.elapsed_before)
         start = time.time()
         budget = cfg.train.time_budget_minutes * 60 if cfg.train.time_budget_minutes else None
-        if budget is not None:  # the budget counts the resumed runs' time too
-            self.time_fraction = self.clock.elapsed() / budget
         max_steps = cfg.train.max_steps
-        stop = max_steps is not None and self.step >= max_steps  # a finished run, resumed
-        stop = stop or (self.time_fraction is not None and self.time_fraction >= 1.0)
+        # a finished run, resumed, or one whose budget the runs it resumes already spent
+        stop = (max_steps is not None and self.step >= max_steps) or self._budget_spent(budget)
         window = _Window()
         per_epoch = len(self.batcher)
         handlers = _catch(self._on_signal)
@@ -272,10 +277,7 @@ class Trainer:
                 if self.stop_signal is not None:  # the launcher's grace period: keep the work, then stop
                     self.save_position(epoch, i + 1)
                     break
-                if budget is not None:  # every rank reads the same clock, so all stop at the same step
-                    self.time_fraction = self.clock.elapsed() / budget
-                out_of_time = budget is not None and self.time_fraction >= 1.0
-                stop = out_of_time or (max_steps is not None and self.step >= max_steps)
+                stop = self._budget_spent(budget) or (max_steps is not None and self.step >= max_steps)
                 if (cfg.train.eval_every and self.step % cfg.train.eval_every == 0) or stop:
                     self.validate_and_save(epoch, i + 1)
                     window.restart_clock()  # validation time is not training throughput
