@@ -1,6 +1,7 @@
 """Where the training step's time goes: MindSpore's profiler over a few steps of the `small` model.
 
     python bench/profile_step.py --rows 128 --length 16 [--set model.dropout=0.0]
+    python bench/profile_step.py --rows 32 --length 64 --packed 3    # packed rows, 3 sentences each
 
 Compiles the step, runs --warmup steps, profiles --steps steps, and prints the operator
 types by total time (from the profiler's CPU op statistics), so an optimisation starts
@@ -26,6 +27,7 @@ def main() -> int:
     parser.add_argument("--vocab", type=int, default=8000)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--packed", type=int, default=0, help="pack this many equal sentences a row (0: padded)")
     parser.add_argument("--set", action="append", default=[], dest="sets")
     parser.add_argument("--name", default="step")
     parser.add_argument("--top", type=int, default=25)
@@ -47,6 +49,11 @@ def main() -> int:
     step = TrainStep(model, LabelSmoothedCrossEntropy(0.1, 0), optimizer, 1.0)
     rng = np.random.default_rng(0)
     batch = [ms.Tensor(rng.integers(4, args.vocab, (args.rows, args.length)).astype(np.int32)) for _ in range(3)]
+    if args.packed:  # segment ids 1..k and positions restarting at each segment, the same on both sides
+        seg = np.arange(args.length) * args.packed // args.length
+        pos = np.arange(args.length) - np.searchsorted(seg, seg)
+        seg, pos = (np.tile(a.astype(np.int32), (args.rows, 1)) for a in (seg + 1, pos))
+        batch += [ms.Tensor(seg), ms.Tensor(seg), ms.Tensor(pos), ms.Tensor(pos)]
     for _ in range(args.warmup):
         step(*batch)[0].asnumpy()
     t0 = time.perf_counter()

@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 SIZES = dict(d_model=256, n_heads=4, d_ff=1024, layers=3, dropout=0.1)
 COURSE_VOCABS = (7853, 5893)
 COURSE_PAD, MINDRUN_PAD = 1, 0
+PACK_LENGTH = 64  # row length of mindrun's packed batches (data.pack_length)
 
 
 # -- FLOPs and peak --------------------------------------------------------------------------
@@ -71,15 +72,19 @@ def sgemm_peak(repeats: int = 7) -> float:
 
 
 # -- batches ---------------------------------------------------------------------------------
-def make_batches(kind: str, pad: int, data_dir: str, count: int):
-    from throughput_batches import real_bucketed, real_fixed, synthetic
+def make_batches(kind: str, pad: int, data_dir: str, count: int, packed: bool):
+    """(arrays the step runs on, padded twin the tokens and FLOPs are counted on) per batch."""
+    from throughput_batches import real_bucketed, real_fixed, real_packed, repack, synthetic
 
     if kind == "synthetic":
-        return synthetic(count, 32, 32, *COURSE_VOCABS, pad=pad, seed=0)
+        batches = synthetic(count, 32, 32, *COURSE_VOCABS, pad=pad, seed=0)
+        return [(repack(b, pad, PACK_LENGTH) if packed else b, b) for b in batches]
     pairs = course_pairs(data_dir)
     if kind == "real_fixed":
-        return real_fixed(pairs, 128, 32, pad, count)
-    return real_bucketed(pairs, 2048, [12, 16, 20, 24, 32, 48, 64, 128], pad, count)
+        return [(b, b) for b in real_fixed(pairs, 128, 32, pad, count)]
+    if kind == "real_packed":
+        return real_packed(pairs, 2048, PACK_LENGTH, pad, count)
+    return [(b, b) for b in real_bucketed(pairs, 2048, [12, 16, 20, 24, 32, 48, 64, 128], pad, count)]
 
 
 def course_pairs(data_dir: str):
@@ -134,30 +139,31 @@ def build_step(name: str, vocabs):
     model = build_model(cfg, *vocabs)
     optimizer = nn.Adam(model.trainable_params(), learning_rate=1e-4)
     step = TrainStep(model, LabelSmoothedCrossEntropy(0.1, MINDRUN_PAD), optimizer, 1.0)
-    return (lambda s, i, o: step(ms.Tensor(s), ms.Tensor(i), ms.Tensor(o))[0].asnumpy()), MINDRUN_PAD
+    return (lambda *arrays: step(*map(ms.Tensor, arrays))[0].asnumpy()), MINDRUN_PAD
 
 
 def worker(args) -> int:
     from throughput_batches import tokens
 
     step, pad = build_step(args.worker, COURSE_VOCABS)
-    batches = make_batches(args.batches, pad, args.data_dir, args.windows * args.steps)
+    batches = make_batches(args.batches, pad, args.data_dir, args.windows * args.steps,
+                           packed=args.worker == "mindrun_packed")
     t0 = time.perf_counter()
     seen = set()
-    for b in batches:  # warm-up: one step per shape (each compiles once in graph mode)
-        if b[0].shape not in seen:
-            seen.add(b[0].shape)
-            step(*b)
+    for arrays, _ in batches:  # warm-up: one step per shape (each compiles once in graph mode)
+        if arrays[0].shape not in seen:
+            seen.add(arrays[0].shape)
+            step(*arrays)
     warmup_s = time.perf_counter() - t0
     rates, flops = [], []
     for w in range(args.windows):
         window = batches[w * args.steps:(w + 1) * args.steps]
         t0 = time.perf_counter()
-        for b in window:
-            step(*b)
+        for arrays, _ in window:
+            step(*arrays)
         seconds = time.perf_counter() - t0
-        rates.append(sum(tokens(b, pad) for b in window) / seconds)
-        flops.append(sum(model_flops(b, pad, COURSE_VOCABS[1]) for b in window) / seconds / 1e9)
+        rates.append(sum(tokens(twin, pad) for _, twin in window) / seconds)
+        flops.append(sum(model_flops(twin, pad, COURSE_VOCABS[1]) for _, twin in window) / seconds / 1e9)
     record = {"tokens_per_s": rates, "gflops": flops, "warmup_s": round(warmup_s, 1), "shapes": len(seen),
               "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
     Path(args.out).write_text(json.dumps(record))
@@ -182,6 +188,18 @@ def have_torch() -> bool:
     return subprocess.run([sys.executable, "-c", "import torch"], capture_output=True).returncode == 0
 
 
+def _table(title: str, results: dict, base, ref, top: float) -> None:
+    """Markdown table of one part; ratios against the course notebook (`base`) and PyTorch (`ref`)."""
+    print(f"| {title} | tokens/s | vs course | vs PyTorch | MFU | shapes | warm-up | peak RSS |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, r in results.items():
+        t = r["median_tokens_per_s"]
+        vs_course = f"{t / base['median_tokens_per_s']:.2f}x" if base else "-"
+        vs_torch = f"{t / ref['median_tokens_per_s']:.2f}x" if ref else "-"
+        print(f"| {name} | {t:.0f} | {vs_course} | {vs_torch} | {100 * r['median_gflops'] / top:.0f} % | "
+              f"{r['shapes']} | {r['warmup_s']} s | {r['peak_rss_mb']} MB |")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=os.environ.get("MINDRUN_DATA_DIR", "../shared/data/multi30k"))
@@ -198,38 +216,29 @@ def main() -> int:
     out = ROOT / args.out
     out.mkdir(parents=True, exist_ok=True)
     peak = sgemm_peak()
-    names = args.only or ["course", "course_jit", "mindrun", "torch"]
+    names = args.only or ["course", "course_jit", "mindrun", "mindrun_packed", "torch"]
     if "torch" in names and not have_torch():
         print("torch is not installed (pip install -e '.[bench]'): skipping the PyTorch contestant", file=sys.stderr)
         names.remove("torch")
     synthetic = {name: run_worker(name, "synthetic", args, out) for name in names}
-    real = {}
-    if "mindrun" in names:
-        real = {kind: run_worker("mindrun", kind, args, out) for kind in ("real_fixed", "real_bucketed")}
+    # real Multi30k: each contestant with the batching it would use (the notebook's fixed padding,
+    # PyTorch and mindrun with token buckets, mindrun packed), plus mindrun under the notebook's batching
+    real_runs = [("course", "real_fixed"), ("torch", "real_bucketed"), ("mindrun", "real_fixed"),
+                 ("mindrun", "real_bucketed"), ("mindrun_packed", "real_packed")]
+    real = {f"{name}/{kind}": run_worker(name, kind, args, out) for name, kind in real_runs if name in names}
     peak_after = sgemm_peak()
     record = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
               "sgemm_gflops": [round(peak, 1), round(peak_after, 1)], "sizes": SIZES, "vocabs": COURSE_VOCABS,
               "steps": args.steps, "windows": args.windows, "synthetic": synthetic, "real": real}
     (out / "result.json").write_text(json.dumps(record, indent=1), encoding="utf-8")
 
-    base = synthetic.get("course", {}).get("median_tokens_per_s")
-    ref = synthetic.get("torch", {}).get("median_tokens_per_s")
     top = max(peak, peak_after)
     print(f"NumPy sgemm peak: {peak:.0f} GFLOP/s before, {peak_after:.0f} after\n")
-    print("| step (synthetic 32 x 32) | tokens/s | vs course | vs PyTorch | MFU | peak RSS |")
-    print("|---|---|---|---|---|---|")
-    for name, r in synthetic.items():
-        t = r["median_tokens_per_s"]
-        vs_course = f"{t / base:.2f}x" if base else "-"
-        vs_torch = f"{t / ref:.2f}x" if ref else "-"
-        print(f"| {name} | {t:.0f} | {vs_course} | {vs_torch} | {100 * r['median_gflops'] / top:.0f} % | "
-              f"{r['peak_rss_mb']} MB |")
+    _table("step (synthetic 32 x 32)", synthetic, synthetic.get("course"), synthetic.get("torch"), top)
     if real:
-        print("\n| mindrun on Multi30k | tokens/s | MFU | shapes compiled | warm-up |")
-        print("|---|---|---|---|---|")
-        for kind, r in real.items():
-            print(f"| {kind} | {r['median_tokens_per_s']:.0f} | {100 * r['median_gflops'] / top:.0f} % | "
-                  f"{r['shapes']} | {r['warmup_s']} s |")
+        print()
+        _table("Multi30k (word-level, as the notebook)", real, real.get("course/real_fixed"),
+               real.get("torch/real_bucketed"), top)
     return 0
 
 

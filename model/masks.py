@@ -20,6 +20,20 @@ def causal_mask(length: int):
     return keep.reshape(1, 1, length, length)
 
 
+def segment_mask(q_seg, k_seg, causal: bool = False):
+    """Packed rows: q_seg [B, Lq], k_seg [B, Lk] segment ids (0 at padding) -> [B, 1, Lq, Lk] bool.
+
+    True where query and key belong to the same sentence and the key is not padding
+    (and, if `causal`, not ahead of the query), so sentences packed into one row never
+    see each other.
+    """
+    same = ops.logical_and(ops.equal(q_seg.expand_dims(2), k_seg.expand_dims(1)),
+                           ops.not_equal(k_seg, 0).expand_dims(1))  # [B, Lq, Lk]
+    if causal:
+        same = ops.logical_and(same, causal_mask(q_seg.shape[1]).reshape(1, q_seg.shape[1], q_seg.shape[1]))
+    return same.expand_dims(1)
+
+
 def mask_to_bias(mask, dtype=ms.float32):
     """Bool mask -> additive bias: 0 where allowed, NEG_INF where masked."""
     return ops.select(mask, ops.zeros(mask.shape, dtype), ops.fill(dtype, mask.shape, NEG_INF))

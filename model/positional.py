@@ -25,10 +25,11 @@ class PositionalEncoding(nn.Cell):
         self.table = ms.Tensor(sinusoid_table(max_positions, d_model))
         self.dropout = nn.Dropout(p=dropout)
 
-    def construct(self, x):
-        """x [B, L, d] -> x + PE[:L]."""
-        length = x.shape[1]
-        return self.dropout(x + self.table[:length].expand_dims(0))
+    def construct(self, x, positions=None):
+        """x [B, L, d] -> x + PE[:L], or x + PE[positions] for positions [B, L] (packed rows)."""
+        if positions is None:
+            return self.dropout(x + self.table[:x.shape[1]].expand_dims(0))
+        return self.dropout(x + ops.gather(self.table, positions, 0))
 
     def at(self, x, position):
         """One decoding step: x [B, 1, d] at integer tensor `position` []."""

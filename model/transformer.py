@@ -7,7 +7,7 @@ from mindspore.common.initializer import Normal
 
 from model.config import ModelConfig
 from model.layers import DecoderLayer, EncoderLayer
-from model.masks import NEG_INF, causal_mask, mask_to_bias, padding_mask
+from model.masks import NEG_INF, causal_mask, mask_to_bias, padding_mask, segment_mask
 from model.positional import PositionalEncoding
 
 
@@ -48,10 +48,17 @@ class Transformer(nn.Cell):
         self.after_logits = nn.Identity()
 
     # -- pieces -------------------------------------------------------------------
-    def encode(self, src):
-        """src [B, Ls] ids -> memory [B, Ls, d], src_bias [B, 1, 1, Ls]."""
-        src_bias = mask_to_bias(padding_mask(src, self.pad_id))
-        x = self.positions(self.src_embed(src) * self.embed_scale)
+    def encode(self, src, src_seg=None, src_pos=None):
+        """src [B, Ls] ids -> memory [B, Ls, d], src_bias [B, 1, 1, Ls].
+
+        Packed rows (several sentences a row) also give segment ids and positions,
+        src_seg and src_pos [B, Ls]; src_bias is then [B, 1, Ls, Ls].
+        """
+        if src_seg is None:
+            src_bias = mask_to_bias(padding_mask(src, self.pad_id))
+        else:
+            src_bias = mask_to_bias(segment_mask(src_seg, src_seg))
+        x = self.positions(self.src_embed(src) * self.embed_scale, src_pos)
         for layer in self.encoder:
             x = layer(x, src_bias)
         if self.cfg.pre_norm:
@@ -68,21 +75,30 @@ class Transformer(nn.Cell):
             logits = self.out_proj(flat)
         return self.after_logits(logits).reshape(b, length, self.tgt_vocab)
 
-    def decode(self, tgt_in, memory, src_bias):
-        """Teacher-forced decoder: tgt_in [B, Lt] -> logits [B, Lt, V]."""
-        length = tgt_in.shape[1]
-        tgt_bias = mask_to_bias(ops.logical_and(padding_mask(tgt_in, self.pad_id), causal_mask(length)))
-        x = self.positions(self.tgt_embed(tgt_in) * self.embed_scale)
+    def decode(self, tgt_in, memory, src_bias, tgt_seg=None, src_seg=None, tgt_pos=None):
+        """Teacher-forced decoder: tgt_in [B, Lt] -> logits [B, Lt, V].
+
+        For packed rows, tgt_seg/src_seg are the segment ids and tgt_pos the positions:
+        each target sentence attends to its own prefix and to its own source sentence only.
+        """
+        if tgt_seg is None:
+            length = tgt_in.shape[1]
+            tgt_bias = mask_to_bias(ops.logical_and(padding_mask(tgt_in, self.pad_id), causal_mask(length)))
+            cross_bias = src_bias
+        else:
+            tgt_bias = mask_to_bias(segment_mask(tgt_seg, tgt_seg, causal=True))
+            cross_bias = mask_to_bias(segment_mask(tgt_seg, src_seg))
+        x = self.positions(self.tgt_embed(tgt_in) * self.embed_scale, tgt_pos)
         for layer in self.decoder:
-            x = layer(x, memory, tgt_bias, src_bias)
+            x = layer(x, memory, tgt_bias, cross_bias)
         if self.cfg.pre_norm:
             x = self.decoder_norm(x)
         return self.project(x)
 
-    def construct(self, src, tgt_in):
-        """src [B, Ls], tgt_in [B, Lt] -> logits [B, Lt, V]."""
-        memory, src_bias = self.encode(src)
-        return self.decode(tgt_in, memory, src_bias)
+    def construct(self, src, tgt_in, src_seg=None, tgt_seg=None, src_pos=None, tgt_pos=None):
+        """src [B, Ls], tgt_in [B, Lt] -> logits [B, Lt, V]; the rest only for packed rows (see `encode`)."""
+        memory, src_bias = self.encode(src, src_seg, src_pos)
+        return self.decode(tgt_in, memory, src_bias, tgt_seg, src_seg, tgt_pos)
 
     # -- incremental decoding -------------------------------------------------------
     # Caches are tuples with one tensor per decoder layer: slicing a stacked tensor

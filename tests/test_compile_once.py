@@ -7,7 +7,6 @@ import mindspore as ms
 import pytest
 
 from trainer.config import load_config
-from trainer.data.batching import collate
 from trainer.dataset import prepare
 from trainer.train import Trainer
 
@@ -23,11 +22,27 @@ def test_step_compiles_once_per_bucket_shape(data_dir, tmp_path):
     split = trainer.train_split
     shapes = []
     for batch in trainer.batcher.iterate(0, 0):
-        src, tin, tout = collate(batch, split.src_ids, split.tgt_ids)
-        shapes.append(src.shape)
-        trainer.train_step(src, tin, tout)  # sets a new learning rate every step, as training does
+        arrays = trainer.collate(batch, split.src_ids, split.tgt_ids)
+        shapes.append(arrays[0].shape)
+        trainer.train_step(*arrays)  # sets a new learning rate every step, as training does
         trainer.step += 1
     distinct = set(shapes)
     assert len(shapes) > len(distinct) >= 2  # some shape repeats with other content
     assert {s[1] for s in distinct} <= {16, 32, 64}
     assert len(trainer.step_fn.compile_cache) == len(distinct)
+
+
+def test_packed_training_compiles_one_shape(data_dir, tmp_path):
+    ms.set_context(mode=ms.GRAPH_MODE)
+    cfg = load_config("tiny", [f"data.dir={data_dir}", f"train.out_dir={tmp_path}", "data.packing=true",
+                               "data.pack_length=64", "data.max_tokens=512"])
+    trainer = Trainer(cfg, prepare(cfg.data))
+    split = trainer.train_split
+    batches = list(trainer.batcher.iterate(0, 0))
+    assert len(batches) >= 3
+    for batch in batches:
+        trainer.step += 1
+        arrays = trainer.collate(batch, split.src_ids, split.tgt_ids)
+        assert len(arrays) == 7 and arrays[0].shape == (8, 64)
+        trainer.train_step(*arrays)
+    assert len(trainer.step_fn.compile_cache) == 1

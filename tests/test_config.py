@@ -78,3 +78,14 @@ def test_unknown_recipe_suggests():
 def test_malformed_override():
     with pytest.raises(ConfigError, match="section.key=value"):
         load_config("small", ["optim.lr"])
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["data.pack_length=512"], r"data.pack_length \(512\) exceeds model.max_positions \(256\)"),
+    (["data.pack_length=1"], "data.pack_length must be >= 2"),
+    (["data.max_tokens=32"], r"data.max_tokens \(32\) is smaller than data.pack_length \(64\)"),
+])
+def test_impossible_packing(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("small", ["data.packing=true", "data.buckets=[16]", *overrides])
+    load_config("small", ["data.pack_length=512"])  # not checked while packing is off

@@ -79,14 +79,15 @@ def test_same_seed_same_loss_curve(data_dir, tmp_path):
     assert curves[0] != pytest.approx(curves[2], rel=1e-3)
 
 
-def test_resume_continues_where_the_run_stopped(data_dir, tmp_path):
+@pytest.mark.parametrize("batching", [[], ["data.packing=true", "data.pack_length=48"]], ids=["buckets", "packed"])
+def test_resume_continues_where_the_run_stopped(data_dir, tmp_path, batching):
     """6 steps, stop, resume to 12 == 12 steps straight (dropout off, same data order, Adam state kept)."""
+    common = ["train.log_every=1", "train.eval_every=100", *batching]
     straight = tmp_path / "straight"
-    train(tiny(data_dir, straight, "train.max_steps=12", "train.log_every=1", "train.eval_every=100"))
+    train(tiny(data_dir, straight, "train.max_steps=12", *common))
     split = tmp_path / "split"
-    train(tiny(data_dir, split, "train.max_steps=6", "train.log_every=1", "train.eval_every=100"))
-    summary = train(tiny(data_dir, split, "train.max_steps=12", "train.log_every=1", "train.eval_every=100",
-                         "train.resume=true"))
+    train(tiny(data_dir, split, "train.max_steps=6", *common))
+    summary = train(tiny(data_dir, split, "train.max_steps=12", "train.resume=true", *common))
     assert summary["steps"] == 12
     want = [(r["step"], r["loss"]) for r in read_metrics(straight / "metrics.jsonl", "train")]
     got = [(r["step"], r["loss"]) for r in read_metrics(split / "metrics.jsonl", "train")]

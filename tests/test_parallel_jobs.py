@@ -81,6 +81,19 @@ def test_data_parallel_matches_standalone(standalone, data_dir, tmp_path):
     same_run(standalone, run)
 
 
+def test_packed_data_parallel_matches_packed_standalone(data_dir, tmp_path):
+    """Packed rows (segment ids and positions) split across data-parallel ranks like padded ones."""
+    packing = ["data.packing=true", "data.pack_length=64"]
+    ref = tmp_path / "standalone"
+    args = settings(data_dir, ref)
+    for s in packing:
+        args += ["--set", s]
+    proc = subprocess.run([sys.executable, "-m", "trainer", "train", *args], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    same_run(ref, launched(data_dir, tmp_path / "dp", 2, "parallel.mode=data_parallel", *packing))
+
+
 def test_hybrid_model_parallel_matches_standalone(standalone, data_dir, tmp_path):
     run = launched(data_dir, tmp_path, 2, "parallel.model_parallel=2")
     assert "hybrid: data_parallel 1 x model_parallel 2" in (tmp_path / "logs" / "worker_0.log").read_text()

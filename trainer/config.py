@@ -35,6 +35,8 @@ class DataConfig:
     min_freq: int = 2  # word tokenizer only
     max_tokens: int = 4096  # token budget of a batch: rows x padded length
     buckets: List[int] = field(default_factory=lambda: [12, 16, 20, 24, 32, 48, 64, 128])
+    packing: bool = False  # several pairs a row in one [max_tokens // pack_length, pack_length] shape
+    pack_length: int = 64  # row length when packing; longer pairs are cut to it
     train_limit: Optional[int] = None  # use only the first N training pairs (tests, smoke runs)
     valid_limit: Optional[int] = None
 
@@ -131,6 +133,16 @@ class RunConfig:
             raise ConfigError(
                 f"data.max_tokens ({self.data.max_tokens}) is smaller than the longest bucket "
                 f"({buckets[-1]}): no batch could hold one sentence; raise data.max_tokens")
+        if self.data.packing:
+            _positive("data.pack_length", self.data.pack_length, minimum=2)
+            if self.data.pack_length > self.model.max_positions:
+                raise ConfigError(
+                    f"data.pack_length ({self.data.pack_length}) exceeds model.max_positions "
+                    f"({self.model.max_positions}); lower data.pack_length or raise model.max_positions")
+            if self.data.max_tokens < self.data.pack_length:
+                raise ConfigError(
+                    f"data.max_tokens ({self.data.max_tokens}) is smaller than data.pack_length "
+                    f"({self.data.pack_length}): a batch must hold one row; raise data.max_tokens")
         _positive("data.vocab_size", self.data.vocab_size, minimum=100)
         _positive("data.min_freq", self.data.min_freq)
         for key in ("train_limit", "valid_limit"):

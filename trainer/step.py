@@ -42,9 +42,9 @@ class TrainStep(nn.Cell):
         # per-parameter weight in the squared norm: split ones are summed over shards, replicated ones once
         self.norm_weights = tuple(1.0 if p.name in split else 1.0 / mp_size for p in self.weights)
 
-    def forward(self, src, tgt_in, tgt_out, denominator):
+    def forward(self, src, tgt_in, tgt_out, denominator, src_seg=None, tgt_seg=None, src_pos=None, tgt_pos=None):
         """Loss of this rank's rows per target token of the global batch, with the sums as auxiliaries."""
-        logits = self.model(src, tgt_in)
+        logits = self.model(src, tgt_in, src_seg, tgt_seg, src_pos, tgt_pos)
         loss_sum, nll_sum, n_tokens = self.criterion(logits, tgt_out)
         return loss_sum / denominator, loss_sum, nll_sum, n_tokens
 
@@ -55,11 +55,13 @@ class TrainStep(nn.Cell):
             total = self.mp_sum(total)
         return ops.sqrt(total)
 
-    def construct(self, src, tgt_in, tgt_out):
+    def construct(self, src, tgt_in, tgt_out, src_seg=None, tgt_seg=None, src_pos=None, tgt_pos=None):
+        """A padded batch (src, tgt_in, tgt_out), or a packed one with segment ids and positions too."""
         n_tokens = ops.not_equal(tgt_out, self.criterion.pad_id).astype(ms.float32).sum()
         if self.dp_sum is not None:
             n_tokens = self.dp_sum(n_tokens)
-        (_, loss_sum, nll_sum, _), grads = self.grad_fn(src, tgt_in, tgt_out, ops.maximum(n_tokens, 1.0))
+        (_, loss_sum, nll_sum, _), grads = self.grad_fn(src, tgt_in, tgt_out, ops.maximum(n_tokens, 1.0),
+                                                            src_seg, tgt_seg, src_pos, tgt_pos)
         if self.grad_reducer is not None:
             grads = self.grad_reducer(grads)
             loss_sum = self.dp_sum(loss_sum)

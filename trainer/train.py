@@ -20,6 +20,7 @@ from model.parallel.layout import apply_hybrid
 from trainer import checkpoint
 from trainer.config import ConfigError, RunConfig
 from trainer.data.batching import TokenBatcher, collate
+from trainer.data.packing import PackedBatcher, collate_packed, side_lengths
 from trainer.data.tokenizer import PAD
 from trainer.dataset import Corpus, Split, prepare
 from trainer.metrics import MetricsLog
@@ -120,6 +121,15 @@ class Validator:
                 "bleu": scores["bleu"], "bleu_lowercase": scores["bleu_lowercase"], "chrf": scores["chrf"]}
 
 
+def training_batches(cfg: RunConfig, split: Split):
+    """The training split's batcher and its collate function: length buckets, or packed rows."""
+    data = cfg.data
+    if data.packing:
+        src_len, tgt_len = side_lengths(split.src_ids, split.tgt_ids, data.pack_length)
+        return PackedBatcher(src_len, tgt_len, data.pack_length, data.max_tokens, cfg.train.seed), collate_packed
+    return TokenBatcher(split.lengths(), data.buckets, data.max_tokens, cfg.train.seed), collate
+
+
 class Trainer:
     """Owns the model, the jitted step and the bookkeeping of one training run (one rank of it)."""
 
@@ -140,8 +150,7 @@ class Trainer:
                                  self.layout.shard_axis)
         self.step_fn.set_train(True)
         self.validator = Validator(cfg, self.model, corpus)
-        self.batcher = TokenBatcher(self.train_split.lengths(), cfg.data.buckets, cfg.data.max_tokens,
-                                    cfg.train.seed)
+        self.batcher, self.collate = training_batches(cfg, self.train_split)
         self.total_steps = cfg.train.max_steps or len(self.batcher) * cfg.train.max_epochs
         self.step, self.epoch, self.batch_index = 0, 0, 0
         self.elapsed_before = 0.0  # training seconds of the runs this one resumes
@@ -233,15 +242,18 @@ class Trainer:
     def _on_signal(self, signum, _frame) -> None:
         self.stop_signal = signum
 
-    def train_step(self, src, tin, tout):
-        """One optimiser step; returns (loss_sum, nll_sum, target tokens, grad-norm tensor, learning rate)."""
+    def train_step(self, *arrays):
+        """One optimiser step on a collated batch (padded: src, tin, tout; packed: also segments and positions).
+
+        Returns (loss_sum, nll_sum, target tokens, grad-norm tensor, learning rate).
+        """
         self.step += 1
         opt = self.cfg.optim
         rate = learning_rate(self.step, opt.lr, opt.warmup_steps, opt.schedule, self.total_steps, opt.min_lr,
                              self.time_fraction)
         self.optimizer.learning_rate.set_data(ms.Tensor(rate, ms.float32))  # a Parameter inside the graph
-        src, tin, tout = shard_rows((src, tin, tout), self.ctx)
-        loss_sum, nll_sum, n_tgt, gnorm = self.step_fn(ms.Tensor(src), ms.Tensor(tin), ms.Tensor(tout))
+        arrays = shard_rows(arrays, self.ctx)
+        loss_sum, nll_sum, n_tgt, gnorm = self.step_fn(*map(ms.Tensor, arrays))
         return float(loss_sum.asnumpy()), float(nll_sum.asnumpy()), float(n_tgt.asnumpy()), gnorm, rate
 
     def run(self) -> Dict[str, object]:
@@ -262,13 +274,13 @@ class Trainer:
             if stop or self.stop_signal is not None:
                 break
             first = self.batch_index if epoch == self.epoch else 0
-            batches = prefetch(collate(b, self.train_split.src_ids, self.train_split.tgt_ids)
+            batches = prefetch(self.collate(b, self.train_split.src_ids, self.train_split.tgt_ids)
                                for b in self.batcher.iterate(epoch, first))
-            bar = tqdm(batches, total=per_epoch, initial=first, desc=f"epoch {epoch}",
+            bar = tqdm(batches, total=self.batcher.batches_in(epoch), initial=first, desc=f"epoch {epoch}",
                        disable=not (cfg.train.progress and self.ctx.is_main), dynamic_ncols=True, leave=False)
-            for i, (src, tin, tout) in enumerate(bar, start=first):
-                loss_sum, nll_sum, n_tgt, gnorm, rate = self.train_step(src, tin, tout)
-                window.add(int((src != PAD).sum()) + int(n_tgt), loss_sum, nll_sum, n_tgt)
+            for i, arrays in enumerate(bar, start=first):
+                loss_sum, nll_sum, n_tgt, gnorm, rate = self.train_step(*arrays)
+                window.add(int((arrays[0] != PAD).sum()) + int(n_tgt), loss_sum, nll_sum, n_tgt)
                 if self.step % cfg.train.log_every == 0:
                     record = {"epoch": epoch, **window.flush(), "lr": rate, "grad_norm": float(gnorm.asnumpy()),
                               "elapsed_s": round(time.time() - start, 1)}

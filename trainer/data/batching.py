@@ -73,6 +73,10 @@ class TokenBatcher:
         total = sum(-(-len(idx) // self.rows[b]) for b, idx in self.members.items())
         return -(-total // self.world_size)
 
+    def batches_in(self, epoch: int) -> int:
+        """Batches of `epoch` on each rank (every epoch has the same count)."""
+        return len(self)
+
     def iterate(self, epoch: int, start: int = 0) -> Iterator[Batch]:
         """Batches of `epoch` from position `start` on, without touching earlier ones."""
         yield from self.epoch(epoch)[start:]
