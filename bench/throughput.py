@@ -8,10 +8,14 @@ d_ff 1024, dropout 0.1, the notebook's word vocabularies of 7,853 / 5,893 entrie
   course       the notebook's step as written (PyNative), bench/throughput_course.py: the baseline
   course_jit   the same step under mindspore.jit (for reference)
   mindrun      mindrun's graph-mode TrainStep (label smoothing, clipping, Adam), untied embeddings
+  mindrun_packed  the same step on the same pairs packed in rows of 64 (trainer/data/packing.py)
   torch        PyTorch eager nn.Transformer, same sizes (skipped with a note if torch is missing)
-Part 1, synthetic batches of 32 pairs padded to 32. Part 2, real Multi30k pairs through the
-notebook's preprocessing: mindrun with the notebook's fixed padding vs with its own token
-bucketing (2,048-slot batches, the `small` recipe's buckets).
+Part 1 (--parts synthetic), batches of 32 random pairs padded to 32. Part 2 (--parts real),
+real Multi30k pairs through the notebook's preprocessing, each contestant with its own
+batching: the notebook's fixed padding, PyTorch's and mindrun's token buckets (2,048-slot
+batches, the `small` recipe's buckets), mindrun packed ([32, 64] batches), and mindrun
+with the notebook's padding. Tokens and FLOPs of a packed batch are counted on its padded
+twin (the same pairs).
 
 Each contestant warms up (one step per batch shape: graph compiles), then times --windows
 windows of --steps steps; tokens/s is the median window (non-pad source + target tokens).
@@ -109,7 +113,7 @@ def course_pairs(data_dir: str):
 
 # -- one contestant, in its own process ----------------------------------------------------------
 def build_step(name: str, vocabs):
-    """A function (src, tgt_in, tgt_out) -> loss for the contestant, and its pad id."""
+    """A function (src, tgt_in, tgt_out[, packed segments and positions]) -> loss for the contestant, and its pad id."""
     if name == "torch":
         from throughput_torch import make
 
@@ -206,6 +210,8 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=10, help="steps per timed window")
     parser.add_argument("--windows", type=int, default=5, help="timed windows per contestant (median reported)")
     parser.add_argument("--only", nargs="*", help="contestants to run (default: all)")
+    parser.add_argument("--parts", nargs="*", default=["synthetic", "real"], choices=["synthetic", "real"],
+                        help="which parts to run (default: both)")
     parser.add_argument("--out", default="bench/out/throughput")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--batches", default="synthetic", help=argparse.SUPPRESS)
@@ -220,12 +226,13 @@ def main() -> int:
     if "torch" in names and not have_torch():
         print("torch is not installed (pip install -e '.[bench]'): skipping the PyTorch contestant", file=sys.stderr)
         names.remove("torch")
-    synthetic = {name: run_worker(name, "synthetic", args, out) for name in names}
+    synthetic = {name: run_worker(name, "synthetic", args, out) for name in names if "synthetic" in args.parts}
     # real Multi30k: each contestant with the batching it would use (the notebook's fixed padding,
     # PyTorch and mindrun with token buckets, mindrun packed), plus mindrun under the notebook's batching
     real_runs = [("course", "real_fixed"), ("torch", "real_bucketed"), ("mindrun", "real_fixed"),
                  ("mindrun", "real_bucketed"), ("mindrun_packed", "real_packed")]
-    real = {f"{name}/{kind}": run_worker(name, kind, args, out) for name, kind in real_runs if name in names}
+    real = {f"{name}/{kind}": run_worker(name, kind, args, out) for name, kind in real_runs
+            if name in names and "real" in args.parts}
     peak_after = sgemm_peak()
     record = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
               "sgemm_gflops": [round(peak, 1), round(peak_after, 1)], "sizes": SIZES, "vocabs": COURSE_VOCABS,
@@ -234,7 +241,8 @@ def main() -> int:
 
     top = max(peak, peak_after)
     print(f"NumPy sgemm peak: {peak:.0f} GFLOP/s before, {peak_after:.0f} after\n")
-    _table("step (synthetic 32 x 32)", synthetic, synthetic.get("course"), synthetic.get("torch"), top)
+    if synthetic:
+        _table("step (synthetic 32 x 32)", synthetic, synthetic.get("course"), synthetic.get("torch"), top)
     if real:
         print()
         _table("Multi30k (word-level, as the notebook)", real, real.get("course/real_fixed"),

@@ -49,9 +49,9 @@ def _lay_out(rows: List[List[Tuple[np.ndarray, np.ndarray, np.ndarray]]], length
     for r, pieces in enumerate(rows):
         at_s = at_t = 0
         for seg, (s, ti, to) in enumerate(pieces, start=1):
-            src[r, at_s:at_s + len(s)], sseg[r, at_s:at_s + len(s)], spos[r, at_s:at_s + len(s)] = s, seg, np.arange(len(s))
-            tin[r, at_t:at_t + len(ti)], tout[r, at_t:at_t + len(to)] = ti, to
-            tseg[r, at_t:at_t + len(ti)], tpos[r, at_t:at_t + len(ti)] = seg, np.arange(len(ti))
+            cols_s, cols_t = slice(at_s, at_s + len(s)), slice(at_t, at_t + len(ti))
+            src[r, cols_s], sseg[r, cols_s], spos[r, cols_s] = s, seg, np.arange(len(s))
+            tin[r, cols_t], tout[r, cols_t], tseg[r, cols_t], tpos[r, cols_t] = ti, to, seg, np.arange(len(ti))
             at_s, at_t = at_s + len(s), at_t + len(ti)
     return src, tin, tout, sseg, tseg, spos, tpos
 

@@ -22,7 +22,7 @@ class EncoderLayer(nn.Cell):
         self.norm2 = _add_norm(cfg)
 
     def construct(self, x, src_bias):
-        """x [B, Ls, d], src_bias [B, 1, 1, Ls] -> [B, Ls, d]."""
+        """x [B, Ls, d], src_bias [B, 1, 1, Ls] (packed rows: [B, 1, Ls, Ls]) -> [B, Ls, d]."""
         h = self.norm1.before(x)
         x = self.norm1.after(x, self.self_attn(h, h, src_bias))
         return self.norm2.after(x, self.ffn(self.norm2.before(x)))
@@ -41,7 +41,7 @@ class DecoderLayer(nn.Cell):
         self.norm3 = _add_norm(cfg)
 
     def construct(self, x, memory, tgt_bias, src_bias):
-        """x [B, Lt, d], memory [B, Ls, d], tgt_bias [B, 1, Lt, Lt], src_bias [B, 1, 1, Ls]."""
+        """x [B, Lt, d], memory [B, Ls, d], tgt_bias [B, 1, Lt, Lt], src_bias [B, 1, 1, Ls] (packed: [B, 1, Lt, Ls])."""
         h = self.norm1.before(x)
         x = self.norm1.after(x, self.self_attn(h, h, tgt_bias))
         x = self.norm2.after(x, self.cross_attn(self.norm2.before(x), memory, src_bias))

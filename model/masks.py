@@ -1,4 +1,4 @@
-"""Padding and causal masks, and their additive form for softmax.
+"""Padding, causal and segment (packed rows) masks, and their additive form for softmax.
 
 Masks are boolean, True where attention is allowed, shaped to broadcast
 against scores [B, H, Lq, Lk].

@@ -75,10 +75,10 @@ class Transformer(nn.Cell):
             logits = self.out_proj(flat)
         return self.after_logits(logits).reshape(b, length, self.tgt_vocab)
 
-    def decode(self, tgt_in, memory, src_bias, tgt_seg=None, src_seg=None, tgt_pos=None):
+    def decode(self, tgt_in, memory, src_bias, src_seg=None, tgt_seg=None, tgt_pos=None):
         """Teacher-forced decoder: tgt_in [B, Lt] -> logits [B, Lt, V].
 
-        For packed rows, tgt_seg/src_seg are the segment ids and tgt_pos the positions:
+        For packed rows, src_seg/tgt_seg are the segment ids and tgt_pos the positions:
         each target sentence attends to its own prefix and to its own source sentence only.
         """
         if tgt_seg is None:
@@ -98,7 +98,7 @@ class Transformer(nn.Cell):
     def construct(self, src, tgt_in, src_seg=None, tgt_seg=None, src_pos=None, tgt_pos=None):
         """src [B, Ls], tgt_in [B, Lt] -> logits [B, Lt, V]; the rest only for packed rows (see `encode`)."""
         memory, src_bias = self.encode(src, src_seg, src_pos)
-        return self.decode(tgt_in, memory, src_bias, tgt_seg, src_seg, tgt_pos)
+        return self.decode(tgt_in, memory, src_bias, src_seg, tgt_seg, tgt_pos)
 
     # -- incremental decoding -------------------------------------------------------
     # Caches are tuples with one tensor per decoder layer: slicing a stacked tensor

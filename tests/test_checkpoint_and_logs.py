@@ -54,3 +54,20 @@ def test_metrics_log_drops_records_after_the_resume_step(tmp_path):
     fresh = MetricsLog(tmp_path)  # a new run starts a new log
     fresh.close()
     assert read_metrics(tmp_path / "metrics.jsonl") == []
+
+
+def test_validation_time_is_left_out_of_tokens_per_second_but_the_tokens_before_it_count(monkeypatch):
+    from trainer import train as train_module
+
+    now = [100.0]
+    monkeypatch.setattr(train_module.time, "time", lambda: now[0])
+    window = train_module._Window()
+    window.add(1000, 5.0, 4.0, 500)
+    now[0] += 1.0  # one second of training
+    with window.paused():
+        now[0] += 50.0  # validation
+    window.add(1000, 5.0, 4.0, 500)
+    now[0] += 1.0
+    record = window.flush()
+    assert record["tokens_per_s"] == pytest.approx(1000.0)
+    assert record["loss"] == pytest.approx(10.0 / 1000)

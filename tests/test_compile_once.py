@@ -41,7 +41,6 @@ def test_packed_training_compiles_one_shape(data_dir, tmp_path):
     batches = list(trainer.batcher.iterate(0, 0))
     assert len(batches) >= 3
     for batch in batches:
-        trainer.step += 1
         arrays = trainer.collate(batch, split.src_ids, split.tgt_ids)
         assert len(arrays) == 7 and arrays[0].shape == (8, 64)
         trainer.train_step(*arrays)

@@ -88,4 +88,4 @@ def test_malformed_override():
 def test_impossible_packing(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config("small", ["data.packing=true", "data.buckets=[16]", *overrides])
-    load_config("small", ["data.pack_length=512"])  # not checked while packing is off
+    load_config("small", ["data.packing=false", "data.pack_length=512"])  # not checked while packing is off

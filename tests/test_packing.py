@@ -7,10 +7,13 @@ from mindspore import nn
 from model.config import ModelConfig
 from model.loss import LabelSmoothedCrossEntropy
 from model.transformer import Transformer
+from trainer.config import load_config
 from trainer.data.batching import Batch, collate
 from trainer.data.packing import PackedBatcher, collate_packed, side_lengths
 from trainer.data.tokenizer import BOS, EOS, PAD
+from trainer.dataset import prepare
 from trainer.step import TrainStep
+from trainer.train import Trainer, seed_everything
 
 RNG = np.random.default_rng(0)
 
@@ -121,3 +124,26 @@ def test_a_packed_step_makes_the_padded_steps_update():
     np.testing.assert_allclose(packed_sums, padded_sums, rtol=1e-4)
     for name, w in padded_w.items():
         np.testing.assert_allclose(packed_w[name], w, rtol=1e-4, atol=1e-6, err_msg=name)
+
+
+@pytest.mark.slow
+def test_the_trainer_feeds_segments_and_positions_to_the_step(data_dir, tmp_path):
+    """Trainer.train_step on a packed Multi30k batch gives the loss of the same pairs padded
+    (same seed, same initial weights, dropout off): the packed arrays reach the model."""
+    ms.set_context(mode=ms.GRAPH_MODE)
+    corpus, members, sums = None, None, []
+    for name, extra in (("packed", ["data.packing=true", "data.pack_length=64"]), ("padded", [])):
+        cfg = load_config("tiny", [f"data.dir={data_dir}", f"train.out_dir={tmp_path / name}", *extra])
+        corpus = corpus or prepare(cfg.data)
+        seed_everything(cfg.train.seed)
+        trainer = Trainer(cfg, corpus)
+        split = trainer.train_split
+        if members is None:
+            batch = trainer.batcher.epoch(0)[0]
+            members = [i for row in batch.members for i in row]
+            assert len(members) > len(batch.members)  # rows hold several sentences
+            arrays = trainer.collate(batch, split.src_ids, split.tgt_ids)
+        else:
+            arrays = collate(Batch(64, len(members), np.array(members)), split.src_ids, split.tgt_ids)
+        sums.append(trainer.train_step(*arrays)[:3])
+    np.testing.assert_allclose(sums[0], sums[1], rtol=1e-4)

@@ -60,8 +60,8 @@ class TrainStep(nn.Cell):
         n_tokens = ops.not_equal(tgt_out, self.criterion.pad_id).astype(ms.float32).sum()
         if self.dp_sum is not None:
             n_tokens = self.dp_sum(n_tokens)
-        (_, loss_sum, nll_sum, _), grads = self.grad_fn(src, tgt_in, tgt_out, ops.maximum(n_tokens, 1.0),
-                                                            src_seg, tgt_seg, src_pos, tgt_pos)
+        packed = (src_seg, tgt_seg, src_pos, tgt_pos)
+        (_, loss_sum, nll_sum, _), grads = self.grad_fn(src, tgt_in, tgt_out, ops.maximum(n_tokens, 1.0), *packed)
         if self.grad_reducer is not None:
             grads = self.grad_reducer(grads)
             loss_sum = self.dp_sum(loss_sum)

@@ -1,4 +1,5 @@
 """The training loop: batches in, jitted steps, periodic validation, best/last checkpoints, logs."""
+import contextlib
 import json
 import math
 import os
@@ -291,16 +292,16 @@ class Trainer:
                     break
                 stop = self._budget_spent(budget) or (max_steps is not None and self.step >= max_steps)
                 if (cfg.train.eval_every and self.step % cfg.train.eval_every == 0) or stop:
-                    self.validate_and_save(epoch, i + 1)
-                    window.restart_clock()  # validation time is not training throughput
+                    with window.paused():  # validation time is not training throughput
+                        self.validate_and_save(epoch, i + 1)
                 if stop:
                     break
             bar.close()
             if self.stop_signal is not None:
                 break
             if not stop and (not cfg.train.eval_every or self.step % cfg.train.eval_every):
-                self.validate_and_save(epoch + 1, 0)
-                window.restart_clock()
+                with window.paused():
+                    self.validate_and_save(epoch + 1, 0)
         if handlers is not None:
             _catch(None, handlers)
         self.log.close()
@@ -327,8 +328,14 @@ class _Window:
         self.nll += nll_sum
         self.targets += targets
 
-    def restart_clock(self) -> None:
-        self.t0 = time.time()
+    @contextlib.contextmanager
+    def paused(self):
+        """Leave the time spent inside out of tokens/s (the tokens before it still count)."""
+        start = time.time()
+        try:
+            yield
+        finally:
+            self.t0 += time.time() - start
 
     def flush(self) -> Dict[str, float]:
         n = max(self.targets, 1.0)

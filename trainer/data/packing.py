@@ -9,8 +9,11 @@ to each other, so the loss and its gradients are those of the padded batch (test
 
 Placement is first-fit in shuffled order into the rows of the open batch; when a pair
 fits no row, the batch is closed and a new one opened. The result is a pure function of
-(seed, epoch), so a position (epoch, i) resumes without replaying data. Epochs differ by
-a batch or two in length; `len()` is epoch 0's count.
+(seed, epoch), so a position (epoch, i) resumes without replaying data. Epochs may differ
+slightly in length (on Multi30k by a batch or so); `len()` is epoch 0's count.
+
+Segment id 0 marks padding, which is also the value data-parallel row sharding pads
+with (PAD), so a padded row is an empty row.
 """
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Sequence, Tuple
@@ -30,6 +33,7 @@ class PackedBatch:
 
     @property
     def pairs(self) -> int:
+        """How many sentence pairs the batch holds."""
         return sum(len(m) for m in self.members)
 
 
@@ -42,7 +46,11 @@ def side_lengths(src_ids: Sequence[Sequence[int]], tgt_ids: Sequence[Sequence[in
 
 
 class PackedBatcher:
-    """Deterministic, resumable, rank-sharded packed batches of one shape [max_tokens // length, length]."""
+    """Deterministic, resumable, rank-sharded packed batches of one shape [max_tokens // length, length].
+
+    `src_lengths` and `tgt_lengths` are the slots each pair takes on each side, as
+    `side_lengths` counts them (source + EOS, BOS + target).
+    """
 
     def __init__(self, src_lengths: Sequence[int], tgt_lengths: Sequence[int], length: int, max_tokens: int,
                  seed: int, rank: int = 0, world_size: int = 1, shuffle: bool = True):
@@ -55,6 +63,7 @@ class PackedBatcher:
         self.length, self.rows = length, max_tokens // length
         self.seed, self.rank, self.world_size, self.shuffle = seed, rank, world_size, shuffle
         self._cache: Dict[int, List[PackedBatch]] = {}
+        self._first_epoch_count = self.batches_in(0)
 
     def _pack(self, order: np.ndarray) -> List[PackedBatch]:
         length, rows = self.length, self.rows
@@ -82,7 +91,8 @@ class PackedBatcher:
         return batches
 
     def _global_batches(self, epoch: int) -> List[PackedBatch]:
-        if epoch not in self._cache:
+        batches = self._cache.get(epoch)
+        if batches is None:
             rng = np.random.default_rng([self.seed, epoch])
             n = len(self.src_len)
             batches = self._pack(rng.permutation(n) if self.shuffle else np.arange(n))
@@ -90,8 +100,8 @@ class PackedBatcher:
                 batches = [batches[i] for i in rng.permutation(len(batches))]
             # equal counts on every rank: pad with empty batches (they carry no tokens)
             batches += [PackedBatch(self.length, self.rows, ())] * (-len(batches) % self.world_size)
-            self._cache = {epoch: batches}  # one epoch at a time: the trainer walks them in order
-        return self._cache[epoch]
+            self._cache = {epoch: batches}  # one epoch kept: the trainer walks them in order
+        return batches
 
     def epoch(self, epoch: int) -> List[PackedBatch]:
         """This rank's batches for `epoch`, in training order."""
@@ -102,8 +112,8 @@ class PackedBatcher:
         return len(self._global_batches(epoch)) // self.world_size
 
     def __len__(self) -> int:
-        """Batches per epoch on each rank, as in epoch 0 (later epochs may differ by a batch or two)."""
-        return self.batches_in(0)
+        """Batches per epoch on each rank, as in epoch 0 (later epochs may differ slightly)."""
+        return self._first_epoch_count
 
     def iterate(self, epoch: int, start: int = 0) -> Iterator[PackedBatch]:
         """Batches of `epoch` from position `start` on, without touching earlier ones."""

@@ -12,6 +12,8 @@ def shard_rows(arrays: Sequence[np.ndarray], ctx: ParallelContext) -> Tuple[np.n
 
     Rows are padded with PAD (which the loss ignores) to a multiple of data_parallel, so
     the ranks together hold exactly the global batch and every rank compiles one shape.
+    A packed batch's segment ids and positions get the same value, PAD == 0, which is
+    the segment id of padding (trainer/data/packing.py).
     """
     dp = ctx.plan.data_parallel
     if dp == 1:
