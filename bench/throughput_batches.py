@@ -41,29 +41,14 @@ def synthetic(count: int, rows: int, length: int, src_vocab: int, tgt_vocab: int
     return batches
 
 
-def _lay_out(rows: List[List[Tuple[np.ndarray, np.ndarray, np.ndarray]]], length: int, pad: int):
-    """Rows of (src, tgt_in, tgt_out) pieces -> the 7 arrays of a packed batch (see trainer/data/packing.py)."""
-    shape = (len(rows), length)
-    src, tin, tout = (np.full(shape, pad, np.int32) for _ in range(3))
-    sseg, tseg, spos, tpos = (np.zeros(shape, np.int32) for _ in range(4))
-    for r, pieces in enumerate(rows):
-        at_s = at_t = 0
-        for seg, (s, ti, to) in enumerate(pieces, start=1):
-            cols_s, cols_t = slice(at_s, at_s + len(s)), slice(at_t, at_t + len(ti))
-            src[r, cols_s], sseg[r, cols_s], spos[r, cols_s] = s, seg, np.arange(len(s))
-            tin[r, cols_t], tout[r, cols_t], tseg[r, cols_t], tpos[r, cols_t] = ti, to, seg, np.arange(len(ti))
-            at_s, at_t = at_s + len(s), at_t + len(ti)
-    return src, tin, tout, sseg, tseg, spos, tpos
-
-
 def repack(batch: Batch, pad: int, length: int = 64):
-    """The pairs of a padded batch, laid out by mindrun's packer in as few rows of `length` as hold them.
+    """The pairs of a padded batch, placed by mindrun's packer in rows of `length` (first-fit decreasing).
 
     Placement is the trainer's (trainer/data/packing.py), fed longest pair first (first-fit
     decreasing); the token ids are the batch's own, so the packed batch trains on exactly
     the same sentences. Different batches may need different row counts (one compile each).
     """
-    from trainer.data.packing import PackedBatcher
+    from trainer.data.packing import PackedBatcher, lay_out
 
     src, tin, tout = batch
     s_len, t_len = (src != pad).sum(1), (tout != pad).sum(1)
@@ -72,7 +57,7 @@ def repack(batch: Batch, pad: int, length: int = 64):
     assert len(placed) == 1, "a padded batch always fits one packed batch of as many rows"
     rows = [[(src[i, :s_len[i]], tin[i, :t_len[i]], tout[i, :t_len[i]]) for i in order[list(row)]]
             for row in placed[0].members]
-    return _lay_out(rows, length, pad)
+    return lay_out(rows, len(rows), length, pad)
 
 
 def tokens(batch: Batch, pad: int) -> int:
@@ -105,7 +90,7 @@ def real_packed(pairs, max_tokens: int, length: int, pad: int, count: int, seed:
     """mindrun's packing: pairs in shuffled order placed by trainer/data/packing.py into
     [max_tokens // length, length] batches. Returns (packed arrays, the same pairs padded
     per batch) tuples: the padded twin is only for counting tokens and FLOPs alike."""
-    from trainer.data.packing import PackedBatcher
+    from trainer.data.packing import PackedBatcher, lay_out
 
     s_len = np.array([len(s) for s, _ in pairs])
     t_len = np.array([len(t) + 1 for _, t in pairs])
@@ -113,14 +98,8 @@ def real_packed(pairs, max_tokens: int, length: int, pad: int, count: int, seed:
     batches = PackedBatcher(s_len[keep], t_len[keep], length, max_tokens, seed=seed).epoch(0)[:count]
     out = []
     for b in batches:
-        rows = []
-        for row in b.members:
-            pieces = []
-            for i in keep[list(row)]:
-                s, t = list(pairs[i][0]), list(pairs[i][1])
-                pieces.append((np.array(s), np.array([BOS] + t), np.array(t + [EOS])))
-            rows.append(pieces)
-        rows += [[] for _ in range(b.rows - len(rows))]
+        rows = [[(list(pairs[i][0]), [BOS] + list(pairs[i][1]), list(pairs[i][1]) + [EOS]) for i in keep[list(row)]]
+                for row in b.members]
         twin = _pack([pairs[i] for row in b.members for i in keep[list(row)]], length, pad)
-        out.append((_lay_out(rows, length, pad), twin))
+        out.append((lay_out(rows, b.rows, length, pad), twin))
     return out

@@ -120,31 +120,37 @@ class PackedBatcher:
         yield from self.epoch(epoch)[start:]
 
 
+def lay_out(rows: Sequence[Sequence[Tuple[Sequence[int], Sequence[int], Sequence[int]]]], n_rows: int,
+            length: int, pad: int = PAD):
+    """Rows of (source, decoder input, decoder target) pieces, side by side, -> the 7 [n_rows, length]
+    int32 arrays of a packed batch: the three token arrays, then source and target segment ids
+    (1, 2, ... per row, 0 at padding) and positions (from 0 per sentence). Rows past the
+    given ones are padding.
+    """
+    shape = (n_rows, length)
+    src_arr, tin_arr, tout_arr = (np.full(shape, pad, np.int32) for _ in range(3))
+    src_seg, tgt_seg, src_pos, tgt_pos = (np.zeros(shape, np.int32) for _ in range(4))
+    for row, pieces in enumerate(rows):
+        at_src = at_tgt = 0
+        for seg, (s, t_in, t_out) in enumerate(pieces, start=1):
+            cols_s, cols_t = slice(at_src, at_src + len(s)), slice(at_tgt, at_tgt + len(t_in))
+            src_arr[row, cols_s], src_seg[row, cols_s], src_pos[row, cols_s] = s, seg, np.arange(len(s))
+            tin_arr[row, cols_t], tout_arr[row, cols_t] = t_in, t_out
+            tgt_seg[row, cols_t], tgt_pos[row, cols_t] = seg, np.arange(len(t_in))
+            at_src, at_tgt = at_src + len(s), at_tgt + len(t_in)
+    return src_arr, tin_arr, tout_arr, src_seg, tgt_seg, src_pos, tgt_pos
+
+
 def collate_packed(batch: PackedBatch, src: Sequence[Sequence[int]], tgt: Sequence[Sequence[int]]):
-    """[rows, length] int32 arrays: source, decoder input, decoder target, then source and
-    target segment ids (1, 2, ... per row, 0 at padding) and positions (from 0 per sentence).
+    """[rows, length] int32 arrays of a packed batch, as `lay_out` describes them.
 
     Source gets EOS appended; decoder input is BOS + target, decoder target is target + EOS,
     as in `batching.collate`. Sequences longer than a row are truncated.
     """
     length = batch.length
-    shape = (batch.rows, length)
-    src_arr, tin_arr, tout_arr = (np.full(shape, PAD, np.int32) for _ in range(3))
-    src_seg, tgt_seg, src_pos, tgt_pos = (np.zeros(shape, np.int32) for _ in range(4))
-    ramp = np.arange(length, dtype=np.int32)
-    for row, members in enumerate(batch.members):
-        at_src = at_tgt = 0
-        for seg, i in enumerate(members, start=1):
-            s = list(src[i][:length - 1]) + [EOS]
-            t = list(tgt[i][:length - 1])
-            ns, nt = len(s), len(t) + 1
-            src_arr[row, at_src:at_src + ns] = s
-            src_seg[row, at_src:at_src + ns] = seg
-            src_pos[row, at_src:at_src + ns] = ramp[:ns]
-            tin_arr[row, at_tgt:at_tgt + nt] = [BOS] + t
-            tout_arr[row, at_tgt:at_tgt + nt] = t + [EOS]
-            tgt_seg[row, at_tgt:at_tgt + nt] = seg
-            tgt_pos[row, at_tgt:at_tgt + nt] = ramp[:nt]
-            at_src += ns
-            at_tgt += nt
-    return src_arr, tin_arr, tout_arr, src_seg, tgt_seg, src_pos, tgt_pos
+
+    def pieces(i):
+        t = list(tgt[i][:length - 1])
+        return list(src[i][:length - 1]) + [EOS], [BOS] + t, t + [EOS]
+
+    return lay_out([[pieces(i) for i in members] for members in batch.members], batch.rows, length)
