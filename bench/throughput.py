@@ -19,6 +19,11 @@ twin (the same pairs).
 
 Each contestant warms up (one step per batch shape: graph compiles), then times --windows
 windows of --steps steps; tokens/s is the median window (non-pad source + target tokens).
+With --rounds N every part runs N times, contestants interleaved (all of them, then all of
+them again), each run a fresh process: a contestant's figure is the median over rounds,
+and each ratio is also given as the median of the per-round ratios, so that one
+contestant's drift between processes (PyTorch's has been 1.4k-2.2k tokens/s) does not
+decide a comparison.
 MFU = model FLOPs of the non-pad tokens (forward + backward = 3 x forward matmul FLOPs) per
 second over the peak of NumPy sgemm measured in the same invocation. Peak memory is the
 worker process's maximum RSS. Results: bench/out/throughput/result.json and Markdown tables.
@@ -174,8 +179,8 @@ def worker(args) -> int:
     return 0
 
 
-def run_worker(name: str, batches: str, args, out: Path) -> dict:
-    result = out / f"{name}_{batches}.json"
+def run_worker(name: str, batches: str, args, out: Path, round_: int = 0) -> dict:
+    result = out / f"{name}_{batches}_r{round_}.json"
     cmd = [sys.executable, __file__, "--worker", name, "--batches", batches, "--steps", str(args.steps),
            "--windows", str(args.windows), "--data-dir", args.data_dir, "--out", str(result)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
@@ -184,8 +189,35 @@ def run_worker(name: str, batches: str, args, out: Path) -> dict:
     record = json.loads(result.read_text())
     record["median_tokens_per_s"] = statistics.median(record["tokens_per_s"])
     record["median_gflops"] = statistics.median(record["gflops"])
-    print(f"{name} / {batches}: {record['median_tokens_per_s']:.0f} tokens/s", file=sys.stderr)
+    print(f"round {round_}: {name} / {batches}: {record['median_tokens_per_s']:.0f} tokens/s", file=sys.stderr)
     return record
+
+
+def run_rounds(runs, args, out: Path) -> dict:
+    """Every (label, contestant, batches) of `runs`, --rounds times interleaved; one merged record per label."""
+    per_round = [{label: run_worker(name, kind, args, out, r) for label, name, kind in runs}
+                 for r in range(args.rounds)]
+    merged = {}
+    for label, _, _ in runs:
+        records = [rnd[label] for rnd in per_round]
+        merged[label] = {
+            "rounds_tokens_per_s": [round(r["median_tokens_per_s"], 1) for r in records],
+            "median_tokens_per_s": statistics.median(r["median_tokens_per_s"] for r in records),
+            "median_gflops": statistics.median(r["median_gflops"] for r in records),
+            "warmup_s": statistics.median(r["warmup_s"] for r in records),
+            "shapes": records[0]["shapes"],
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in records),
+            "windows": [r["tokens_per_s"] for r in records],
+        }
+    return merged
+
+
+def round_ratio(results: dict, name: str, ref) -> str:
+    """Median over rounds of results[name] / ref, each round against its own reference run."""
+    if not ref:
+        return "-"
+    pairs = zip(results[name]["rounds_tokens_per_s"], ref["rounds_tokens_per_s"])
+    return f"{statistics.median(a / b for a, b in pairs):.2f}x"
 
 
 def have_torch() -> bool:
@@ -193,15 +225,16 @@ def have_torch() -> bool:
 
 
 def _table(title: str, results: dict, base, ref, top: float) -> None:
-    """Markdown table of one part; ratios against the course notebook (`base`) and PyTorch (`ref`)."""
-    print(f"| {title} | tokens/s | vs course | vs PyTorch | MFU | shapes | warm-up | peak RSS |")
-    print("|---|---|---|---|---|---|---|---|")
+    """Markdown table of one part; ratios (median of per-round ratios) against the course notebook
+    (`base`) and PyTorch (`ref`)."""
+    print(f"| {title} | tokens/s | vs course | vs PyTorch | MFU | shapes | warm-up | peak RSS | per round |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, r in results.items():
         t = r["median_tokens_per_s"]
-        vs_course = f"{t / base['median_tokens_per_s']:.2f}x" if base else "-"
-        vs_torch = f"{t / ref['median_tokens_per_s']:.2f}x" if ref else "-"
-        print(f"| {name} | {t:.0f} | {vs_course} | {vs_torch} | {100 * r['median_gflops'] / top:.0f} % | "
-              f"{r['shapes']} | {r['warmup_s']} s | {r['peak_rss_mb']} MB |")
+        rounds = " / ".join(f"{x:,.0f}" for x in r["rounds_tokens_per_s"])
+        print(f"| {name} | {t:.0f} | {round_ratio(results, name, base)} | {round_ratio(results, name, ref)} | "
+              f"{100 * r['median_gflops'] / top:.0f} % | {r['shapes']} | {r['warmup_s']} s | "
+              f"{r['peak_rss_mb']} MB | {rounds} |")
 
 
 def main() -> int:
@@ -209,6 +242,8 @@ def main() -> int:
     parser.add_argument("--data-dir", default=os.environ.get("MINDRUN_DATA_DIR", "../shared/data/multi30k"))
     parser.add_argument("--steps", type=int, default=10, help="steps per timed window")
     parser.add_argument("--windows", type=int, default=5, help="timed windows per contestant (median reported)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run every contestant this many times, interleaved (medians over rounds)")
     parser.add_argument("--only", nargs="*", help="contestants to run (default: all)")
     parser.add_argument("--parts", nargs="*", default=["synthetic", "real"], choices=["synthetic", "real"],
                         help="which parts to run (default: both)")
@@ -226,17 +261,20 @@ def main() -> int:
     if "torch" in names and not have_torch():
         print("torch is not installed (pip install -e '.[bench]'): skipping the PyTorch contestant", file=sys.stderr)
         names.remove("torch")
-    synthetic = {name: run_worker(name, "synthetic", args, out) for name in names if "synthetic" in args.parts}
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, got {args.rounds}")
+    synthetic = run_rounds([(name, name, "synthetic") for name in names], args, out) \
+        if "synthetic" in args.parts else {}
     # real Multi30k: each contestant with the batching it would use (the notebook's fixed padding,
     # PyTorch and mindrun with token buckets, mindrun packed), plus mindrun under the notebook's batching
     real_runs = [("course", "real_fixed"), ("torch", "real_bucketed"), ("mindrun", "real_fixed"),
                  ("mindrun", "real_bucketed"), ("mindrun_packed", "real_packed")]
-    real = {f"{name}/{kind}": run_worker(name, kind, args, out) for name, kind in real_runs
-            if name in names and "real" in args.parts}
+    real = run_rounds([(f"{name}/{kind}", name, kind) for name, kind in real_runs if name in names], args, out) \
+        if "real" in args.parts else {}
     peak_after = sgemm_peak()
     record = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
               "sgemm_gflops": [round(peak, 1), round(peak_after, 1)], "sizes": SIZES, "vocabs": COURSE_VOCABS,
-              "steps": args.steps, "windows": args.windows, "synthetic": synthetic, "real": real}
+              "steps": args.steps, "windows": args.windows, "rounds": args.rounds, "synthetic": synthetic, "real": real}
     (out / "result.json").write_text(json.dumps(record, indent=1), encoding="utf-8")
 
     top = max(peak, peak_after)

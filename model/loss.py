@@ -3,6 +3,44 @@ import mindspore as ms
 from mindspore import nn, ops
 
 
+class _SmoothedRowLoss(nn.Cell):
+    """Sums over rows of logits x [N, V] with targets [N]; the backward is written out.
+
+    Returns (loss_sum, nll_sum, n_tokens, log_z); log_z [N] (log-sum-exp per row) is an
+    output only so that the backward can rebuild softmax from it in one pass instead of
+    recomputing the row maxima and sums.
+    """
+
+    def __init__(self, smoothing: float, pad_id: int):
+        super().__init__()
+        self.eps = smoothing
+        self.pad_id = pad_id
+
+    def construct(self, x, target):
+        keep = ops.not_equal(target, self.pad_id).astype(ms.float32)  # [N]
+        top = x.max(-1, keepdims=True)
+        log_z = ops.log(ops.exp(x - top).sum(-1)) + top.reshape(-1)
+        nll = log_z - ops.gather_elements(x, 1, target.reshape(-1, 1).astype(ms.int32)).reshape(-1)
+        smooth = log_z - x.mean(-1)  # mean over the vocabulary of -log p
+        loss = (1.0 - self.eps) * nll + self.eps * smooth
+        return (loss * keep).sum(), (nll * keep).sum(), keep.sum(), log_z
+
+    def bprop(self, x, target, out, dout):
+        # d loss_sum / d x = keep * (p - (1 - eps) * onehot - eps / V); d nll_sum / d x = keep * (p - onehot).
+        # Per row that is p * a - c everywhere and - b at the target: the target term is
+        # scattered in, so no [N, V] one-hot is built.
+        vocab = x.shape[-1]
+        d_loss, d_nll = dout[0], dout[1]
+        keep = ops.not_equal(target, self.pad_id).astype(ms.float32)
+        a = (keep * (d_loss + d_nll)).reshape(-1, 1)
+        c = (keep * ((self.eps / vocab) * d_loss)).reshape(-1, 1)
+        b = keep * ((1.0 - self.eps) * d_loss + d_nll)
+        grad = ops.exp(x - out[3].reshape(-1, 1)) * a - c
+        rows = ops.arange(0, x.shape[0], dtype=ms.int32)
+        grad = ops.tensor_scatter_sub(grad, ops.stack([rows, target.astype(ms.int32)], 1), b)
+        return grad, ops.zeros_like(target)
+
+
 class LabelSmoothedCrossEntropy(nn.Cell):
     """Sum over non-pad targets of (1 - eps) * NLL + eps * mean over the vocabulary of -log p.
 
@@ -21,31 +59,10 @@ class LabelSmoothedCrossEntropy(nn.Cell):
             raise ValueError(f"label smoothing must be in [0, 1), got {smoothing}")
         self.eps = smoothing
         self.pad_id = pad_id
-
-    def _rows(self, logits, target):
-        vocab = logits.shape[-1]
-        flat = target.reshape(-1)
-        keep = ops.not_equal(flat, self.pad_id).astype(ms.float32)  # [N]
-        return logits.reshape(-1, vocab).astype(ms.float32), flat, keep
+        self.rows = _SmoothedRowLoss(smoothing, pad_id)
 
     def construct(self, logits, target):
         """logits [B, L, V], target [B, L] ids."""
-        x, flat, keep = self._rows(logits, target)
-        top = x.max(-1, keepdims=True)
-        log_z = ops.log(ops.exp(x - top).sum(-1)) + top.reshape(-1)  # log-sum-exp per row
-        nll = log_z - ops.gather_elements(x, 1, flat.reshape(-1, 1).astype(ms.int32)).reshape(-1)
-        smooth = log_z - x.mean(-1)  # mean over the vocabulary of -log p
-        loss = (1.0 - self.eps) * nll + self.eps * smooth
-        return (loss * keep).sum(), (nll * keep).sum(), keep.sum()
-
-    def bprop(self, logits, target, out, dout):
-        # d loss_sum / d x = keep * (p - (1 - eps) * onehot - eps / V); d nll_sum / d x = keep * (p - onehot)
-        x, flat, keep = self._rows(logits, target)
-        vocab = x.shape[-1]
-        d_loss, d_nll = dout[0], dout[1]
-        e = ops.exp(x - x.max(-1, keepdims=True))
-        p = e / e.sum(-1, keepdims=True)
-        onehot = ops.one_hot(flat, vocab, ops.ones((), ms.float32), ops.zeros((), ms.float32))
-        grad = p * (d_loss + d_nll) - onehot * ((1.0 - self.eps) * d_loss + d_nll) - (self.eps / vocab) * d_loss
-        grad = grad * keep.reshape(-1, 1)
-        return grad.reshape(logits.shape).astype(logits.dtype), ops.zeros_like(target)
+        vocab = logits.shape[-1]
+        loss_sum, nll_sum, n_tokens, _ = self.rows(logits.reshape(-1, vocab).astype(ms.float32), target.reshape(-1))
+        return loss_sum, nll_sum, n_tokens
