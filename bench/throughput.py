@@ -207,7 +207,7 @@ def run_rounds(runs, args, out: Path) -> dict:
             "warmup_s": statistics.median(r["warmup_s"] for r in records),
             "shapes": records[0]["shapes"],
             "peak_rss_mb": max(r["peak_rss_mb"] for r in records),
-            "windows": [r["tokens_per_s"] for r in records],
+            "window_tokens_per_s": [r["tokens_per_s"] for r in records],  # per round, per window
         }
     return merged
 
