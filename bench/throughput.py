@@ -21,9 +21,8 @@ Each contestant warms up (one step per batch shape: graph compiles), then times 
 windows of --steps steps; tokens/s is the median window (non-pad source + target tokens).
 With --rounds N every part runs N times, contestants interleaved (all of them, then all of
 them again), each run a fresh process: a contestant's figure is the median over rounds,
-and each ratio is also given as the median of the per-round ratios, so that one
-contestant's drift between processes (PyTorch's has been 1.4k-2.2k tokens/s) does not
-decide a comparison.
+and each ratio is the median of the per-round ratios, so that one contestant's drift
+between processes (PyTorch's has been 1.4k-2.2k tokens/s) does not decide a comparison.
 MFU = model FLOPs of the non-pad tokens (forward + backward = 3 x forward matmul FLOPs) per
 second over the peak of NumPy sgemm measured in the same invocation. Peak memory is the
 worker process's maximum RSS. Results: bench/out/throughput/result.json and Markdown tables.
@@ -253,6 +252,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.worker:
         return worker(args)
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, got {args.rounds}")
 
     out = ROOT / args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -261,8 +262,6 @@ def main() -> int:
     if "torch" in names and not have_torch():
         print("torch is not installed (pip install -e '.[bench]'): skipping the PyTorch contestant", file=sys.stderr)
         names.remove("torch")
-    if args.rounds < 1:
-        parser.error(f"--rounds must be at least 1, got {args.rounds}")
     synthetic = run_rounds([(name, name, "synthetic") for name in names], args, out) \
         if "synthetic" in args.parts else {}
     # real Multi30k: each contestant with the batching it would use (the notebook's fixed padding,
