@@ -9,6 +9,7 @@ from a measurement. Output goes to bench/out/profile/<name>/.
 """
 import argparse
 import csv
+import shutil
 import sys
 import time
 from collections import defaultdict
@@ -64,6 +65,7 @@ def main() -> int:
           f"{2 * args.rows * args.length / plain:.0f} tokens/s (every slot a token)")
 
     out = ROOT / "bench" / "out" / "profile" / args.name
+    shutil.rmtree(out, ignore_errors=True)  # the table is read from the first CSV found: not an older run's
     from mindspore.profiler import Profiler
 
     profiler = Profiler(output_path=str(out))

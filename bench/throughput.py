@@ -24,7 +24,9 @@ them again), each run a fresh process: a contestant's figure is the median over 
 and each ratio is the median of the per-round ratios, so that one contestant's drift
 between processes (PyTorch's has been 1.4k-2.2k tokens/s) does not decide a comparison.
 MFU = model FLOPs of the non-pad tokens (forward + backward = 3 x forward matmul FLOPs) per
-second over the peak of NumPy sgemm measured in the same invocation. Peak memory is the
+second over the best float32 GEMM rate measured in the same invocation, before and after the
+contestants, of every BLAS here: NumPy's OpenBLAS (also forced to its AVX-512 kernels where
+the CPU has them), MindSpore's MatMul (oneDNN) and torch.mm. Peak memory is the
 worker process's maximum RSS. Results: bench/out/throughput/result.json and Markdown tables.
 """
 import argparse
@@ -64,19 +66,71 @@ def model_flops(batch, pad: int, tgt_vocab: int) -> float:
     return 3 * (enc + dec + out)
 
 
-def sgemm_peak(repeats: int = 7) -> float:
-    """NumPy float32 matmul GFLOP/s, best of `repeats` (1024x256 @ 256x1024 and 2048x512 @ 512x2048)."""
-    best = 0.0
+GEMM_SIZES = ((1024, 256, 1024), (2048, 512, 2048), (2048, 2048, 2048), (4096, 256, 8000))
+
+
+def gemm_rate(library: str, repeats: int = 7) -> float:
+    """Best float32 GEMM GFLOP/s of one library in this process over GEMM_SIZES (best of `repeats` x 5 calls)."""
     rng = np.random.default_rng(0)
-    for m, k in ((1024, 256), (2048, 512)):
-        a, b = rng.standard_normal((m, k), np.float32), rng.standard_normal((k, m), np.float32)
-        a @ b
+    if library == "mindspore":
+        import mindspore as ms
+        from mindspore import ops
+
+        ms.set_context(mode=ms.GRAPH_MODE)
+        matmul = ms.jit(ops.matmul)
+    elif library == "torch":
+        import torch
+    best = 0.0
+    for m, k, n in GEMM_SIZES:
+        a, b = rng.standard_normal((m, k), np.float32), rng.standard_normal((k, n), np.float32)
+        if library == "mindspore":
+            ta, tb = ms.Tensor(a), ms.Tensor(b)
+            call = lambda: matmul(ta, tb).asnumpy()  # noqa: E731 (asnumpy waits for the result)
+        elif library == "torch":
+            ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+            call = lambda: torch.mm(ta, tb)  # noqa: E731
+        else:
+            call = lambda: a @ b  # noqa: E731
+        call(), call()
         for _ in range(repeats):
             t0 = time.perf_counter()
-            for _ in range(10):
-                a @ b
-            best = max(best, 10 * 2 * m * k * m / (time.perf_counter() - t0) / 1e9)
+            for _ in range(5):
+                call()
+            best = max(best, 5 * 2 * m * k * n / (time.perf_counter() - t0) / 1e9)
     return best
+
+
+def cpu_has_avx512() -> bool:
+    try:
+        return " avx512f " in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+def gemm_peaks(torch_too: bool) -> dict:
+    """Float32 GEMM GFLOP/s of every BLAS on this machine, each measured in a fresh process.
+
+    NumPy's OpenBLAS picks its kernels from the CPU model it recognises; on a CPU it does not
+    know (AMD Zen 5 in OpenBLAS 0.3.23) it falls back to AVX2 kernels at about half the
+    machine's float32 rate, so it is also run with OPENBLAS_CORETYPE=SkylakeX (its AVX-512
+    kernels) where the CPU has AVX-512. MFU is taken against the best of these rates.
+    """
+    runs = [("numpy", "numpy", {}), ("mindspore", "mindspore", {})]
+    if cpu_has_avx512():
+        runs.append(("numpy_avx512", "numpy", {"OPENBLAS_CORETYPE": "SkylakeX"}))
+    if torch_too:
+        runs.append(("torch", "torch", {}))
+    peaks = {}
+    for label, library, env in runs:
+        proc = subprocess.run([sys.executable, __file__, "--gemm-worker", library], capture_output=True, text=True,
+                              env={**os.environ, **env}, timeout=600)
+        if proc.returncode != 0:
+            print(f"GEMM peak of {label} not measured:\n{proc.stderr[-1000:]}", file=sys.stderr)
+            continue
+        peaks[label] = round(float(proc.stdout.split()[-1]), 1)
+    if not peaks:
+        raise SystemExit("no GEMM peak could be measured (see the errors above)")
+    return peaks
 
 
 # -- batches ---------------------------------------------------------------------------------
@@ -219,6 +273,19 @@ def round_ratio(results: dict, name: str, ref) -> str:
     return f"{statistics.median(a / b for a, b in pairs):.2f}x"
 
 
+def machine() -> str:
+    """CPU model and count, for the record."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} CPUs, {platform.machine()}"
+
+
 def have_torch() -> bool:
     return subprocess.run([sys.executable, "-c", "import torch"], capture_output=True).returncode == 0
 
@@ -249,7 +316,11 @@ def main() -> int:
     parser.add_argument("--out", default="bench/out/throughput")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--batches", default="synthetic", help=argparse.SUPPRESS)
+    parser.add_argument("--gemm-worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.gemm_worker:
+        print(gemm_rate(args.gemm_worker))
+        return 0
     if args.worker:
         return worker(args)
     if args.rounds < 1:
@@ -257,11 +328,12 @@ def main() -> int:
 
     out = ROOT / args.out
     out.mkdir(parents=True, exist_ok=True)
-    peak = sgemm_peak()
     names = args.only or ["course", "course_jit", "mindrun", "mindrun_packed", "torch"]
-    if "torch" in names and not have_torch():
+    torch_installed = have_torch()
+    if "torch" in names and not torch_installed:
         print("torch is not installed (pip install -e '.[bench]'): skipping the PyTorch contestant", file=sys.stderr)
         names.remove("torch")
+    peaks = gemm_peaks(torch_installed)
     synthetic = run_rounds([(name, name, "synthetic") for name in names], args, out) \
         if "synthetic" in args.parts else {}
     # real Multi30k: each contestant with the batching it would use (the notebook's fixed padding,
@@ -270,14 +342,17 @@ def main() -> int:
                  ("mindrun", "real_bucketed"), ("mindrun_packed", "real_packed")]
     real = run_rounds([(f"{name}/{kind}", name, kind) for name, kind in real_runs if name in names], args, out) \
         if "real" in args.parts else {}
-    peak_after = sgemm_peak()
-    record = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
-              "sgemm_gflops": [round(peak, 1), round(peak_after, 1)], "sizes": SIZES, "vocabs": COURSE_VOCABS,
+    peaks_after = gemm_peaks(torch_installed)
+    record = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(),
+              "gemm_gflops_before": peaks, "gemm_gflops_after": peaks_after, "sizes": SIZES, "vocabs": COURSE_VOCABS,
               "steps": args.steps, "windows": args.windows, "rounds": args.rounds, "synthetic": synthetic, "real": real}
     (out / "result.json").write_text(json.dumps(record, indent=1), encoding="utf-8")
 
-    top = max(peak, peak_after)
-    print(f"NumPy sgemm peak: {peak:.0f} GFLOP/s before, {peak_after:.0f} after\n")
+    top = max(*peaks.values(), *peaks_after.values())
+    print(f"{record['machine']}")
+    print("float32 GEMM GFLOP/s before / after the contestants: " + ", ".join(
+        f"{k} {peaks.get(k, '-')} / {peaks_after.get(k, '-')}" for k in peaks_after))
+    print(f"MFU below is against the best of these: {top:.0f} GFLOP/s\n")
     if synthetic:
         _table("step (synthetic 32 x 32)", synthetic, synthetic.get("course"), synthetic.get("torch"), top)
     if real:

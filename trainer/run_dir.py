@@ -11,14 +11,19 @@ from typing import Tuple
 import yaml
 
 from model import Transformer
+from model.cpu_backward import enabled_here, use_cpu_backward
 from trainer import checkpoint
 from trainer.config import RunConfig, config_from_dict
 from trainer.data.tokenizer import PAD, load_vocabs
 
 
 def build_model(cfg: RunConfig, src_vocab_size: int, tgt_vocab_size: int) -> Transformer:
-    """The Transformer the config describes."""
-    return Transformer(cfg.model, src_vocab_size, tgt_vocab_size, pad_id=PAD)
+    """The Transformer the config describes; on the CPU (unless train.cpu_backward=false) with the bias
+    and LayerNorm backward written out."""
+    model = Transformer(cfg.model, src_vocab_size, tgt_vocab_size, pad_id=PAD)
+    if cfg.train.cpu_backward and enabled_here():
+        use_cpu_backward(model)
+    return model
 
 
 def run_dir_of(checkpoint_path: Path) -> Path:

@@ -1,0 +1,96 @@
+"""Backward passes written out where MindSpore's CPU kernels are slow: bias and LayerNorm gradients.
+
+MindSpore 2.10's CPU `BiasAddGrad` sums a [N, C] gradient over its rows about 50 times
+slower than a [1, N] x [N, C] matmul by a ones vector (8.3 ms against 0.17 ms for
+2,048 x 1,024), and its `LayerNormGrad` takes about twice as long as the same gradient
+from element-wise ops (bench/README.md, issue 5). `use_cpu_backward` swaps, in place,
+every `nn.Dense`'s bias add and every `nn.LayerNorm` of a model for Cells with the same
+forward primitive and parameters and a written-out `bprop`. The model definition is
+unchanged: like a parallel layout, this is applied to it (by `trainer.run_dir.build_model`
+when the device is the CPU), and checkpoints are the same.
+"""
+import mindspore as ms
+from mindspore import nn, ops
+
+
+def _column_sum(x):
+    """Sum of [N, C] over its rows as one GEMV, [C]."""
+    return ops.matmul(ops.ones((1, x.shape[0]), x.dtype), x).reshape(-1)
+
+
+class BiasAdd(nn.Cell):
+    """x [N, C] + b [C] by the `BiasAdd` primitive; the bias gradient is a GEMV, not `BiasAddGrad`."""
+
+    def __init__(self):
+        super().__init__()
+        self.bias_add = ops.BiasAdd()
+
+    def construct(self, x, b):
+        return self.bias_add(x, b)
+
+    def bprop(self, x, b, out, dout):
+        return dout, _column_sum(dout)
+
+
+class _LayerNormRows(nn.Cell):
+    """LayerNorm of [N, d] rows: returns (y, mean, variance) as the CPU primitive does; backward written out."""
+
+    def __init__(self, epsilon: float):
+        super().__init__()
+        self.epsilon = epsilon
+        self.layer_norm = ops.LayerNorm(begin_norm_axis=-1, begin_params_axis=-1, epsilon=epsilon)
+
+    def construct(self, x, gamma, beta):
+        return self.layer_norm(x, gamma, beta)
+
+    def bprop(self, x, gamma, beta, out, dout):
+        # with xhat = (x - mean) * rstd and g = dy * gamma:
+        # dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), dgamma = sum(dy * xhat), dbeta = sum(dy)
+        dy = dout[0]
+        rstd = ops.rsqrt(out[2] + self.epsilon)
+        xhat = (x - out[1]) * rstd
+        g = dy * gamma
+        dx = rstd * (g - g.mean(-1, keep_dims=True) - xhat * (g * xhat).mean(-1, keep_dims=True))
+        return dx, _column_sum(dy * xhat), _column_sum(dy)
+
+
+class LayerNorm(nn.Cell):
+    """`nn.LayerNorm` over the last axis with the same gamma and beta, backward written out."""
+
+    def __init__(self, norm: nn.LayerNorm):
+        super().__init__()
+        if norm.begin_norm_axis != -1 or len(norm.normalized_shape) != 1:
+            raise ValueError(f"only LayerNorms over the last axis are supported, got {norm.normalized_shape}")
+        self.gamma = norm.gamma
+        self.beta = norm.beta
+        self.rows = _LayerNormRows(norm.epsilon)
+
+    def construct(self, x):
+        shape = x.shape
+        y, _, _ = self.rows(x.reshape(-1, shape[-1]), self.gamma, self.beta)
+        return y.reshape(shape)
+
+
+def use_cpu_backward(model: nn.Cell) -> int:
+    """Swap the bias adds of `model`'s Dense layers and its LayerNorms in place; returns how many were swapped."""
+    params = list(model.get_parameters())
+    names = [p.name for p in params]
+    swapped = 0
+    for _, cell in list(model.cells_and_names()):
+        for attr, child in list(cell.name_cells().items()):
+            if type(child) is nn.LayerNorm:  # noqa: E721 (subclasses may compute something else)
+                setattr(cell, attr, LayerNorm(child))
+                swapped += 1
+            elif type(child) is nn.Dense and child.has_bias:  # noqa: E721
+                child.bias_add = BiasAdd()
+                swapped += 1
+    # Cell.__setattr__ re-prefixes a new child's parameters with its attribute name alone
+    # ("norm.gamma"), which collides across layers: give back the full names.
+    for param, name in zip(params, names):
+        param.name = name
+    return swapped
+
+
+def enabled_here() -> bool:
+    """Whether this process computes on the CPU (where the swap pays)."""
+    return ms.get_context("device_target") == "CPU"

@@ -1,0 +1,115 @@
+"""The bias and LayerNorm backward written out for the CPU give autodiff's gradients, and build_model uses them."""
+import numpy as np
+import mindspore as ms
+import pytest
+from mindspore import nn
+
+from model.config import ModelConfig
+from model.cpu_backward import BiasAdd, LayerNorm, use_cpu_backward
+from model.loss import LabelSmoothedCrossEntropy
+from model.transformer import Transformer
+from trainer.config import load_config
+from trainer.run_dir import build_model
+
+RNG = np.random.default_rng(7)
+
+
+class _Weighted(nn.Cell):
+    """sum(cell(*inputs) * dy): its gradient is the cell's backward applied to dy (in either execution mode)."""
+
+    def __init__(self, cell, dy):
+        super().__init__()
+        self.cell, self.dy = cell, ms.Tensor(dy)
+
+    def construct(self, *inputs):
+        return (self.cell(*inputs) * self.dy).sum()
+
+
+def numpy_layer_norm_grads(x, gamma, dy, eps):
+    mean = x.mean(-1, keepdims=True)
+    rstd = 1.0 / np.sqrt(x.var(-1, keepdims=True) + eps)
+    xhat = (x - mean) * rstd
+    g = dy * gamma
+    dx = rstd * (g - g.mean(-1, keepdims=True) - xhat * (g * xhat).mean(-1, keepdims=True))
+    axes = tuple(range(x.ndim - 1))
+    return dx, (dy * xhat).sum(axes), dy.sum(axes)
+
+
+@pytest.mark.parametrize("shape", [(6, 16), (3, 5, 16)])
+def test_layer_norm_matches_numpy_and_nn_layer_norm(shape):
+    x = RNG.standard_normal(shape).astype(np.float32) * 3 + 1
+    dy = RNG.standard_normal(shape).astype(np.float32)
+    reference = nn.LayerNorm((shape[-1],), epsilon=1e-5)
+    reference.gamma.set_data(ms.Tensor(RNG.uniform(0.5, 1.5, shape[-1]).astype(np.float32)))
+    reference.beta.set_data(ms.Tensor(RNG.standard_normal(shape[-1]).astype(np.float32)))
+    written = LayerNorm(reference)
+    for norm in (reference, written):
+        grad = ms.grad(_Weighted(norm, dy), grad_position=0, weights=norm.trainable_params())
+        dx, (dgamma, dbeta) = grad(ms.Tensor(x))
+        np.testing.assert_allclose(norm(ms.Tensor(x)).asnumpy(), reference(ms.Tensor(x)).asnumpy(), atol=1e-6)
+        want = numpy_layer_norm_grads(x, reference.gamma.asnumpy(), dy, 1e-5)
+        for got, expected in zip((dx, dgamma, dbeta), want):
+            np.testing.assert_allclose(got.asnumpy(), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_bias_add_gradient_is_the_column_sum():
+    x = ms.Tensor(RNG.standard_normal((7, 5)).astype(np.float32))
+    b = ms.Tensor(RNG.standard_normal(5).astype(np.float32))
+    dy = RNG.standard_normal((7, 5)).astype(np.float32)
+    dx, db = ms.grad(_Weighted(BiasAdd(), dy), grad_position=(0, 1))(x, b)
+    np.testing.assert_allclose(dx.asnumpy(), dy, atol=1e-6)
+    np.testing.assert_allclose(db.asnumpy(), dy.sum(0), rtol=1e-5, atol=1e-5)
+
+
+class _LossOf(nn.Cell):
+    def __init__(self, model, criterion):
+        super().__init__()
+        self.model, self.criterion = model, criterion
+
+    def construct(self, src, tgt_in, tgt_out):
+        return self.criterion(self.model(src, tgt_in), tgt_out)[0]
+
+
+def _copy_weights(source: nn.Cell, target: nn.Cell) -> None:
+    values = {p.name: p.asnumpy() for p in source.get_parameters()}
+    for p in target.get_parameters():
+        p.set_data(ms.Tensor(values[p.name]))
+
+
+@pytest.mark.parametrize("pre_norm, graph", [(False, False), (True, False), (False, True)])
+def test_transformer_gradients_equal_autodiff_after_the_swap(pre_norm, graph):
+    cfg = ModelConfig(d_model=32, n_heads=4, d_ff=64, encoder_layers=2, decoder_layers=2, dropout=0.0,
+                      attention_dropout=0.0, activation_dropout=0.0, pre_norm=pre_norm, share_embeddings=False)
+    plain, swapped = Transformer(cfg, 40, 30, 0), Transformer(cfg, 40, 30, 0)
+    names = [p.name for p in swapped.get_parameters()]
+    norms = sum(isinstance(c, nn.LayerNorm) for _, c in swapped.cells_and_names())
+    biased = sum(isinstance(c, nn.Dense) and c.has_bias for _, c in swapped.cells_and_names())
+    assert use_cpu_backward(swapped) == norms + biased > 0
+    assert [p.name for p in swapped.get_parameters()] == names  # checkpoints keep their names
+    assert not any(type(c) is nn.LayerNorm for _, c in swapped.cells_and_names())
+    _copy_weights(plain, swapped)
+    src = ms.Tensor(RNG.integers(1, 40, (3, 7)), ms.int32)
+    tgt = RNG.integers(1, 30, (3, 6))
+    tgt[0, 4:] = 0  # some padding
+    tgt_in, tgt_out = ms.Tensor(tgt[:, :-1], ms.int32), ms.Tensor(tgt[:, 1:], ms.int32)
+    criterion = LabelSmoothedCrossEntropy(0.1, 0)
+    results = []
+    for model in (plain, swapped):
+        model.set_train(True)
+        fn = ms.value_and_grad(_LossOf(model, criterion), None, model.trainable_params())
+        loss, grads = (ms.jit(fn) if graph else fn)(src, tgt_in, tgt_out)
+        results.append((loss.asnumpy(), {p.name: g.asnumpy() for p, g in zip(model.trainable_params(), grads)}))
+    np.testing.assert_allclose(results[1][0], results[0][0], rtol=1e-6)
+    assert results[0][1].keys() == results[1][1].keys()
+    for name, expected in results[0][1].items():
+        np.testing.assert_allclose(results[1][1][name], expected, rtol=1e-3, atol=1e-5, err_msg=name)
+
+
+def test_build_model_swaps_on_the_cpu_unless_switched_off():
+    cells = [c for _, c in build_model(load_config("tiny"), 50, 50).cells_and_names()]
+    assert any(isinstance(c, LayerNorm) for c in cells)
+    assert not any(type(c) is nn.LayerNorm for c in cells)
+    assert all(isinstance(c.bias_add, BiasAdd) for c in cells if isinstance(c, nn.Dense) and c.has_bias)
+    plain = [c for _, c in build_model(load_config("tiny", ["train.cpu_backward=false"]), 50, 50).cells_and_names()]
+    assert not any(isinstance(c, (LayerNorm, BiasAdd)) for c in plain)
+    assert any(type(c) is nn.LayerNorm for c in plain)
