@@ -76,8 +76,8 @@ def _copy_weights(source: nn.Cell, target: nn.Cell) -> None:
         p.set_data(ms.Tensor(values[p.name]))
 
 
-@pytest.mark.parametrize("pre_norm, graph", [(False, False), (True, False), (False, True)])
-def test_transformer_gradients_equal_autodiff_after_the_swap(pre_norm, graph):
+@pytest.mark.parametrize("pre_norm, jit", [(False, False), (True, False), (False, True)])
+def test_transformer_gradients_equal_autodiff_after_the_swap(pre_norm, jit):
     cfg = ModelConfig(d_model=32, n_heads=4, d_ff=64, encoder_layers=2, decoder_layers=2, dropout=0.0,
                       attention_dropout=0.0, activation_dropout=0.0, pre_norm=pre_norm, share_embeddings=False)
     plain, swapped = Transformer(cfg, 40, 30, 0), Transformer(cfg, 40, 30, 0)
@@ -97,7 +97,7 @@ def test_transformer_gradients_equal_autodiff_after_the_swap(pre_norm, graph):
     for model in (plain, swapped):
         model.set_train(True)
         fn = ms.value_and_grad(_LossOf(model, criterion), None, model.trainable_params())
-        loss, grads = (ms.jit(fn) if graph else fn)(src, tgt_in, tgt_out)
+        loss, grads = (ms.jit(fn) if jit else fn)(src, tgt_in, tgt_out)
         results.append((loss.asnumpy(), {p.name: g.asnumpy() for p, g in zip(model.trainable_params(), grads)}))
     np.testing.assert_allclose(results[1][0], results[0][0], rtol=1e-6)
     assert results[0][1].keys() == results[1][1].keys()
