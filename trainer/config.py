@@ -72,7 +72,7 @@ class TrainConfig:
     progress: bool = True  # tqdm bar
     resume: bool = False  # continue from <run>/checkpoints/last.ckpt when it exists
     # on the CPU, bias and LayerNorm gradients written out (model/cpu_backward.py): steps
-    # about 1.2-1.4x faster for about 20-30 % more peak memory; false: MindSpore's kernels
+    # 1.15-1.19x faster for 20-50 % more peak memory; false: MindSpore's kernels
     cpu_backward: bool = True
 
 
