@@ -41,6 +41,53 @@ class _SmoothedRowLoss(nn.Cell):
         return grad, ops.zeros_like(target)
 
 
+class _ProjectedRowLoss(nn.Cell):
+    """`_SmoothedRowLoss` of logits = states @ weight^T, the projection's backward written out with it.
+
+    states [N, d], weight [V, d], target [N]. Returns (loss_sum, nll_sum, n_tokens, log_p);
+    log_p [N, V] is an output only so that the backward can take softmax from it.
+
+    The gradient of the logits, G = a * softmax - b * onehot - c (a, b, c per row), is never
+    formed: the row scales move onto the [N, d] side of each GEMM (G W = a * (P W) - b * W[t]
+    - c * sum_v W[v]; G^T S = P^T (a * S) - scatter(b * S) - sum_n c S), so the backward reads
+    the [N, V] tensor twice (one Exp, which the GEMMs then read) where the unfused loss and
+    MatMul's autodiff make six passes over it.
+    """
+
+    def __init__(self, smoothing: float, pad_id: int):
+        super().__init__()
+        self.eps = smoothing
+        self.pad_id = pad_id
+        self.logits = ops.MatMul(transpose_b=True)
+        self.log_softmax = ops.LogSoftmax()
+        self.times_weight = ops.MatMul()
+        self.transposed_times = ops.MatMul(transpose_a=True)
+
+    def construct(self, states, weight, target):
+        keep = ops.not_equal(target, self.pad_id).astype(ms.float32)  # [N]
+        log_p = self.log_softmax(self.logits(states, weight).astype(ms.float32))
+        nll = -ops.gather_elements(log_p, 1, target.reshape(-1, 1).astype(ms.int32)).reshape(-1)
+        smooth = -log_p.mean(-1)  # mean over the vocabulary of -log p
+        loss = (1.0 - self.eps) * nll + self.eps * smooth
+        return (loss * keep).sum(), (nll * keep).sum(), keep.sum(), log_p
+
+    def bprop(self, states, weight, target, out, dout):
+        vocab = weight.shape[0]
+        d_loss, d_nll = dout[0], dout[1]
+        keep = ops.not_equal(target, self.pad_id).astype(ms.float32)
+        a = (keep * (d_loss + d_nll)).reshape(-1, 1)
+        b = (keep * ((1.0 - self.eps) * d_loss + d_nll)).reshape(-1, 1)
+        c = (keep * ((self.eps / vocab) * d_loss)).reshape(-1, 1)
+        p = ops.exp(out[3]).astype(states.dtype)  # softmax [N, V]
+        ids = target.astype(ms.int32)
+        s32, w32 = states.astype(ms.float32), weight.astype(ms.float32)
+        d_states = (self.times_weight(p, weight).astype(ms.float32) * a - b * ops.gather(w32, ids, 0)
+                    - c * w32.sum(0, keepdims=True))
+        d_weight = (self.transposed_times(p, (s32 * a).astype(states.dtype)).astype(ms.float32)
+                    - ops.unsorted_segment_sum(b * s32, ids, vocab) - (c * s32).sum(0, keepdims=True))
+        return d_states.astype(states.dtype), d_weight.astype(weight.dtype), ops.zeros_like(target)
+
+
 class LabelSmoothedCrossEntropy(nn.Cell):
     """Sum over non-pad targets of (1 - eps) * NLL + eps * mean over the vocabulary of -log p.
 
@@ -60,9 +107,21 @@ class LabelSmoothedCrossEntropy(nn.Cell):
         self.eps = smoothing
         self.pad_id = pad_id
         self.rows = _SmoothedRowLoss(smoothing, pad_id)
+        self.projected_rows = _ProjectedRowLoss(smoothing, pad_id)
 
     def construct(self, logits, target):
         """logits [B, L, V], target [B, L] ids."""
         vocab = logits.shape[-1]
         loss_sum, nll_sum, n_tokens, _ = self.rows(logits.reshape(-1, vocab).astype(ms.float32), target.reshape(-1))
+        return loss_sum, nll_sum, n_tokens
+
+    def from_states(self, states, weight, target):
+        """The same sums for logits = states @ weight^T, projection and loss fused (see `_ProjectedRowLoss`).
+
+        states [B, L, d] (the decoder's last states), weight [V, d] (the output projection),
+        target [B, L] ids. Never builds the gradient of the logits: faster, and one
+        [tokens, vocabulary] tensor less alive in the backward.
+        """
+        d = states.shape[-1]
+        loss_sum, nll_sum, n_tokens, _ = self.projected_rows(states.reshape(-1, d), weight, target.reshape(-1))
         return loss_sum, nll_sum, n_tokens

@@ -65,6 +65,14 @@ class Transformer(nn.Cell):
             x = self.encoder_norm(x)
         return x, src_bias
 
+    def output_weight(self):
+        """The output projection's weight [V, d]: the shared embedding table or out_proj's."""
+        return self.tgt_embed.embedding_table if self.cfg.share_embeddings else self.out_proj.weight
+
+    def projects_locally(self) -> bool:
+        """Whether `project` is the plain states @ output_weight()^T (no parallel layout around it)."""
+        return isinstance(self.before_logits, nn.Identity) and isinstance(self.after_logits, nn.Identity)
+
     def project(self, x):
         """Decoder states [B, L, d] -> logits [B, L, V]."""
         b, length, d = x.shape
@@ -81,6 +89,10 @@ class Transformer(nn.Cell):
         For packed rows, src_seg/tgt_seg are the segment ids and tgt_pos the positions:
         each target sentence attends to its own prefix and to its own source sentence only.
         """
+        return self.project(self.decode_states(tgt_in, memory, src_bias, src_seg, tgt_seg, tgt_pos))
+
+    def decode_states(self, tgt_in, memory, src_bias, src_seg=None, tgt_seg=None, tgt_pos=None):
+        """`decode` up to the output projection: the decoder's final states [B, Lt, d]."""
         if tgt_seg is None:
             length = tgt_in.shape[1]
             tgt_bias = mask_to_bias(ops.logical_and(padding_mask(tgt_in, self.pad_id), causal_mask(length)))
@@ -93,7 +105,7 @@ class Transformer(nn.Cell):
             x = layer(x, memory, tgt_bias, cross_bias)
         if self.cfg.pre_norm:
             x = self.decoder_norm(x)
-        return self.project(x)
+        return x
 
     def construct(self, src, tgt_in, src_seg=None, tgt_seg=None, src_pos=None, tgt_pos=None):
         """src [B, Ls], tgt_in [B, Lt] -> logits [B, Lt, V]; the rest only for packed rows (see `encode`)."""

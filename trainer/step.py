@@ -34,7 +34,7 @@ class TrainStep(nn.Cell):
 
     def __init__(self, model: nn.Cell, criterion: nn.Cell, optimizer: nn.Optimizer, clip_norm: float,
                  dp_group: Optional[str] = None, mp_group: Optional[str] = None, mp_size: int = 1,
-                 shard_axis: Optional[Dict[str, int]] = None):
+                 shard_axis: Optional[Dict[str, int]] = None, fused_loss: bool = True):
         super().__init__(auto_prefix=False)
         self.model = model
         self.criterion = criterion
@@ -48,11 +48,20 @@ class TrainStep(nn.Cell):
         split = shard_axis or {}
         # per-parameter weight in the squared norm: split ones are summed over shards, replicated ones once
         self.norm_weights = tuple(1.0 if p.name in split else 1.0 / mp_size for p in self.weights)
+        # output projection and loss as one Cell (criterion.from_states) where the model has
+        # no parallel layout around its projection; else logits, then the criterion
+        self.fused_loss = bool(fused_loss and getattr(model, "projects_locally", lambda: False)()
+                               and hasattr(criterion, "from_states"))
 
     def forward(self, src, tgt_in, tgt_out, denominator, src_seg=None, tgt_seg=None, src_pos=None, tgt_pos=None):
         """Loss of this rank's rows per target token of the global batch, with the sums as auxiliaries."""
-        logits = self.model(src, tgt_in, src_seg, tgt_seg, src_pos, tgt_pos)
-        loss_sum, nll_sum, n_tokens = self.criterion(logits, tgt_out)
+        if self.fused_loss:
+            memory, src_bias = self.model.encode(src, src_seg, src_pos)
+            states = self.model.decode_states(tgt_in, memory, src_bias, src_seg, tgt_seg, tgt_pos)
+            loss_sum, nll_sum, n_tokens = self.criterion.from_states(states, self.model.output_weight(), tgt_out)
+        else:
+            logits = self.model(src, tgt_in, src_seg, tgt_seg, src_pos, tgt_pos)
+            loss_sum, nll_sum, n_tokens = self.criterion(logits, tgt_out)
         return loss_sum / denominator, loss_sum, nll_sum, n_tokens
 
     def _norm(self, grads):

@@ -148,7 +148,7 @@ class Trainer:
                                  beta1=opt.beta1, beta2=opt.beta2, eps=opt.eps, weight_decay=opt.weight_decay)
         self.step_fn = TrainStep(self.model, LabelSmoothedCrossEntropy(opt.label_smoothing, PAD), self.optimizer,
                                  opt.clip_norm, self.ctx.dp_group, self.ctx.mp_group, plan.model_parallel,
-                                 self.layout.shard_axis)
+                                 self.layout.shard_axis, fused_loss=cfg.train.fused_loss)
         self.step_fn.set_train(True)
         self.validator = Validator(cfg, self.model, corpus)
         self.batcher, self.collate = training_batches(cfg, self.train_split)

@@ -1,0 +1,119 @@
+"""The fused output projection + loss gives the unfused sums and gradients, and TrainStep uses it where it may."""
+import numpy as np
+import mindspore as ms
+import pytest
+from mindspore import nn
+
+from model.config import ModelConfig
+from model.loss import LabelSmoothedCrossEntropy
+from model.transformer import Transformer
+from trainer.step import TrainStep
+
+RNG = np.random.default_rng(11)
+
+
+@pytest.fixture(autouse=True)
+def pynative():
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+
+
+class _Objective(nn.Cell):
+    """2 * loss_sum + 0.5 * nll_sum of logits = states @ weight^T, fused or not."""
+
+    def __init__(self, criterion, fused):
+        super().__init__()
+        self.criterion, self.fused = criterion, fused
+        self.matmul = ms.ops.MatMul(transpose_b=True)
+
+    def construct(self, states, weight, target):
+        if self.fused:
+            loss_sum, nll_sum, _ = self.criterion.from_states(states, weight, target)
+        else:
+            b, length, d = states.shape
+            logits = self.matmul(states.reshape(b * length, d), weight).reshape(b, length, -1)
+            loss_sum, nll_sum, _ = self.criterion(logits, target)
+        return 2.0 * loss_sum + 0.5 * nll_sum
+
+
+def numpy_objective_and_grads(states, weight, target, eps, pad):
+    logits = states @ weight.T
+    shifted = logits - logits.max(-1, keepdims=True)
+    log_p = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+    keep = (target != pad)[..., None]
+    vocab = weight.shape[0]
+    onehot = np.eye(vocab)[target]
+    nll = -(log_p * onehot).sum(-1, keepdims=True)
+    loss = (1 - eps) * nll - eps * log_p.mean(-1, keepdims=True)
+    value = (keep * (2.0 * loss + 0.5 * nll)).sum()
+    p = np.exp(log_p)
+    d_logits = keep * (2.0 * (p - (1 - eps) * onehot - eps / vocab) + 0.5 * (p - onehot))
+    d_states = d_logits @ weight
+    d_weight = d_logits.reshape(-1, vocab).T @ states.reshape(-1, states.shape[-1])
+    return value, d_states, d_weight
+
+
+@pytest.mark.parametrize("eps, scale", [(0.1, 1.0), (0.0, 1.0), (0.2, 40.0)])
+def test_from_states_matches_numpy_and_the_unfused_loss(eps, scale):
+    # scale 40 makes logits in the hundreds: unshifted exp() would overflow
+    states = (RNG.standard_normal((3, 5, 8)) * scale).astype(np.float32)
+    weight = RNG.standard_normal((13, 8)).astype(np.float32)
+    target = np.array([[2, 5, 12, 0, 0], [3, 3, 9, 1, 0], [7, 0, 0, 0, 0]], np.int32)  # 0 is padding
+    want = numpy_objective_and_grads(states.astype(np.float64), weight.astype(np.float64), target, eps, 0)
+    criterion = LabelSmoothedCrossEntropy(eps, 0)
+    inputs = (ms.Tensor(states), ms.Tensor(weight), ms.Tensor(target))
+    sums = [x.asnumpy() for x in criterion.from_states(*inputs)]
+    unfused = [x.asnumpy() for x in criterion(ms.Tensor(states @ weight.T), ms.Tensor(target))]
+    np.testing.assert_allclose(sums, unfused, rtol=1e-4)
+    assert sums[2] == 8  # padding never counts
+    for fused in (True, False):
+        value, (d_states, d_weight) = ms.value_and_grad(_Objective(criterion, fused), grad_position=(0, 1))(*inputs)
+        np.testing.assert_allclose(value.asnumpy(), want[0], rtol=1e-4)
+        np.testing.assert_allclose(d_states.asnumpy(), want[1], rtol=1e-4, atol=1e-4 * scale)
+        np.testing.assert_allclose(d_weight.asnumpy(), want[2], rtol=1e-4, atol=1e-4 * scale)
+
+
+def _step(model, fused):
+    # SGD: the update is the (clipped) gradient itself; Adam would blow up rounding noise in
+    # gradients that are zero in exact arithmetic (a self-attention key bias) to +-lr
+    optimizer = nn.SGD(model.trainable_params(), learning_rate=0.5)
+    step = TrainStep(model, LabelSmoothedCrossEntropy(0.1, 0), optimizer, clip_norm=1.0, fused_loss=fused)
+    step.set_train(True)
+    return step
+
+
+@pytest.mark.parametrize("share", [False, True])
+def test_train_step_fused_and_unfused_make_the_same_update(share):
+    cfg = ModelConfig(d_model=16, n_heads=2, d_ff=32, encoder_layers=1, decoder_layers=1, dropout=0.0,
+                      attention_dropout=0.0, activation_dropout=0.0, share_embeddings=share)
+    vocab_src, vocab_tgt = (23, 23) if share else (23, 19)
+    src = ms.Tensor(RNG.integers(1, vocab_src, (4, 6)), ms.int32)
+    tgt = RNG.integers(1, vocab_tgt, (4, 6))
+    tgt[1, 3:] = 0
+    tgt_in, tgt_out = ms.Tensor(tgt[:, :-1], ms.int32), ms.Tensor(tgt[:, 1:], ms.int32)
+    results = []
+    for fused in (True, False):
+        ms.set_seed(3)
+        model = Transformer(cfg, vocab_src, vocab_tgt, 0)
+        step = _step(model, fused)
+        assert step.fused_loss is fused
+        outputs = [x.asnumpy() for x in step(src, tgt_in, tgt_out)]
+        results.append((outputs, {p.name: p.asnumpy() for p in model.trainable_params()}))
+    (fused_out, fused_params), (plain_out, plain_params) = results
+    np.testing.assert_allclose(fused_out, plain_out, rtol=1e-5)  # loss, nll, tokens, gradient norm
+    assert fused_params.keys() == plain_params.keys()
+    for name, value in plain_params.items():
+        np.testing.assert_allclose(fused_params[name], value, rtol=1e-4, atol=1e-6, err_msg=name)
+
+
+def test_train_step_keeps_logits_where_a_layout_wraps_the_projection():
+    cfg = ModelConfig(d_model=16, n_heads=2, d_ff=32, encoder_layers=1, decoder_layers=1, share_embeddings=False)
+    model = Transformer(cfg, 11, 11, 0)
+    assert model.projects_locally()
+
+    class Gather(nn.Cell):  # stands for the model-parallel layout's gather of vocabulary shards
+        def construct(self, x):
+            return x
+
+    model.after_logits = Gather()
+    assert not model.projects_locally()
+    assert _step(model, fused=True).fused_loss is False
