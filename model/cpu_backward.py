@@ -9,8 +9,13 @@ forward primitive and parameters and a written-out `bprop`. The model definition
 unchanged: like a parallel layout, this is applied to it (by `trainer.run_dir.build_model`
 when the device is the CPU), and checkpoints are the same.
 """
+from typing import Optional
+
+import numpy as np
 import mindspore as ms
 from mindspore import nn, ops
+
+from model import cpu_kernels
 
 
 def _column_sum(x):
@@ -54,32 +59,67 @@ class _LayerNormRows(nn.Cell):
         return dx, _column_sum(dy * xhat), _column_sum(dy)
 
 
-class LayerNorm(nn.Cell):
-    """`nn.LayerNorm` over the last axis with the same gamma and beta, backward written out."""
+class _CompiledLayerNormRows(nn.Cell):
+    """LayerNorm of float32 [N, d] rows by the C++ kernels of model/cpu_kernels/layer_norm.cc.
 
-    def __init__(self, norm: nn.LayerNorm):
+    Returns (y, mean, rstd); the backward is the library's other kernel.
+    """
+
+    def __init__(self, epsilon: float, library: str):
+        super().__init__()
+        self.epsilon = ms.Tensor(np.array([epsilon], np.float32))
+        self.forward_kernel = ops.Custom(f"{library}:LayerNormForward", out_shape=lambda x, g, b, e: (x, x[:-1], x[:-1]),
+                                  out_dtype=lambda x, g, b, e: (x, x, x), func_type="aot")
+        self.backward_kernel = ops.Custom(f"{library}:LayerNormBackward", out_shape=lambda x, g, m, r, dy: (x, g, g),
+                                   out_dtype=lambda x, g, m, r, dy: (x, g, g), func_type="aot")
+
+    def construct(self, x, gamma, beta):
+        return self.forward_kernel(x, gamma, beta, self.epsilon)
+
+    def bprop(self, x, gamma, beta, out, dout):
+        return self.backward_kernel(x, gamma, out[1], out[2], dout[0])
+
+
+class LayerNorm(nn.Cell):
+    """`nn.LayerNorm` over the last axis with the same gamma and beta, backward written out.
+
+    With `library` (model/cpu_kernels' compiled layer_norm), forward and backward are one C++
+    kernel each, in float32; without, the LayerNorm primitive and element-wise ops.
+    """
+
+    def __init__(self, norm: nn.LayerNorm, library: Optional[str] = None):
         super().__init__()
         if norm.begin_norm_axis != -1 or len(norm.normalized_shape) != 1:
             raise ValueError(f"only LayerNorms over the last axis are supported, got {norm.normalized_shape}")
         self.gamma = norm.gamma
         self.beta = norm.beta
-        self.rows = _LayerNormRows(norm.epsilon)
+        self.in_cpp = library is not None
+        self.rows = _CompiledLayerNormRows(norm.epsilon, library) if library else _LayerNormRows(norm.epsilon)
 
     def construct(self, x):
         shape = x.shape
-        y, _, _ = self.rows(x.reshape(-1, shape[-1]), self.gamma, self.beta)
+        rows = x.reshape(-1, shape[-1])
+        if self.in_cpp:
+            y, _, _ = self.rows(rows.astype(ms.float32), self.gamma.astype(ms.float32), self.beta.astype(ms.float32))
+            return y.astype(x.dtype).reshape(shape)
+        y, _, _ = self.rows(rows, self.gamma, self.beta)
         return y.reshape(shape)
 
 
-def use_cpu_backward(model: nn.Cell) -> int:
-    """Swap the bias adds of `model`'s Dense layers and its LayerNorms in place; returns how many were swapped."""
+def use_cpu_backward(model: nn.Cell, kernel_dir: Optional[str] = None) -> int:
+    """Swap the bias adds of `model`'s Dense layers and its LayerNorms in place; returns how many were swapped.
+
+    With kernel_dir, LayerNorms run model/cpu_kernels' C++ LayerNorm, compiled into (or
+    loaded from) that directory; if it cannot be compiled, the written-out backward.
+    """
+    library = cpu_kernels.library("layer_norm", str(kernel_dir)) if kernel_dir else None
     params = list(model.get_parameters())
     names = [p.name for p in params]
     swapped = 0
     for _, cell in list(model.cells_and_names()):
         for attr, child in list(cell.name_cells().items()):
             if type(child) is nn.LayerNorm:  # noqa: E721 (subclasses may compute something else)
-                setattr(cell, attr, LayerNorm(child))
+                setattr(cell, attr, LayerNorm(child, library))
                 swapped += 1
             elif type(child) is nn.Dense and child.has_bias:  # noqa: E721
                 child.bias_add = BiasAdd()

@@ -1,9 +1,12 @@
 """The bias and LayerNorm backward written out for the CPU give autodiff's gradients, and build_model uses them."""
+from pathlib import Path
+
 import numpy as np
 import mindspore as ms
 import pytest
 from mindspore import nn
 
+from model import cpu_kernels
 from model.config import ModelConfig
 from model.cpu_backward import BiasAdd, LayerNorm, use_cpu_backward
 from model.loss import LabelSmoothedCrossEntropy
@@ -35,14 +38,25 @@ def numpy_layer_norm_grads(x, gamma, dy, eps):
     return dx, (dy * xhat).sum(axes), dy.sum(axes)
 
 
-@pytest.mark.parametrize("shape", [(6, 16), (3, 5, 16)])
-def test_layer_norm_matches_numpy_and_nn_layer_norm(shape):
+@pytest.fixture(scope="module")
+def layer_norm_library(tmp_path_factory):
+    """model/cpu_kernels' LayerNorm, compiled into a scratch directory (a compiler is part of the test machine)."""
+    assert cpu_kernels.compiler(), "no C++ compiler: install g++ (the CPU kernels are tested, not skipped)"
+    library = cpu_kernels.library("layer_norm", str(tmp_path_factory.mktemp("kernels")))
+    assert library and Path(library).is_file()
+    return library
+
+
+@pytest.mark.parametrize("shape, in_cpp", [((6, 16), False), ((3, 5, 16), False), ((6, 16), True),
+                                           ((3, 5, 37), True)])
+def test_layer_norm_matches_numpy_and_nn_layer_norm(shape, in_cpp, request):
     x = RNG.standard_normal(shape).astype(np.float32) * 3 + 1
     dy = RNG.standard_normal(shape).astype(np.float32)
     reference = nn.LayerNorm((shape[-1],), epsilon=1e-5)
     reference.gamma.set_data(ms.Tensor(RNG.uniform(0.5, 1.5, shape[-1]).astype(np.float32)))
     reference.beta.set_data(ms.Tensor(RNG.standard_normal(shape[-1]).astype(np.float32)))
-    written = LayerNorm(reference)
+    written = LayerNorm(reference, request.getfixturevalue("layer_norm_library") if in_cpp else None)
+    assert written.in_cpp is in_cpp
     for norm in (reference, written):
         grad = ms.grad(_Weighted(norm, dy), grad_position=0, weights=norm.trainable_params())
         dx, (dgamma, dbeta) = grad(ms.Tensor(x))
@@ -76,15 +90,17 @@ def _copy_weights(source: nn.Cell, target: nn.Cell) -> None:
         p.set_data(ms.Tensor(values[p.name]))
 
 
-@pytest.mark.parametrize("pre_norm, jit", [(False, False), (True, False), (False, True)])
-def test_transformer_gradients_equal_autodiff_after_the_swap(pre_norm, jit):
+@pytest.mark.parametrize("pre_norm, jit, in_cpp", [(False, False, False), (True, False, False), (False, True, False),
+                                                   (False, True, True), (True, False, True)])
+def test_transformer_gradients_equal_autodiff_after_the_swap(pre_norm, jit, in_cpp, tmp_path):
     cfg = ModelConfig(d_model=32, n_heads=4, d_ff=64, encoder_layers=2, decoder_layers=2, dropout=0.0,
                       attention_dropout=0.0, activation_dropout=0.0, pre_norm=pre_norm, share_embeddings=False)
     plain, swapped = Transformer(cfg, 40, 30, 0), Transformer(cfg, 40, 30, 0)
     names = [p.name for p in swapped.get_parameters()]
     norms = sum(isinstance(c, nn.LayerNorm) for _, c in swapped.cells_and_names())
     biased = sum(isinstance(c, nn.Dense) and c.has_bias for _, c in swapped.cells_and_names())
-    assert use_cpu_backward(swapped) == norms + biased > 0
+    assert use_cpu_backward(swapped, tmp_path if in_cpp else None) == norms + biased > 0
+    assert all(c.in_cpp is in_cpp for _, c in swapped.cells_and_names() if isinstance(c, LayerNorm))
     assert [p.name for p in swapped.get_parameters()] == names  # checkpoints keep their names
     assert not any(type(c) is nn.LayerNorm for _, c in swapped.cells_and_names())
     _copy_weights(plain, swapped)
@@ -105,11 +121,32 @@ def test_transformer_gradients_equal_autodiff_after_the_swap(pre_norm, jit):
         np.testing.assert_allclose(results[1][1][name], expected, rtol=1e-3, atol=1e-5, err_msg=name)
 
 
-def test_build_model_swaps_on_the_cpu_unless_switched_off():
-    cells = [c for _, c in build_model(load_config("tiny"), 50, 50).cells_and_names()]
+def test_build_model_swaps_on_the_cpu_unless_switched_off(tmp_path):
+    cells = [c for _, c in build_model(load_config("tiny", [f"data.cache_dir={tmp_path}"]), 50, 50).cells_and_names()]
     assert any(isinstance(c, LayerNorm) for c in cells)
+    assert all(c.in_cpp for c in cells if isinstance(c, LayerNorm))
+    assert len(list((tmp_path / "kernels").glob("layer_norm-*.so"))) == 1  # compiled into the cache
+    no_cpp = build_model(load_config("tiny", [f"data.cache_dir={tmp_path}", "train.cpu_kernels=false"]), 50, 50)
+    assert not any(c.in_cpp for _, c in no_cpp.cells_and_names() if isinstance(c, LayerNorm))
     assert not any(type(c) is nn.LayerNorm for c in cells)
     assert all(isinstance(c.bias_add, BiasAdd) for c in cells if isinstance(c, nn.Dense) and c.has_bias)
     plain = [c for _, c in build_model(load_config("tiny", ["train.cpu_backward=false"]), 50, 50).cells_and_names()]
     assert not any(isinstance(c, (LayerNorm, BiasAdd)) for c in plain)
     assert any(type(c) is nn.LayerNorm for c in plain)
+
+
+def test_kernel_library_is_cached_and_falls_back_without_a_compiler(tmp_path, monkeypatch):
+    first = cpu_kernels.library("layer_norm", str(tmp_path / "a"))
+    cpu_kernels.library.cache_clear()  # a new process: the file on disk is reused, not rebuilt
+    stamp = Path(first).stat().st_mtime_ns
+    assert cpu_kernels.library("layer_norm", str(tmp_path / "a")) == first
+    assert Path(first).stat().st_mtime_ns == stamp
+    assert not list((tmp_path / "a").glob(".*tmp"))  # no partial files left behind
+    monkeypatch.setenv("CXX", "false")  # a "compiler" that always fails
+    with pytest.warns(RuntimeWarning, match="falling back to MindSpore ops"):
+        assert cpu_kernels.library("layer_norm", str(tmp_path / "b")) is None
+    assert not list((tmp_path / "b").iterdir())
+    norm = LayerNorm(nn.LayerNorm((8,)), None)  # the fallback still computes
+    x = RNG.standard_normal((2, 8)).astype(np.float32)
+    np.testing.assert_allclose(norm(ms.Tensor(x)).asnumpy(), (x - x.mean(-1, keepdims=True))
+                               / np.sqrt(x.var(-1, keepdims=True) + 1e-7), atol=1e-4)

@@ -14,15 +14,17 @@ from model import Transformer
 from model.cpu_backward import enabled_here, use_cpu_backward
 from trainer import checkpoint
 from trainer.config import RunConfig, config_from_dict
+from trainer.data.multi30k import cache_root
 from trainer.data.tokenizer import PAD, load_vocabs
 
 
 def build_model(cfg: RunConfig, src_vocab_size: int, tgt_vocab_size: int) -> Transformer:
     """The Transformer the config describes; on the CPU (unless train.cpu_backward=false) with the bias
-    and LayerNorm backward written out."""
+    and LayerNorm backward written out, LayerNorm in C++ (unless train.cpu_kernels=false)."""
     model = Transformer(cfg.model, src_vocab_size, tgt_vocab_size, pad_id=PAD)
     if cfg.train.cpu_backward and enabled_here():
-        use_cpu_backward(model)
+        kernel_dir = cache_root(cfg.data.cache_dir) / "kernels" if cfg.train.cpu_kernels else None
+        use_cpu_backward(model, kernel_dir)
     return model
 
 
