@@ -11,13 +11,14 @@ class ScaledDotProductAttention(nn.Cell):
         super().__init__()
         self.scale = 1.0 / math.sqrt(d_k)
         self.qk = ops.BatchMatMul(transpose_b=True)
+        self.softmax = ops.Softmax(-1)  # an attribute, so that layouts and model/cpu_backward.py can reach it
         self.av = ops.BatchMatMul()
         self.dropout = nn.Dropout(p=dropout)
 
     def construct(self, q, k, v, bias):
         """q [B, H, Lq, dk], k and v [B, H, Lk, dk], bias broadcastable to [B, H, Lq, Lk]."""
         scores = self.qk(q * self.scale, k) + bias  # [B, H, Lq, Lk]
-        weights = self.dropout(ops.softmax(scores, -1))
+        weights = self.dropout(self.softmax(scores))
         return self.av(weights, v)  # [B, H, Lq, dk]
 
 

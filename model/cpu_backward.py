@@ -1,4 +1,4 @@
-"""Backward passes written out where MindSpore's CPU kernels are slow: bias and LayerNorm gradients.
+"""Backward passes written out where MindSpore's CPU kernels are slow: bias, LayerNorm and softmax gradients.
 
 MindSpore 2.10's CPU `BiasAddGrad` sums a [N, C] gradient over its rows about 50 times
 slower than a [1, N] x [N, C] matmul by a ones vector (8.3 ms against 0.17 ms for
@@ -8,6 +8,10 @@ every `nn.Dense`'s bias add and every `nn.LayerNorm` of a model for Cells with t
 forward primitive and parameters and a written-out `bprop`. The model definition is
 unchanged: like a parallel layout, this is applied to it (by `trainer.run_dir.build_model`
 when the device is the CPU), and checkpoints are the same.
+
+Where a C++ compiler is at hand (model/cpu_kernels), LayerNorm forward and backward are
+one compiled kernel each (about ten times faster than the primitive forward plus the
+written-out backward) and attention's softmax gets a one-kernel backward.
 """
 from typing import Optional
 
@@ -106,17 +110,42 @@ class LayerNorm(nn.Cell):
         return y.reshape(shape)
 
 
+class Softmax(nn.Cell):
+    """Softmax over the last axis by the primitive; its backward one C++ kernel (model/cpu_kernels/softmax.cc)."""
+
+    def __init__(self, library: str):
+        super().__init__()
+        self.softmax = ops.Softmax(-1)
+        self.backward_kernel = ops.Custom(f"{library}:SoftmaxBackward", out_shape=lambda y, dy: y,
+                                          out_dtype=lambda y, dy: y, func_type="aot")
+
+    def construct(self, x):
+        return self.softmax(x)
+
+    def bprop(self, x, out, dout):
+        return (self.backward_kernel(out.astype(ms.float32), dout.astype(ms.float32)).astype(x.dtype),)
+
+
+def _is_last_axis_softmax(value) -> bool:
+    return isinstance(value, ops.Softmax) and tuple(value.axis) in ((-1,),)
+
+
 def use_cpu_backward(model: nn.Cell, kernel_dir: Optional[str] = None) -> int:
     """Swap the bias adds of `model`'s Dense layers and its LayerNorms in place; returns how many were swapped.
 
-    With kernel_dir, LayerNorms run model/cpu_kernels' C++ LayerNorm, compiled into (or
-    loaded from) that directory; if it cannot be compiled, the written-out backward.
+    With kernel_dir, LayerNorms run model/cpu_kernels' C++ LayerNorm and the softmax
+    primitives that Cells hold as `softmax` (attention's) get its C++ backward, compiled
+    into (or loaded from) that directory; what cannot be compiled keeps MindSpore's ops.
     """
     library = cpu_kernels.library("layer_norm", str(kernel_dir)) if kernel_dir else None
+    softmax_library = cpu_kernels.library("softmax", str(kernel_dir)) if kernel_dir else None
     params = list(model.get_parameters())
     names = [p.name for p in params]
     swapped = 0
     for _, cell in list(model.cells_and_names()):
+        if softmax_library and _is_last_axis_softmax(getattr(cell, "softmax", None)):
+            cell.softmax = Softmax(softmax_library)
+            swapped += 1
         for attr, child in list(cell.name_cells().items()):
             if type(child) is nn.LayerNorm:  # noqa: E721 (subclasses may compute something else)
                 setattr(cell, attr, LayerNorm(child, library))

@@ -8,7 +8,7 @@ from mindspore import nn
 
 from model import cpu_kernels
 from model.config import ModelConfig
-from model.cpu_backward import BiasAdd, LayerNorm, use_cpu_backward
+from model.cpu_backward import BiasAdd, LayerNorm, Softmax, use_cpu_backward
 from model.loss import LabelSmoothedCrossEntropy
 from model.transformer import Transformer
 from trainer.config import load_config
@@ -99,8 +99,9 @@ def test_transformer_gradients_equal_autodiff_after_the_swap(pre_norm, jit, in_c
     names = [p.name for p in swapped.get_parameters()]
     norms = sum(isinstance(c, nn.LayerNorm) for _, c in swapped.cells_and_names())
     biased = sum(isinstance(c, nn.Dense) and c.has_bias for _, c in swapped.cells_and_names())
-    assert use_cpu_backward(swapped, tmp_path if in_cpp else None) == norms + biased > 0
+    assert use_cpu_backward(swapped, tmp_path if in_cpp else None) == norms + biased + (6 if in_cpp else 0) > 0
     assert all(c.in_cpp is in_cpp for _, c in swapped.cells_and_names() if isinstance(c, LayerNorm))
+    assert sum(isinstance(c, Softmax) for _, c in swapped.cells_and_names()) == (6 if in_cpp else 0)  # attentions
     assert [p.name for p in swapped.get_parameters()] == names  # checkpoints keep their names
     assert not any(type(c) is nn.LayerNorm for _, c in swapped.cells_and_names())
     _copy_weights(plain, swapped)
@@ -150,3 +151,16 @@ def test_kernel_library_is_cached_and_falls_back_without_a_compiler(tmp_path, mo
     x = RNG.standard_normal((2, 8)).astype(np.float32)
     np.testing.assert_allclose(norm(ms.Tensor(x)).asnumpy(), (x - x.mean(-1, keepdims=True))
                                / np.sqrt(x.var(-1, keepdims=True) + 1e-7), atol=1e-4)
+
+
+def test_softmax_backward_kernel_matches_numpy(tmp_path):
+    library = cpu_kernels.library("softmax", str(tmp_path))
+    assert library, "the softmax kernel must compile here"
+    x = RNG.standard_normal((2, 3, 5, 37)).astype(np.float32) * 4
+    dy = RNG.standard_normal(x.shape).astype(np.float32)
+    softmax = Softmax(library)
+    got = ms.grad(_Weighted(softmax, dy), grad_position=0)(ms.Tensor(x)).asnumpy()
+    e = np.exp(x - x.max(-1, keepdims=True))
+    y = e / e.sum(-1, keepdims=True)
+    np.testing.assert_allclose(softmax(ms.Tensor(x)).asnumpy(), y, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(got, y * (dy - (y * dy).sum(-1, keepdims=True)), rtol=1e-4, atol=1e-6)

@@ -129,7 +129,7 @@ def apply_semi_auto(model: nn.Cell, dp: int, mp: int) -> List[Tuple[str, str, Tu
     """Set shard() strategies on the model's primitives (for semi_auto_parallel on Ascend/GPU).
 
     Only the primitives the model holds as attributes are set here; the plan rows for
-    operators called functionally (gather, softmax) are reported for the strategy file.
+    operators called functionally (gather) are reported for the strategy file.
     """
     rows = semi_auto_plan(model, dp, mp)
     for path, _, strategy in rows:
