@@ -50,7 +50,7 @@ def main() -> int:
     from trainer.parallel.context import init_parallel, is_scheduler, world_size_from_env
     from trainer.parallel.data import shard_rows
     from trainer.parallel.plan import make_plan
-    from trainer.run_dir import build_model
+    from trainer.run_dir import build_model, kernel_dir
     from trainer.step import TrainStep
     from trainer.train import seed_everything
 
@@ -72,7 +72,8 @@ def main() -> int:
     optimizer = nn.Adam(model.trainable_params(), learning_rate=1e-4)
     dp_group = None if args.no_comm else ctx.dp_group
     step = TrainStep(model, LabelSmoothedCrossEntropy(0.1, 0), optimizer, 1.0, dp_group,
-                     None if args.no_comm else ctx.mp_group, plan.model_parallel, layout.shard_axis)
+                     None if args.no_comm else ctx.mp_group, plan.model_parallel, layout.shard_axis,
+                     kernel_dir=kernel_dir(cfg))
     rng = np.random.default_rng(0)
     batch = [rng.integers(4, args.vocab, (args.rows, args.length)).astype(np.int32) for _ in range(3)]
     src, tin, tout = (ms.Tensor(a) for a in shard_rows(batch, ctx))

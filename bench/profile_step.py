@@ -39,7 +39,7 @@ def main() -> int:
 
     from model.loss import LabelSmoothedCrossEntropy
     from trainer.config import load_config
-    from trainer.run_dir import build_model
+    from trainer.run_dir import build_model, kernel_dir
     from trainer.step import TrainStep
 
     ms.set_context(mode=ms.GRAPH_MODE)
@@ -47,7 +47,7 @@ def main() -> int:
     cfg = load_config("small", args.sets)
     model = build_model(cfg, args.vocab, args.vocab)
     optimizer = nn.Adam(model.trainable_params(), learning_rate=1e-4)
-    step = TrainStep(model, LabelSmoothedCrossEntropy(0.1, 0), optimizer, 1.0)
+    step = TrainStep(model, LabelSmoothedCrossEntropy(0.1, 0), optimizer, 1.0, kernel_dir=kernel_dir(cfg))
     rng = np.random.default_rng(0)
     batch = [ms.Tensor(rng.integers(4, args.vocab, (args.rows, args.length)).astype(np.int32)) for _ in range(3)]
     if args.packed:  # segment ids 1..k and positions restarting at each segment, the same on both sides

@@ -192,7 +192,7 @@ def build_step(name: str, vocabs):
 
     from model.loss import LabelSmoothedCrossEntropy
     from trainer.config import load_config
-    from trainer.run_dir import build_model
+    from trainer.run_dir import build_model, kernel_dir
     from trainer.step import TrainStep
 
     ms.set_context(mode=ms.GRAPH_MODE)
@@ -200,7 +200,7 @@ def build_step(name: str, vocabs):
     cfg = load_config("small", ["model.share_embeddings=false"])
     model = build_model(cfg, *vocabs)
     optimizer = nn.Adam(model.trainable_params(), learning_rate=1e-4)
-    step = TrainStep(model, LabelSmoothedCrossEntropy(0.1, MINDRUN_PAD), optimizer, 1.0)
+    step = TrainStep(model, LabelSmoothedCrossEntropy(0.1, MINDRUN_PAD), optimizer, 1.0, kernel_dir=kernel_dir(cfg))
     return (lambda *arrays: step(*map(ms.Tensor, arrays))[0].asnumpy()), MINDRUN_PAD
 
 

@@ -72,10 +72,12 @@ class _CompiledLayerNormRows(nn.Cell):
     def __init__(self, epsilon: float, library: str):
         super().__init__()
         self.epsilon = ms.Tensor(np.array([epsilon], np.float32))
-        self.forward_kernel = ops.Custom(f"{library}:LayerNormForward", out_shape=lambda x, g, b, e: (x, x[:-1], x[:-1]),
-                                  out_dtype=lambda x, g, b, e: (x, x, x), func_type="aot")
-        self.backward_kernel = ops.Custom(f"{library}:LayerNormBackward", out_shape=lambda x, g, m, r, dy: (x, g, g),
-                                   out_dtype=lambda x, g, m, r, dy: (x, g, g), func_type="aot")
+        self.forward_kernel = ops.Custom(
+            f"{library}:LayerNormForward", out_shape=lambda x, g, b, e: (x, x[:-1], x[:-1]),
+            out_dtype=lambda x, g, b, e: (x, x, x), func_type="aot")
+        self.backward_kernel = ops.Custom(
+            f"{library}:LayerNormBackward", out_shape=lambda x, g, m, r, dy: (x, g, g),
+            out_dtype=lambda x, g, m, r, dy: (x, g, g), func_type="aot")
 
     def construct(self, x, gamma, beta):
         return self.forward_kernel(x, gamma, beta, self.epsilon)
@@ -127,17 +129,17 @@ class Softmax(nn.Cell):
 
 
 def _is_last_axis_softmax(value) -> bool:
-    return isinstance(value, ops.Softmax) and tuple(value.axis) in ((-1,),)
+    return isinstance(value, ops.Softmax) and tuple(value.axis) == (-1,)
 
 
 def use_cpu_backward(model: nn.Cell, kernel_dir: Optional[str] = None) -> int:
-    """Swap the bias adds of `model`'s Dense layers and its LayerNorms in place; returns how many were swapped.
+    """Swap `model`'s Dense bias adds, LayerNorms (and softmaxes) in place; returns how many were swapped.
 
     With kernel_dir, LayerNorms run model/cpu_kernels' C++ LayerNorm and the softmax
     primitives that Cells hold as `softmax` (attention's) get its C++ backward, compiled
     into (or loaded from) that directory; what cannot be compiled keeps MindSpore's ops.
     """
-    library = cpu_kernels.library("layer_norm", str(kernel_dir)) if kernel_dir else None
+    norm_library = cpu_kernels.library("layer_norm", str(kernel_dir)) if kernel_dir else None
     softmax_library = cpu_kernels.library("softmax", str(kernel_dir)) if kernel_dir else None
     params = list(model.get_parameters())
     names = [p.name for p in params]
@@ -148,7 +150,7 @@ def use_cpu_backward(model: nn.Cell, kernel_dir: Optional[str] = None) -> int:
             swapped += 1
         for attr, child in list(cell.name_cells().items()):
             if type(child) is nn.LayerNorm:  # noqa: E721 (subclasses may compute something else)
-                setattr(cell, attr, LayerNorm(child, library))
+                setattr(cell, attr, LayerNorm(child, norm_library))
                 swapped += 1
             elif type(child) is nn.Dense and child.has_bias:  # noqa: E721
                 child.bias_add = BiasAdd()

@@ -164,3 +164,34 @@ def test_softmax_backward_kernel_matches_numpy(tmp_path):
     y = e / e.sum(-1, keepdims=True)
     np.testing.assert_allclose(softmax(ms.Tensor(x)).asnumpy(), y, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(got, y * (dy - (y * dy).sum(-1, keepdims=True)), rtol=1e-4, atol=1e-6)
+
+
+def test_gradient_norm_kernel_matches_numpy_and_the_plain_step(tmp_path):
+    from trainer.step import TrainStep, _CompiledSumOfSquares
+
+    tensors = [RNG.standard_normal(shape).astype(np.float32) for shape in [(70001,), (3, 5), (300, 257), (1,)]]
+    library = cpu_kernels.library("grad_norm", str(tmp_path))
+    got = _CompiledSumOfSquares(library)(tuple(ms.Tensor(t) for t in tensors)).asnumpy()
+    np.testing.assert_allclose(got, sum(float((t.astype(np.float64) ** 2).sum()) for t in tensors), rtol=1e-5)
+
+    cfg = ModelConfig(d_model=16, n_heads=2, d_ff=32, encoder_layers=1, decoder_layers=1, dropout=0.0,
+                      attention_dropout=0.0, activation_dropout=0.0, share_embeddings=False)
+    src = ms.Tensor(RNG.integers(1, 20, (3, 5)), ms.int32)
+    tgt = ms.Tensor(RNG.integers(1, 20, (3, 6)), ms.int32)
+    results = []
+    for kernels in (str(tmp_path), None):
+        ms.set_seed(5)
+        model = Transformer(cfg, 20, 20, 0)
+        step = TrainStep(model, LabelSmoothedCrossEntropy(0.1, 0), nn.SGD(model.trainable_params(), 0.5),
+                         clip_norm=0.5, kernel_dir=kernels)  # clipped: the norm scales the update
+        assert (step.compiled_sum_of_squares is not None) is (kernels is not None)
+        norm = step(src, tgt[:, :-1], tgt[:, 1:])[3].asnumpy()
+        results.append((norm, [p.asnumpy() for p in model.trainable_params()]))
+    assert results[0][0] > 0.5
+    np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5)
+    for a, b in zip(results[0][1], results[1][1]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    split = TrainStep(Transformer(cfg, 20, 20, 0), LabelSmoothedCrossEntropy(0.1, 0),
+                      nn.SGD(Transformer(cfg, 20, 20, 0).trainable_params(), 0.5), 1.0, mp_size=2,
+                      kernel_dir=str(tmp_path))
+    assert split.compiled_sum_of_squares is None  # split gradients weigh differently: MindSpore ops

@@ -6,7 +6,7 @@
     <run>/metrics.jsonl, <run>/tb/   logs
 """
 from pathlib import Path
-from typing import Tuple
+from typing import Optional, Tuple
 
 import yaml
 
@@ -18,13 +18,20 @@ from trainer.data.multi30k import cache_root
 from trainer.data.tokenizer import PAD, load_vocabs
 
 
+def kernel_dir(cfg: RunConfig) -> Optional[Path]:
+    """Where model/cpu_kernels' C++ kernels are compiled to: <cache>/kernels on the CPU, unless
+    train.cpu_backward or train.cpu_kernels is false (then None: MindSpore's ops)."""
+    if cfg.train.cpu_backward and cfg.train.cpu_kernels and enabled_here():
+        return cache_root(cfg.data.cache_dir) / "kernels"
+    return None
+
+
 def build_model(cfg: RunConfig, src_vocab_size: int, tgt_vocab_size: int) -> Transformer:
-    """The Transformer the config describes; on the CPU (unless train.cpu_backward=false) with the bias
-    and LayerNorm backward written out, LayerNorm in C++ (unless train.cpu_kernels=false)."""
+    """The Transformer the config describes; on the CPU (unless train.cpu_backward=false) with the bias,
+    LayerNorm and softmax backward written out, LayerNorm in C++ (unless train.cpu_kernels=false)."""
     model = Transformer(cfg.model, src_vocab_size, tgt_vocab_size, pad_id=PAD)
     if cfg.train.cpu_backward and enabled_here():
-        kernel_dir = cache_root(cfg.data.cache_dir) / "kernels" if cfg.train.cpu_kernels else None
-        use_cpu_backward(model, kernel_dir)
+        use_cpu_backward(model, kernel_dir(cfg))
     return model
 
 

@@ -11,6 +11,8 @@ from typing import Dict, Optional
 import mindspore as ms
 from mindspore import nn, ops
 
+from model import cpu_kernels
+
 _hyper_map = ops.HyperMap()
 
 
@@ -25,6 +27,18 @@ def _sum_of_squares(x):
     return squares.sum(-1).sum() if x.ndim > 1 else squares.sum()
 
 
+class _CompiledSumOfSquares(nn.Cell):
+    """Sum of squares of all float32 gradients as one C++ kernel (model/cpu_kernels/grad_norm.cc)."""
+
+    def __init__(self, library: str):
+        super().__init__()
+        self.kernel = ops.Custom(f"{library}:SumOfSquares", out_shape=lambda *shapes: [1],
+                                 out_dtype=lambda *dtypes: ms.float32, func_type="aot")
+
+    def construct(self, grads):
+        return self.kernel(*grads).reshape(())
+
+
 class TrainStep(nn.Cell):
     """One optimiser step on a batch; returns (loss_sum, nll_sum, n_tokens, grad_norm) of the global batch.
 
@@ -34,7 +48,8 @@ class TrainStep(nn.Cell):
 
     def __init__(self, model: nn.Cell, criterion: nn.Cell, optimizer: nn.Optimizer, clip_norm: float,
                  dp_group: Optional[str] = None, mp_group: Optional[str] = None, mp_size: int = 1,
-                 shard_axis: Optional[Dict[str, int]] = None, fused_loss: bool = True):
+                 shard_axis: Optional[Dict[str, int]] = None, fused_loss: bool = True,
+                 kernel_dir: Optional[str] = None):
         super().__init__(auto_prefix=False)
         self.model = model
         self.criterion = criterion
@@ -50,6 +65,12 @@ class TrainStep(nn.Cell):
         self.norm_weights = tuple(1.0 if p.name in split else 1.0 / mp_size for p in self.weights)
         # output projection and loss as one Cell (criterion.from_states) where the model has
         # no parallel layout around its projection; else logits, then the criterion
+        # with kernel_dir (the CPU, see trainer.run_dir.kernel_dir), the squared norm of
+        # unsplit float32 gradients is one C++ kernel
+        library = None
+        if kernel_dir and mp_size == 1 and all(p.dtype == ms.float32 for p in self.weights):
+            library = cpu_kernels.library("grad_norm", str(kernel_dir))
+        self.compiled_sum_of_squares = _CompiledSumOfSquares(library) if library else None
         self.fused_loss = bool(fused_loss and getattr(model, "projects_locally", lambda: False)()
                                and hasattr(criterion, "from_states"))
 
@@ -65,8 +86,10 @@ class TrainStep(nn.Cell):
         return loss_sum / denominator, loss_sum, nll_sum, n_tokens
 
     def _norm(self, grads):
-        squares = [_sum_of_squares(g.astype(ms.float32)) * w for g, w in zip(grads, self.norm_weights)]
-        total = ops.addn(squares)
+        if self.compiled_sum_of_squares is not None:
+            total = self.compiled_sum_of_squares(grads)
+        else:
+            total = ops.addn([_sum_of_squares(g.astype(ms.float32)) * w for g, w in zip(grads, self.norm_weights)])
         if self.mp_sum is not None:
             total = self.mp_sum(total)
         return ops.sqrt(total)

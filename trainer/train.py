@@ -29,7 +29,7 @@ from trainer.parallel.clock import RunClock
 from trainer.parallel.context import ParallelContext, init_parallel, is_scheduler, world_size_from_env
 from trainer.parallel.data import gather_full_params, shard_rows
 from trainer.parallel.plan import make_plan
-from trainer.run_dir import build_model
+from trainer.run_dir import build_model, kernel_dir
 from trainer.schedule import learning_rate
 from trainer.scoring import score
 from trainer.step import TrainStep
@@ -148,7 +148,8 @@ class Trainer:
                                  beta1=opt.beta1, beta2=opt.beta2, eps=opt.eps, weight_decay=opt.weight_decay)
         self.step_fn = TrainStep(self.model, LabelSmoothedCrossEntropy(opt.label_smoothing, PAD), self.optimizer,
                                  opt.clip_norm, self.ctx.dp_group, self.ctx.mp_group, plan.model_parallel,
-                                 self.layout.shard_axis, fused_loss=cfg.train.fused_loss)
+                                 self.layout.shard_axis, fused_loss=cfg.train.fused_loss,
+                                 kernel_dir=kernel_dir(cfg))
         self.step_fn.set_train(True)
         self.validator = Validator(cfg, self.model, corpus)
         self.batcher, self.collate = training_batches(cfg, self.train_split)
