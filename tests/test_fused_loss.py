@@ -18,16 +18,16 @@ def pynative():
 
 
 class _Objective(nn.Cell):
-    """2 * loss_sum + 0.5 * nll_sum of logits = states @ weight^T, fused or not."""
+    """2 * loss_sum + 0.5 * nll_sum of logits = states @ weight^T, fused (skipping padding or not) or not."""
 
-    def __init__(self, criterion, fused):
+    def __init__(self, criterion, fused, skip_padding=False):
         super().__init__()
-        self.criterion, self.fused = criterion, fused
+        self.criterion, self.fused, self.skip_padding = criterion, fused, skip_padding
         self.matmul = ms.ops.MatMul(transpose_b=True)
 
     def construct(self, states, weight, target):
         if self.fused:
-            loss_sum, nll_sum, _ = self.criterion.from_states(states, weight, target)
+            loss_sum, nll_sum, _ = self.criterion.from_states(states, weight, target, self.skip_padding)
         else:
             b, length, d = states.shape
             logits = self.matmul(states.reshape(b * length, d), weight).reshape(b, length, -1)
@@ -62,11 +62,14 @@ def test_from_states_matches_numpy_and_the_unfused_loss(eps, scale):
     criterion = LabelSmoothedCrossEntropy(eps, 0)
     inputs = (ms.Tensor(states), ms.Tensor(weight), ms.Tensor(target))
     sums = [x.asnumpy() for x in criterion.from_states(*inputs)]
+    np.testing.assert_allclose([x.asnumpy() for x in criterion.from_states(*inputs, skip_padding=True)], sums,
+                               rtol=1e-5)
     unfused = [x.asnumpy() for x in criterion(ms.Tensor(states @ weight.T), ms.Tensor(target))]
     np.testing.assert_allclose(sums, unfused, rtol=1e-4)
     assert sums[2] == 8  # padding never counts
-    for fused in (True, False):
-        value, (d_states, d_weight) = ms.value_and_grad(_Objective(criterion, fused), grad_position=(0, 1))(*inputs)
+    for fused, skip_padding in ((True, False), (True, True), (False, False)):
+        objective = _Objective(criterion, fused, skip_padding)
+        value, (d_states, d_weight) = ms.value_and_grad(objective, grad_position=(0, 1))(*inputs)
         np.testing.assert_allclose(value.asnumpy(), want[0], rtol=1e-4)
         np.testing.assert_allclose(d_states.asnumpy(), want[1], rtol=1e-4, atol=1e-4 * scale)
         np.testing.assert_allclose(d_weight.asnumpy(), want[2], rtol=1e-4, atol=1e-4 * scale)
@@ -96,6 +99,7 @@ def test_train_step_fused_and_unfused_make_the_same_update(share):
         model = Transformer(cfg, vocab_src, vocab_tgt, 0)
         step = _step(model, fused)
         assert step.fused_loss is fused
+        assert step.skip_padding is fused  # on the CPU the fused loss drops padded targets
         outputs = [x.asnumpy() for x in step(src, tgt_in, tgt_out)]
         results.append((outputs, {p.name: p.asnumpy() for p in model.trainable_params()}))
     (fused_out, fused_params), (plain_out, plain_params) = results
@@ -117,3 +121,14 @@ def test_train_step_keeps_logits_where_a_layout_wraps_the_projection():
     model.after_logits = Gather()
     assert not model.projects_locally()
     assert _step(model, fused=True).fused_loss is False
+
+
+def test_skipping_padding_survives_a_batch_of_padding_only():
+    criterion = LabelSmoothedCrossEntropy(0.1, 0)
+    states = ms.Tensor(RNG.standard_normal((2, 3, 4)).astype(np.float32))
+    weight = ms.Tensor(RNG.standard_normal((5, 4)).astype(np.float32))
+    target = ms.Tensor(np.zeros((2, 3), np.int32))
+    value, (d_states, d_weight) = ms.value_and_grad(_Objective(criterion, True, True), grad_position=(0, 1))(
+        states, weight, target)
+    assert value.asnumpy() == 0.0
+    assert not d_states.asnumpy().any() and not d_weight.asnumpy().any()

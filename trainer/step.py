@@ -73,13 +73,17 @@ class TrainStep(nn.Cell):
         self.compiled_sum_of_squares = _CompiledSumOfSquares(library) if library else None
         self.fused_loss = bool(fused_loss and getattr(model, "projects_locally", lambda: False)()
                                and hasattr(criterion, "from_states"))
+        # on the CPU the fused loss also drops padded target positions before projecting them
+        # (a dynamic row count: cheap there, while graph sinking on Ascend/GPU wants static shapes)
+        self.skip_padding = self.fused_loss and ms.get_context("device_target") == "CPU"
 
     def forward(self, src, tgt_in, tgt_out, denominator, src_seg=None, tgt_seg=None, src_pos=None, tgt_pos=None):
         """Loss of this rank's rows per target token of the global batch, with the sums as auxiliaries."""
         if self.fused_loss:
             memory, src_bias = self.model.encode(src, src_seg, src_pos)
             states = self.model.decode_states(tgt_in, memory, src_bias, src_seg, tgt_seg, tgt_pos)
-            loss_sum, nll_sum, n_tokens = self.criterion.from_states(states, self.model.output_weight(), tgt_out)
+            loss_sum, nll_sum, n_tokens = self.criterion.from_states(states, self.model.output_weight(), tgt_out,
+                                                                     self.skip_padding)
         else:
             logits = self.model(src, tgt_in, src_seg, tgt_seg, src_pos, tgt_pos)
             loss_sum, nll_sum, n_tokens = self.criterion(logits, tgt_out)
