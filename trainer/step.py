@@ -63,14 +63,14 @@ class TrainStep(nn.Cell):
         split = shard_axis or {}
         # per-parameter weight in the squared norm: split ones are summed over shards, replicated ones once
         self.norm_weights = tuple(1.0 if p.name in split else 1.0 / mp_size for p in self.weights)
-        # output projection and loss as one Cell (criterion.from_states) where the model has
-        # no parallel layout around its projection; else logits, then the criterion
         # with kernel_dir (the CPU, see trainer.run_dir.kernel_dir), the squared norm of
         # unsplit float32 gradients is one C++ kernel
         library = None
         if kernel_dir and mp_size == 1 and all(p.dtype == ms.float32 for p in self.weights):
             library = cpu_kernels.library("grad_norm", str(kernel_dir))
         self.compiled_sum_of_squares = _CompiledSumOfSquares(library) if library else None
+        # output projection and loss as one Cell (criterion.from_states) where the model has
+        # no parallel layout around its projection; else logits, then the criterion
         self.fused_loss = bool(fused_loss and getattr(model, "projects_locally", lambda: False)()
                                and hasattr(criterion, "from_states"))
         # on the CPU the fused loss also drops padded target positions before projecting them
