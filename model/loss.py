@@ -3,6 +3,21 @@ import mindspore as ms
 from mindspore import nn, ops
 
 
+def _row_scales(target, pad_id: int, eps: float, vocab: int, dout):
+    """Per-row factors of the logits' gradient G = a * softmax - b * onehot(target) - c.
+
+    d loss_sum / d x = keep * (p - (1 - eps) * onehot - eps / V) and d nll_sum / d x =
+    keep * (p - onehot), each weighted by its incoming gradient. Returns a and c as [N, 1],
+    b as [N].
+    """
+    d_loss, d_nll = dout[0], dout[1]
+    keep = ops.not_equal(target, pad_id).astype(ms.float32)
+    a = (keep * (d_loss + d_nll)).reshape(-1, 1)
+    b = keep * ((1.0 - eps) * d_loss + d_nll)
+    c = (keep * ((eps / vocab) * d_loss)).reshape(-1, 1)
+    return a, b, c
+
+
 class _SmoothedRowLoss(nn.Cell):
     """Sums over rows of logits x [N, V] with targets [N]; the backward is written out.
 
@@ -26,15 +41,9 @@ class _SmoothedRowLoss(nn.Cell):
         return (loss * keep).sum(), (nll * keep).sum(), keep.sum(), log_z
 
     def bprop(self, x, target, out, dout):
-        # d loss_sum / d x = keep * (p - (1 - eps) * onehot - eps / V); d nll_sum / d x = keep * (p - onehot).
-        # Per row that is p * a - c everywhere and - b at the target: the target term is
-        # scattered in, so no [N, V] one-hot is built.
-        vocab = x.shape[-1]
-        d_loss, d_nll = dout[0], dout[1]
-        keep = ops.not_equal(target, self.pad_id).astype(ms.float32)
-        a = (keep * (d_loss + d_nll)).reshape(-1, 1)
-        c = (keep * ((self.eps / vocab) * d_loss)).reshape(-1, 1)
-        b = keep * ((1.0 - self.eps) * d_loss + d_nll)
+        # G = p * a - c everywhere and - b at the target: the target term is scattered in,
+        # so no [N, V] one-hot is built
+        a, b, c = _row_scales(target, self.pad_id, self.eps, x.shape[-1], dout)
         grad = ops.exp(x - out[3].reshape(-1, 1)) * a - c
         rows = ops.arange(0, x.shape[0], dtype=ms.int32)
         grad = ops.tensor_scatter_sub(grad, ops.stack([rows, target.astype(ms.int32)], 1), b)
@@ -73,11 +82,8 @@ class _ProjectedRowLoss(nn.Cell):
 
     def bprop(self, states, weight, target, out, dout):
         vocab = weight.shape[0]
-        d_loss, d_nll = dout[0], dout[1]
-        keep = ops.not_equal(target, self.pad_id).astype(ms.float32)
-        a = (keep * (d_loss + d_nll)).reshape(-1, 1)
-        b = (keep * ((1.0 - self.eps) * d_loss + d_nll)).reshape(-1, 1)
-        c = (keep * ((self.eps / vocab) * d_loss)).reshape(-1, 1)
+        a, b, c = _row_scales(target, self.pad_id, self.eps, vocab, dout)
+        b = b.reshape(-1, 1)
         p = ops.exp(out[3]).astype(states.dtype)  # softmax [N, V]
         ids = target.astype(ms.int32)
         s32, w32 = states.astype(ms.float32), weight.astype(ms.float32)

@@ -72,10 +72,12 @@ class TrainConfig:
     progress: bool = True  # tqdm bar
     resume: bool = False  # continue from <run>/checkpoints/last.ckpt when it exists
     # on the CPU, bias and LayerNorm gradients written out (model/cpu_backward.py): steps
-    # 1.15-1.19x faster for 20-50 % more peak memory; false: MindSpore's kernels
+    # 1.15-1.19x faster (alone it cost 20-50 % more peak memory, which cpu_kernels' LayerNorm
+    # removes); false: MindSpore's kernels
     cpu_backward: bool = True
-    # with cpu_backward: LayerNorm forward and backward as C++ kernels (model/cpu_kernels),
-    # compiled with the machine's g++ on first use into <cache>/kernels; false: MindSpore ops
+    # with cpu_backward: LayerNorm, the softmax backward and the clipping norm as C++ kernels
+    # (model/cpu_kernels), compiled with the machine's g++ on first use into <cache>/kernels;
+    # false: MindSpore ops
     cpu_kernels: bool = True
     # output projection and label-smoothed loss as one Cell with its backward written out
     # (model/loss.py): the logits' gradient is never built; false: logits, then the loss

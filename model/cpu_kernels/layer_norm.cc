@@ -7,6 +7,13 @@
 #include <cstdint>
 #include <cstring>
 
+// Rows (all axes but the last) and row width of params[0].
+static void rows_and_width(int *ndims, int64_t **shapes, int64_t *rows, int64_t *width) {
+  *width = shapes[0][ndims[0] - 1];
+  *rows = 1;
+  for (int i = 0; i < ndims[0] - 1; ++i) *rows *= shapes[0][i];
+}
+
 // y = (x - mean) * rstd * gamma + beta over the last axis; also writes mean and rstd = 1 / sqrt(var + eps) per row.
 // params: inputs x [..., d], gamma [d], beta [d], eps [1]; outputs y [..., d], mean [...], rstd [...]
 extern "C" int LayerNormForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
@@ -18,9 +25,8 @@ extern "C" int LayerNormForward(int nparam, void **params, int *ndims, int64_t *
   float *y = static_cast<float *>(params[4]);
   float *mean_out = static_cast<float *>(params[5]);
   float *rstd_out = static_cast<float *>(params[6]);
-  const int64_t d = shapes[0][ndims[0] - 1];
-  int64_t n = 1;
-  for (int i = 0; i < ndims[0] - 1; ++i) n *= shapes[0][i];
+  int64_t n, d;
+  rows_and_width(ndims, shapes, &n, &d);
   for (int64_t r = 0; r < n; ++r) {
     const float *xr = x + r * d;
     float *yr = y + r * d;
@@ -50,9 +56,8 @@ extern "C" int LayerNormBackward(int nparam, void **params, int *ndims, int64_t 
   float *dx = static_cast<float *>(params[5]);
   float *dgamma = static_cast<float *>(params[6]);
   float *dbeta = static_cast<float *>(params[7]);
-  const int64_t d = shapes[0][ndims[0] - 1];
-  int64_t n = 1;
-  for (int i = 0; i < ndims[0] - 1; ++i) n *= shapes[0][i];
+  int64_t n, d;
+  rows_and_width(ndims, shapes, &n, &d);
   std::memset(dgamma, 0, sizeof(float) * d);
   std::memset(dbeta, 0, sizeof(float) * d);
   for (int64_t r = 0; r < n; ++r) {
