@@ -1,6 +1,6 @@
 """bench/launch: launch-to-all-ranks-registered time, mindrun launch vs msrun, same 2-worker job.
 
-    python bench/launch.py --runs 7
+    python -m bench.launch --runs 7
 
 Each run starts a fresh job (new port, new log folder) whose workers call MindSpore's init()
 and print the time it returned (tests/launch_scripts/allreduce.py). "registered" is the
@@ -19,12 +19,11 @@ import sys
 import time
 from pathlib import Path
 
+from launcher.ports import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "tests" / "launch_scripts" / "allreduce.py"
 BIN = Path(sys.executable).parent
-sys.path.insert(0, str(ROOT))
-
-from launcher.ports import free_port  # noqa: E402
 
 
 def one_run(kind: str, log_dir: Path, workers: int) -> dict:

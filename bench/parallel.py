@@ -1,6 +1,6 @@
 """bench/parallel: tokens/s of data_parallel=2 and model_parallel=2 against standalone, one core per worker.
 
-    python bench/parallel.py --repeats 3
+    python -m bench.parallel --repeats 3
 
 Each configuration runs under `mindrun launch --bind_core True` (standalone is pinned to one
 core), times the `small` model's training step on synthetic 64 x 32 batches, and is run again

@@ -13,8 +13,6 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 
 def stub_collectives() -> None:
     """Swap the collective Cells for local ops with the same output shapes."""
@@ -41,18 +39,15 @@ def main() -> int:
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
 
-    import mindspore as ms
-    from mindspore import nn
+    import dataclasses
 
-    from model.loss import LabelSmoothedCrossEntropy
-    from model.parallel.layout import apply_hybrid
+    import mindspore as ms
+
+    from trainer.build import build_training
     from trainer.config import load_config
-    from trainer.parallel.context import init_parallel, is_scheduler, world_size_from_env
-    from trainer.parallel.data import shard_rows
+    from trainer.loop_tools import seed_everything
+    from trainer.parallel.context import init_parallel, is_scheduler, select_backend, world_size_from_env
     from trainer.parallel.plan import make_plan
-    from trainer.run_dir import build_model, kernel_dir
-    from trainer.step import TrainStep
-    from trainer.train import seed_everything
 
     ms.set_context(mode=ms.GRAPH_MODE)
     if is_scheduler():
@@ -64,19 +59,18 @@ def main() -> int:
         stub_collectives()
     cfg = load_config(args.recipe, [f"parallel.model_parallel={args.model_parallel}", "model.dropout=0.0",
                                     f"data.max_tokens={args.rows * args.length}", f"data.buckets=[{args.length}]"])
-    plan = make_plan(cfg, world_size_from_env(), "CPU", vocab_size=args.vocab)
-    ctx = init_parallel(plan)
+    backend = select_backend()
+    plan = make_plan(cfg, world_size_from_env(), backend, vocab_size=args.vocab)
+    ctx = init_parallel(plan, backend)
     seed_everything(1)
-    model = build_model(cfg, args.vocab, args.vocab)
-    layout = apply_hybrid(model, ctx.mp_group, ctx.mp_rank, plan.model_parallel)
-    optimizer = nn.Adam(model.trainable_params(), learning_rate=1e-4)
-    dp_group = None if args.no_comm else ctx.dp_group
-    step = TrainStep(model, LabelSmoothedCrossEntropy(0.1, 0), optimizer, 1.0, dp_group,
-                     None if args.no_comm else ctx.mp_group, plan.model_parallel, layout.shard_axis,
-                     kernel_dir=kernel_dir(cfg))
+    # --no_comm: the same layout and step without the data-parallel reduction (collectives stubbed)
+    built = build_training(cfg, dataclasses.replace(ctx, dp_group=None) if args.no_comm else ctx,
+                           args.vocab, args.vocab)
+    built.optimizer.learning_rate.set_data(ms.Tensor(1e-4, ms.float32))
+    step = built.step
     rng = np.random.default_rng(0)
     batch = [rng.integers(4, args.vocab, (args.rows, args.length)).astype(np.int32) for _ in range(3)]
-    src, tin, tout = (ms.Tensor(a) for a in shard_rows(batch, ctx))
+    src, tin, tout = (ms.Tensor(a) for a in built.parallel.local_rows(batch))
     for _ in range(2):  # compile and warm up
         step(src, tin, tout)
     t0 = time.perf_counter()

@@ -1,7 +1,7 @@
 """Where the training step's time goes: MindSpore's profiler over a few steps of the `small` model.
 
-    python bench/profile_step.py --rows 128 --length 16 [--set model.dropout=0.0]
-    python bench/profile_step.py --rows 32 --length 64 --packed 3    # packed rows, 3 sentences each
+    python -m bench.profile_step --rows 128 --length 16 [--set model.dropout=0.0]
+    python -m bench.profile_step --rows 32 --length 64 --packed 3    # packed rows, 3 sentences each
 
 Compiles the step, runs --warmup steps, profiles --steps steps, and prints the operator
 types by total time (from the profiler's CPU op statistics), so an optimisation starts
@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 
 def main() -> int:
@@ -35,19 +34,19 @@ def main() -> int:
     args = parser.parse_args()
 
     import mindspore as ms
-    from mindspore import nn
 
-    from model.loss import LabelSmoothedCrossEntropy
+    from trainer.build import build_training
     from trainer.config import load_config
-    from trainer.run_dir import build_model, kernel_dir
-    from trainer.step import TrainStep
+    from trainer.parallel.context import ParallelContext, select_backend
+    from trainer.parallel.plan import make_plan
 
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_seed(0)
     cfg = load_config("small", args.sets)
-    model = build_model(cfg, args.vocab, args.vocab)
-    optimizer = nn.Adam(model.trainable_params(), learning_rate=1e-4)
-    step = TrainStep(model, LabelSmoothedCrossEntropy(0.1, 0), optimizer, 1.0, kernel_dir=kernel_dir(cfg))
+    backend = select_backend()
+    built = build_training(cfg, ParallelContext(make_plan(cfg, 1, backend), backend), args.vocab, args.vocab)
+    built.optimizer.learning_rate.set_data(ms.Tensor(1e-4, ms.float32))
+    step = built.step
     rng = np.random.default_rng(0)
     batch = [ms.Tensor(rng.integers(4, args.vocab, (args.rows, args.length)).astype(np.int32)) for _ in range(3)]
     if args.packed:  # segment ids 1..k and positions restarting at each segment, the same on both sides

@@ -1,6 +1,6 @@
 """bench/quality: train `small` on all of Multi30k for a wall-clock budget, then score test2016.
 
-    python bench/quality.py --minutes 60 --data-dir ../shared/data/multi30k
+    python -m bench.quality --minutes 60 --data-dir ../shared/data/multi30k
 
 Model selection uses the validation split only (best validation BLEU); test2016 is
 decoded once, with beam 5, from that checkpoint. Results go to <out>/result.json.
@@ -12,12 +12,10 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from trainer.config import load_config  # noqa: E402
-from trainer.evaluate import evaluate  # noqa: E402
-from trainer.metrics import read_metrics  # noqa: E402
-from trainer.train import train  # noqa: E402
+from trainer.config import load_config
+from trainer.evaluate import evaluate
+from trainer.metrics import read_metrics
+from trainer.train import train
 
 
 def main() -> int:

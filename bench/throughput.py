@@ -1,7 +1,7 @@
 """bench/throughput: training tokens/s of mindrun's step against the course notebook and PyTorch, same batches.
 
     pip install -e '.[bench]'          # torch==2.13.0 (CPU), bench only
-    python bench/throughput.py --data-dir ../shared/data/multi30k
+    python -m bench.throughput --data-dir ../shared/data/multi30k    # from the repository root
 
 Contestants, each in its own process, on identical batches (3+3 layers, d_model 256, 4 heads,
 d_ff 1024, dropout 0.1, the notebook's word vocabularies of 7,853 / 5,893 entries):
@@ -43,8 +43,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+SELF = [sys.executable, "-m", "bench.throughput"]  # how the GEMM and contestant workers are started
 
 SIZES = dict(d_model=256, n_heads=4, d_ff=1024, layers=3, dropout=0.1)
 COURSE_VOCABS = (7853, 5893)
@@ -122,7 +121,7 @@ def gemm_peaks(torch_too: bool) -> dict:
         runs.append(("torch", "torch", {}))
     peaks = {}
     for label, library, env in runs:
-        proc = subprocess.run([sys.executable, __file__, "--gemm-worker", library], capture_output=True, text=True,
+        proc = subprocess.run([*SELF, "--gemm-worker", library], capture_output=True, text=True,
                               env={**os.environ, **env}, timeout=600)
         if proc.returncode != 0:
             print(f"GEMM peak of {label} not measured:\n{proc.stderr[-1000:]}", file=sys.stderr)
@@ -136,7 +135,7 @@ def gemm_peaks(torch_too: bool) -> dict:
 # -- batches ---------------------------------------------------------------------------------
 def make_batches(kind: str, pad: int, data_dir: str, count: int, packed: bool):
     """(arrays the step runs on, padded twin the tokens and FLOPs are counted on) per batch."""
-    from throughput_batches import real_bucketed, real_fixed, real_packed, repack, synthetic
+    from bench.throughput_batches import real_bucketed, real_fixed, real_packed, repack, synthetic
 
     if kind == "synthetic":
         batches = synthetic(count, 32, 32, *COURSE_VOCABS, pad=pad, seed=0)
@@ -173,14 +172,14 @@ def course_pairs(data_dir: str):
 def build_step(name: str, vocabs):
     """A function (src, tgt_in, tgt_out[, packed segments and positions]) -> loss for the contestant, and its pad id."""
     if name == "torch":
-        from throughput_torch import make
+        from bench.throughput_torch import make
 
         return make(*vocabs, SIZES["d_model"], SIZES["n_heads"], SIZES["d_ff"], SIZES["layers"],
                     SIZES["dropout"], COURSE_PAD, threads=os.cpu_count()), COURSE_PAD
     import mindspore as ms
 
     if name.startswith("course"):
-        from throughput_course import CourseTransformer, make_step
+        from bench.throughput_course import CourseTransformer, make_step
 
         ms.set_context(mode=ms.PYNATIVE_MODE)
         ms.set_seed(0)
@@ -188,24 +187,23 @@ def build_step(name: str, vocabs):
                                   SIZES["dropout"])
         step = make_step(model, jit=name == "course_jit")
         return (lambda s, i, o: step(ms.Tensor(s), ms.Tensor(i), ms.Tensor(o)).asnumpy()), COURSE_PAD
-    from mindspore import nn
-
-    from model.loss import LabelSmoothedCrossEntropy
+    from trainer.build import build_training
     from trainer.config import load_config
-    from trainer.run_dir import build_model, kernel_dir
-    from trainer.step import TrainStep
+    from trainer.parallel.context import ParallelContext, select_backend
+    from trainer.parallel.plan import make_plan
 
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_seed(0)
     cfg = load_config("small", ["model.share_embeddings=false"])
-    model = build_model(cfg, *vocabs)
-    optimizer = nn.Adam(model.trainable_params(), learning_rate=1e-4)
-    step = TrainStep(model, LabelSmoothedCrossEntropy(0.1, MINDRUN_PAD), optimizer, 1.0, kernel_dir=kernel_dir(cfg))
+    backend = select_backend()
+    built = build_training(cfg, ParallelContext(make_plan(cfg, 1, backend), backend), *vocabs)
+    built.optimizer.learning_rate.set_data(ms.Tensor(1e-4, ms.float32))
+    step = built.step
     return (lambda *arrays: step(*map(ms.Tensor, arrays))[0].asnumpy()), MINDRUN_PAD
 
 
 def worker(args) -> int:
-    from throughput_batches import tokens
+    from bench.throughput_batches import tokens
 
     step, pad = build_step(args.worker, COURSE_VOCABS)
     batches = make_batches(args.batches, pad, args.data_dir, args.windows * args.steps,
@@ -234,7 +232,7 @@ def worker(args) -> int:
 
 def run_worker(name: str, batches: str, args, out: Path, round_: int = 0) -> dict:
     result = out / f"{name}_{batches}_r{round_}.json"
-    cmd = [sys.executable, __file__, "--worker", name, "--batches", batches, "--steps", str(args.steps),
+    cmd = [*SELF, "--worker", name, "--batches", batches, "--steps", str(args.steps),
            "--windows", str(args.windows), "--data-dir", args.data_dir, "--out", str(result)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
     if proc.returncode != 0:
@@ -318,6 +316,8 @@ def main() -> int:
     parser.add_argument("--batches", default="synthetic", help=argparse.SUPPRESS)
     parser.add_argument("--gemm-worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if not __package__:  # the bench.throughput_* siblings and the worker processes need the module form
+        parser.error("run it as a module, from the repository root: python -m bench.throughput ...")
     if args.gemm_worker:
         print(gemm_rate(args.gemm_worker))
         return 0

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from launcher import affinity, environment
+from launcher.ranks import Worker
 from launcher.spec import LaunchSpec
 
 POLL_S = 0.05
@@ -41,6 +42,20 @@ class State(enum.Enum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     INTERRUPTED = "interrupted"
+
+
+@dataclass(frozen=True)
+class Process:
+    """One process to start: the scheduler (key -1) or a worker (key = its rank, or local index)."""
+
+    name: str
+    key: int
+    command: List[str]
+    env: Dict[str, str]
+    cwd: Optional[Path]  # None: the launcher's working directory
+    log: Path
+    cpus: Optional[List[int]]  # --bind_core: the CPUs it may run on
+    worker: Optional[Worker] = None  # None for the scheduler
 
 
 @dataclass
@@ -118,48 +133,41 @@ class _Tail:
 
 
 class Agent:
-    """Runs one node's share of a job described by a LaunchSpec; `run()` returns the exit code."""
+    """Runs one node's share of a job described by a LaunchSpec; `run()` returns the exit code.
 
-    def __init__(self, spec: LaunchSpec, env: Optional[Dict[str, str]] = None):
+    `workers` are this node's workers (`launcher.ranks`); `rank_table` is the table's path in rank-table mode.
+    """
+
+    def __init__(self, spec: LaunchSpec, workers: List[Worker], rank_table: Optional[str] = None,
+                 env: Optional[Dict[str, str]] = None):
         self.spec = spec
+        self.workers = workers
+        self.rank_table = rank_table
         self.base_env, self.cleared = environment.clean(dict(os.environ if env is None else env))
         self.children: List[Child] = []
         self.tails: List[_Tail] = []
         self.signal_received: Optional[int] = None
         self.cpus = affinity.plan(spec.local_worker_num) if spec.bind_core else None
-        self.rank_table: Optional[str] = None
-        self.table_ranks: List = []
 
     # ---- what to start -------------------------------------------------------------------
-    def plan(self, restart: int = 0) -> List[Dict]:
-        """Each process to start: name, key, command, env, cwd, log path, cpus."""
-        spec, items = self.spec, []
-        if spec.launch_mode == "dynamic":
-            if spec.run_scheduler:
-                env = environment.scheduler_env(spec, self.base_env, restart)
-                items.append({"name": "scheduler", "key": -1, "env": env, "cwd": None,
-                              "log": spec.log_dir / "scheduler.log", "cpus": None})
-            if spec.run_workers:
-                for i in range(spec.local_worker_num):
-                    if spec.only_local is not None and i != spec.only_local:
-                        continue
-                    rank = spec.rank_of(i)
-                    key = rank if rank is not None else i
-                    items.append({"name": f"rank {key}" if rank is not None else f"local worker {i}", "key": key,
-                                  "env": environment.worker_env(spec, i, self.base_env, restart), "cwd": None,
-                                  "log": spec.log_dir / f"worker_{key}.log",
-                                  "cpus": self.cpus[i] if self.cpus else None})
-        else:
-            for i, (rank, device) in enumerate(self.table_ranks):
-                i = spec.only_local if spec.only_local is not None else i
-                items.append({"name": f"rank {rank}", "key": rank,
-                              "env": environment.ranktable_env(spec, i, rank, device, self.rank_table,
-                                                               self.base_env, restart),
-                              "cwd": spec.log_dir / f"rank_{rank}", "log": spec.log_dir / f"worker_{rank}.log",
-                              "cpus": self.cpus[i] if self.cpus else None})
-        for item in items:
-            item["command"] = list(spec.command)
-        return items
+    def plan(self, restart: int = 0) -> List[Process]:
+        """Each process to start on this node, in order: the scheduler (if any), then the workers."""
+        spec, out = self.spec, []
+        command = list(spec.command)
+        if spec.launch_mode == "dynamic" and spec.run_scheduler:
+            out.append(Process("scheduler", -1, command, environment.scheduler_env(spec, self.base_env, restart),
+                               None, spec.log_dir / "scheduler.log", None))
+        if spec.launch_mode == "dynamic" and not spec.run_workers:
+            return out
+        for w in self.workers:
+            cpus = self.cpus[w.local_rank] if self.cpus else None
+            if spec.launch_mode == "dynamic":
+                env, cwd = environment.worker_env(spec, w, self.base_env, restart), None
+            else:
+                env = environment.ranktable_env(spec, w, self.rank_table, self.base_env, restart)
+                cwd = spec.log_dir / f"rank_{w.rank}"
+            out.append(Process(w.name, w.key, command, env, cwd, spec.log_dir / f"worker_{w.key}.log", cpus, w))
+        return out
 
     def dry_run(self) -> int:
         """Print every process's command, directory and launcher-set environment; start nothing."""
@@ -167,49 +175,54 @@ class Agent:
             say(note)
         if self.cleared:
             say(f"would clear inherited variables: {', '.join(self.cleared)}")
-        for item in self.plan():
-            added = {k: v for k, v in item["env"].items() if self.base_env.get(k) != v}
-            print(f"{item['name']}:")
-            print(f"  command: {' '.join(item['command'])}")
-            print(f"  cwd: {item['cwd'] or os.getcwd()}")
-            print(f"  log: {item['log']}")
-            if item["cpus"] is not None:
-                print(f"  cpus: {item['cpus']}")
-            for key in sorted(added):
-                print(f"  {key}={added[key]}")
+        for proc in self.plan():
+            shown = {k: v for k, v in proc.env.items() if self.base_env.get(k) != v or k in environment.SHOWN}
+            unset = sorted(k for k in self.base_env if k not in proc.env)
+            print(f"{proc.name}:")
+            print(f"  command: {' '.join(proc.command)}")
+            print(f"  cwd: {proc.cwd or os.getcwd()}")
+            print(f"  log: {proc.log}")
+            if proc.cpus is not None:
+                print(f"  cpus: {proc.cpus}")
+            if proc.worker is not None:
+                print(f"  device: {proc.worker.device_id} (physical)")
+            for key in sorted(shown):
+                print(f"  {key}={shown[key]}")
+            if unset:
+                print(f"  unset: {' '.join(unset)}")
         return 0
 
     # ---- running -------------------------------------------------------------------------
-    def _spawn(self, item: Dict, restart: int) -> Child:
-        item["log"].parent.mkdir(parents=True, exist_ok=True)
-        if item["cwd"] is not None:
-            Path(item["cwd"]).mkdir(parents=True, exist_ok=True)
+    def _spawn(self, proc: Process, restart: int) -> Child:
+        proc.log.parent.mkdir(parents=True, exist_ok=True)
+        if proc.cwd is not None:
+            proc.cwd.mkdir(parents=True, exist_ok=True)
         mode = "ab" if restart else "wb"
-        with open(item["log"], mode) as log:
+        with open(proc.log, mode) as log:
             if restart:
                 log.write(f"\n---- mindrun: restart {restart} ----\n".encode())
                 log.flush()
             start = log.tell()
-            cpus = item["cpus"]
+            cpus = proc.cpus
 
             def child_setup():  # runs in the child between fork and exec: keep it to syscalls
                 _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
                 if cpus:
                     os.sched_setaffinity(0, cpus)
 
-            popen = subprocess.Popen(item["command"], env=item["env"], cwd=item["cwd"], stdin=subprocess.DEVNULL,
+            popen = subprocess.Popen(proc.command, env=proc.env, cwd=proc.cwd, stdin=subprocess.DEVNULL,
                                      stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                      preexec_fn=child_setup)
-        child = Child(item["name"], item["key"], popen, item["log"])
+        child = Child(proc.name, proc.key, popen, proc.log)
         tail = self.spec.tail_ranks
-        if item["key"] >= 0 and (tail is None or item["key"] in tail):
-            self.tails.append(_Tail(item["log"], f"[{item['name']}]", start))
+        if proc.key >= 0 and (tail is None or proc.key in tail):
+            self.tails.append(_Tail(proc.log, f"[{proc.name}]", start))
         return child
 
     def _start(self, restart: int) -> None:
         self.children, self.tails = [], []
-        for item in self.plan(restart):
-            self.children.append(self._spawn(item, restart))
+        for proc in self.plan(restart):
+            self.children.append(self._spawn(proc, restart))
         names = ", ".join(f"{c.name} (pid {c.popen.pid})" for c in self.children)
         say(f"started {names}; logs in {self.spec.log_dir}")
 

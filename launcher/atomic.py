@@ -1,29 +1,81 @@
-"""Atomic file writes: temporary name in the same folder, fsync, rename, fsync the folder."""
+"""Atomic file writes for the whole project: temporary name in the same folder, fsync, rename, fsync the folder.
+
+Readers see the old file or the whole new one, never a torn one, even after a crash or a kill.
+
+    write_text(path, text)            # our own text (JSON, YAML, vocabularies)
+    write_bytes(path, data)           # our own bytes (downloads, kernels)
+    with atomic_path(path) as tmp:    # a library that writes a file by name
+        save_checkpoint(net, str(tmp))
+"""
+import contextlib
 import os
-import tempfile
+import secrets
 from pathlib import Path
-from typing import Union
+from typing import Iterator, Optional, Union
+
+PathLike = Union[str, "os.PathLike[str]"]
 
 
-def write_text(path: Union[str, Path], text: str, mode: int = 0o640) -> Path:
-    """Write `text` to `path` so that readers see the old file or the whole new one, never a torn one."""
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def temporary_name(path: PathLike) -> Path:
+    """A fresh hidden name beside `path` that keeps its suffix (libraries such as save_checkpoint append
+    their extension when it is missing): runs/last.ckpt -> runs/.last.tmp-1a2b3c4d.ckpt."""
+    path = Path(path)
+    return path.parent / f".{path.stem}.tmp-{secrets.token_hex(4)}{path.suffix}"
+
+
+@contextlib.contextmanager
+def atomic_path(path: PathLike, mode: Optional[int] = None) -> Iterator[Path]:
+    """Yield a temporary path in `path`'s folder for a writer that takes a file name; on success fsync it,
+    set `mode` (if given), rename it onto `path` and fsync the folder; on failure remove it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = temporary_name(path)
     try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
+        yield tmp
+        if not tmp.is_file():
+            raise FileNotFoundError(f"{tmp}: the writer did not create the temporary file for {path}")
+        if mode is not None:
+            os.chmod(tmp, mode)
+        _fsync_file(tmp)
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    _fsync_dir(path.parent)
+
+
+def write_bytes(path: PathLike, data: bytes, mode: int = 0o644) -> Path:
+    """Write `data` to `path` atomically with permissions `mode`; returns the path."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        try:
+            os.fchmod(fd, mode)  # the umask must not narrow what the caller asked for
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
     return path
+
+
+def write_text(path: PathLike, text: str, mode: int = 0o640) -> Path:
+    """Write `text` (UTF-8) to `path` atomically with permissions `mode`; returns the path."""
+    return write_bytes(path, text.encode("utf-8"), mode=mode)

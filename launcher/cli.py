@@ -1,19 +1,23 @@
-"""`mindrun launch` (also `python -m launcher`) and `mindrun ranktable generate | merge | validate`.
+"""The launcher's subcommands of `mindrun`: launch, ranktable (generate | merge | validate), doctor.
 
     mindrun launch --worker_num 2 --local_worker_num 2 train.py --lr 1e-3
     mindrun launch --cluster cluster_configs/ascend_1x8.yaml -m trainer train --config base
     mindrun launch --worker_num 16 --local_worker_num 8 --node_rank 1 --master_addr 10.0.0.1 train.py
+    mindrun launch --launch_mode ranktable --visible_devices 4,5,6,7 train.py
     mpirun -n 16 mindrun launch --mpi train.py
+    mindrun doctor --cluster cluster_configs/ascend_1x8.yaml
 
-msrun's options keep msrun's names and meanings; a bad option, cluster file or rank table
+`SUBCOMMANDS` is the one dispatch table: `mindrun` (trainer/cli.py) and `python -m launcher` both
+use it. msrun's options keep msrun's names and meanings; a bad option, cluster file or rank table
 exits with code 2 and a one-line reason, before any process starts.
 """
 import argparse
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, Dict, List, Optional
 
 from launcher.errors import LaunchError
 
@@ -49,6 +53,8 @@ def launch_parser() -> argparse.ArgumentParser:
     own.add_argument("--cluster", help="cluster description (cluster_configs/*.yaml); options above override it")
     own.add_argument("--launch_mode", choices=["dynamic", "ranktable"],
                      help="dynamic: scheduler + workers (CPU/GPU/Ascend); ranktable: Ascend, no scheduler")
+    own.add_argument("--visible_devices", help="physical NPUs for this node's workers, e.g. 4,5,6,7: exported as "
+                     "ASCEND_RT_VISIBLE_DEVICES (DEVICE_ID is then 0..n-1) and used in the rank table")
     own.add_argument("--max_restarts", type=int, default=0,
                      help="restart the whole group this many times after a failure (MINDRUN_RESTART_COUNT)")
     own.add_argument("--grace_period", type=float, help="seconds between SIGTERM and SIGKILL (default 15)")
@@ -71,7 +77,8 @@ def _cli_dict(ns: argparse.Namespace) -> dict:
             "cluster_time_out": ns.cluster_time_out, "bind_core": ns.bind_core,
             "rank_table_file": ns.rank_table_file, "launch_mode": ns.launch_mode, "cluster": ns.cluster,
             "max_restarts": ns.max_restarts, "grace_period": ns.grace_period, "dry_run": ns.dry_run,
-            "tail_worker_log": ns.tail_worker_log, "script": script, "module": ns.module, "args": args}
+            "tail_worker_log": ns.tail_worker_log, "visible_devices": ns.visible_devices, "script": script,
+            "module": ns.module, "args": args}
 
 
 def under_mpi(env=os.environ) -> bool:
@@ -88,18 +95,19 @@ def launch_main(argv: Optional[List[str]] = None) -> int:
             from launcher.mpi import run_under_mpi
 
             return run_under_mpi(cli)
+        from launcher import ranks
         from launcher.agent import Agent, say
         from launcher.spec import resolve
 
         spec = resolve(cli)
         if not ns.join:
             say("--join False is accepted for msrun scripts; mindrun still supervises its workers")
-        agent = Agent(spec)
         if spec.launch_mode == "ranktable":
             from launcher import ranktable_job
 
-            agent.rank_table, agent.table_ranks = ranktable_job.prepare(spec)
-        return agent.run()
+            path, table = ranktable_job.prepare(spec)
+            return Agent(spec, ranks.table_workers(spec, table, path), rank_table=path).run()
+        return Agent(spec, ranks.dynamic_workers(spec)).run()
     except LaunchError as exc:
         print(f"mindrun launch: error: {exc}", file=sys.stderr)
         return 2
@@ -107,17 +115,20 @@ def launch_main(argv: Optional[List[str]] = None) -> int:
 
 def ranktable_parser() -> argparse.ArgumentParser:
     """Options of `mindrun ranktable`."""
-    p = argparse.ArgumentParser(prog="mindrun ranktable", description="HCCL rank tables (version 1.0).")
+    p = argparse.ArgumentParser(prog="mindrun ranktable", description="HCCL rank tables: generates version 1.0, "
+                                "reads and validates 1.0 and 1.2 (Atlas A3 SuperPoD).")
     sub = p.add_subparsers(dest="action", required=True)
     g = sub.add_parser("generate", help="write a rank table for this node or for a cluster file")
     g.add_argument("--cluster", help="cluster file: one server per node, device IPs from it or from hccn")
     g.add_argument("--devices", default="0-7", help="this node's devices, e.g. 0-7 or 0,1,2,3 (no --cluster)")
     g.add_argument("--server_id", help="this node's address (default: its hostname's address)")
-    g.add_argument("--device_ip_source", default="auto", choices=["auto", "hccn_tool", "hccn_conf"],
-                   help="auto: hccn_tool when on PATH, else the hccn.conf file")
-    g.add_argument("--hccn_conf", default="/etc/hccn.conf")
+    g.add_argument("--device_ip_source", choices=["auto", "hccn_tool", "hccn_conf"],
+                   help="auto (default; a cluster file's own setting with --cluster): hccn_tool when on PATH, "
+                   "else the hccn.conf file")
+    g.add_argument("--hccn_conf", help="default /etc/hccn.conf (or the cluster file's hccn_conf)")
     g.add_argument("-o", "--output", required=True, help="file to write (atomically, mode 0640)")
-    m = sub.add_parser("merge", help="merge per-node tables, order servers by server_id, renumber ranks")
+    m = sub.add_parser("merge", help="merge per-node tables (one version), order servers by server_id, "
+                       "renumber ranks")
     m.add_argument("tables", nargs="+")
     m.add_argument("-o", "--output", required=True)
     v = sub.add_parser("validate", help="check a rank table; exit 2 naming the server and device at fault")
@@ -128,28 +139,19 @@ def ranktable_parser() -> argparse.ArgumentParser:
 
 def ranktable_main(argv: Optional[List[str]] = None) -> int:
     """Entry point of `mindrun ranktable`."""
-    import socket
-
-    from launcher import devices, ranktable
+    from launcher import devices, ranktable, ranktable_job
     from launcher.cluster import load_cluster
-    from launcher.discovery import resolve
 
     ns = ranktable_parser().parse_args(argv)
     try:
         if ns.action == "generate":
             if ns.cluster:
-                cluster = load_cluster(ns.cluster)
-                servers = []
-                for node in cluster.nodes:
-                    if node.device_ips:
-                        ips = dict(zip(node.ids(), node.device_ips))
-                    else:
-                        ips = devices.discover_device_ips(node.ids(), ns.device_ip_source, ns.hccn_conf)
-                    servers.append((node.host, [(d, ips[d]) for d in node.ids()]))
+                servers = ranktable_job.cluster_servers(load_cluster(ns.cluster), source=ns.device_ip_source,
+                                                        hccn_conf=ns.hccn_conf)
             else:
-                ids = devices.parse_device_list(ns.devices)
-                ips = devices.discover_device_ips(ids, ns.device_ip_source, ns.hccn_conf)
-                servers = [(ns.server_id or resolve(socket.gethostname()), [(d, ips[d]) for d in ids])]
+                servers = ranktable_job.this_host_servers(devices.parse_device_list(ns.devices), ns.server_id,
+                                                          ns.device_ip_source or "auto",
+                                                          ns.hccn_conf or devices.HCCN_CONF)
             table = ranktable.build(servers)
             ranktable.write(table, ns.output)
             print(f"wrote {ns.output}: {len(table['server_list'])} server(s), {ranktable.world_size(table)} devices")
@@ -161,19 +163,41 @@ def ranktable_main(argv: Optional[List[str]] = None) -> int:
         else:
             table = ranktable.load(ns.table)
             ranktable.validate(table, ns.table, world_size=ns.world_size)
-            print(json.dumps({"file": str(Path(ns.table)), "servers": len(table["server_list"]),
-                              "devices": ranktable.world_size(table), "valid": True}))
+            ranktable_job.warn(ranktable.order_warning(table, ns.table))
+            print(json.dumps({"file": str(Path(ns.table)), "version": table["version"],
+                              "servers": len(table["server_list"]), "devices": ranktable.world_size(table),
+                              "valid": True}))
         return 0
     except LaunchError as exc:
         print(f"mindrun ranktable: error: {exc}", file=sys.stderr)
         return 2
 
 
+def doctor_main(argv: Optional[List[str]] = None) -> int:
+    """Entry point of `mindrun doctor`."""
+    from launcher.doctor import main as doctor
+
+    return doctor(argv)
+
+
+@dataclass(frozen=True)
+class Subcommand:
+    """A `mindrun` subcommand the launcher package owns."""
+
+    main: Callable[[Optional[List[str]]], int]  # takes the arguments after the subcommand's name
+    help: str
+
+
+SUBCOMMANDS: Dict[str, Subcommand] = {
+    "launch": Subcommand(launch_main, "start workers msrun-style: mindrun launch --help"),
+    "ranktable": Subcommand(ranktable_main, "HCCL rank tables: mindrun ranktable --help"),
+    "doctor": Subcommand(doctor_main, "preflight checks of NPUs, network, rank table, ports, versions, storage"),
+}
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    """`python -m launcher [launch options] SCRIPT` or `python -m launcher ranktable ...`."""
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["ranktable"]:
-        return ranktable_main(argv[1:])
-    if argv[:1] == ["launch"]:
-        argv = argv[1:]
+    """`python -m launcher [launch options] SCRIPT`, or `python -m launcher launch|ranktable|doctor ...`."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] and argv[0] in SUBCOMMANDS:
+        return SUBCOMMANDS[argv[0]].main(argv[1:])
     return launch_main(argv)

@@ -12,6 +12,7 @@ from typing import Any, Dict, List, Optional
 
 import yaml
 
+from launcher.discovery import is_local
 from launcher.errors import LaunchError
 
 BACKENDS = ("cpu", "gpu", "ascend")
@@ -172,6 +173,17 @@ def _check_nodes(cfg: ClusterConfig, src: str) -> None:
             raise LaunchError(f"{src}: launch_mode ranktable with device_ip_source config needs "
                               f"'device_ips' on every node; missing on {', '.join(missing)} "
                               f"(or set device_ip_source: hccn_tool)")
+
+
+def this_node(cfg: ClusterConfig, node_rank: int = -1) -> Optional[int]:
+    """Index of this machine among `cfg.nodes`: node_rank when given, the only node, or the one whose
+    host is a local address; None when that is not clear (no node or several are local)."""
+    if node_rank >= 0:
+        return node_rank
+    if len(cfg.nodes) == 1:
+        return 0
+    mine = [i for i, n in enumerate(cfg.nodes) if is_local(n.host)]
+    return mine[0] if len(mine) == 1 else None
 
 
 def load_cluster(path) -> ClusterConfig:

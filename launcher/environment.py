@@ -4,6 +4,8 @@ Workers learn everything from these variables (no arguments are added to the use
 """
 from typing import Dict, List, Mapping, Tuple
 
+from launcher import devices
+from launcher.ranks import Worker
 from launcher.spec import LaunchSpec
 
 # Cluster variables a parent job, a Kubernetes operator or an earlier launch may leave behind;
@@ -15,6 +17,13 @@ INHERITED = ("MS_ROLE", "MS_SCHED_HOST", "MS_SCHED_PORT", "MS_WORKER_NUM", "MS_S
              "MINDRUN_RESTART_COUNT", "MINDRUN_LOCAL_RANK", "MINDRUN_LOCAL_WORLD_SIZE", "MINDRUN_NODE_RANK")
 
 RESTART_COUNT = "MINDRUN_RESTART_COUNT"  # how many times the group was restarted (0 on the first run)
+DEVICE_TARGET = "MINDRUN_DEVICE_TARGET"  # the cluster file's backend in MindSpore's spelling (context device_target)
+DEVICE_TARGETS = {"cpu": "CPU", "gpu": "GPU", "ascend": "Ascend"}
+# Set by mpirun/PMIx; with OMPI_COMMAND and PMIX_RANK present MindSpore initialises through MPI and
+# ignores RANK_TABLE_FILE (mindspore/communication/_comm_helper.py), so rank-table workers lose them.
+MPI_PREFIXES = ("OMPI_", "PMIX_", "PMI_")
+# Always shown by --dry_run, even when inherited unchanged: which NPU each process drives.
+SHOWN = ("DEVICE_ID", devices.VISIBLE, DEVICE_TARGET)
 
 
 def clean(env: Mapping[str, str]) -> Tuple[Dict[str, str], List[str]]:
@@ -32,6 +41,16 @@ def _common(spec: LaunchSpec, base: Mapping[str, str], restart: int) -> Dict[str
     env["MINDRUN_LOCAL_WORLD_SIZE"] = str(spec.local_worker_num)
     if spec.rank_table_file:
         env["RANK_TABLE_FILE"] = str(spec.rank_table_file)
+    if spec.backend is not None:
+        env[DEVICE_TARGET] = DEVICE_TARGETS[spec.backend]
+    if spec.visible_devices is not None:
+        env[devices.VISIBLE] = ",".join(map(str, spec.visible_devices))
+    return env
+
+
+def _device(env: Dict[str, str], worker: Worker) -> Dict[str, str]:
+    env["DEVICE_ID"] = str(worker.logical_device)
+    env["MINDRUN_LOCAL_RANK"] = str(worker.local_rank)
     return env
 
 
@@ -48,22 +67,26 @@ def scheduler_env(spec: LaunchSpec, base: Mapping[str, str], restart: int = 0) -
     return env
 
 
-def worker_env(spec: LaunchSpec, local_rank: int, base: Mapping[str, str], restart: int = 0) -> Dict[str, str]:
+def worker_env(spec: LaunchSpec, worker: Worker, base: Mapping[str, str], restart: int = 0) -> Dict[str, str]:
     """A dynamic-cluster worker (MS_ROLE=MS_WORKER); MS_NODE_ID/RANK_ID only when the rank is known."""
-    env = _dynamic(spec, _common(spec, base, restart), "MS_WORKER")
-    env["DEVICE_ID"] = str(spec.device_ids[local_rank])
-    env["MINDRUN_LOCAL_RANK"] = str(local_rank)
-    rank = spec.rank_of(local_rank)
-    if rank is not None:
-        env["MS_NODE_ID"] = str(rank)
-        env["RANK_ID"] = str(rank)
+    env = _device(_dynamic(spec, _common(spec, base, restart), "MS_WORKER"), worker)
+    if worker.rank is not None:
+        env["MS_NODE_ID"] = str(worker.rank)
+        env["RANK_ID"] = str(worker.rank)
     return env
 
 
-def ranktable_env(spec: LaunchSpec, local_rank: int, rank: int, device_id: int, table_path: str,
-                  base: Mapping[str, str], restart: int = 0) -> Dict[str, str]:
-    """A rank-table worker (Ascend): RANK_TABLE_FILE, RANK_ID, DEVICE_ID, RANK_SIZE; no scheduler."""
-    env = _common(spec, base, restart)
-    env.update({"RANK_TABLE_FILE": table_path, "RANK_ID": str(rank), "DEVICE_ID": str(device_id),
-                "MINDRUN_LOCAL_RANK": str(local_rank)})
+def mpi_variables(env: Mapping[str, str]) -> List[str]:
+    """Names of the MPI launcher's variables in `env` (OMPI_*, PMIX_*, PMI_*)."""
+    return sorted(k for k in env if k.startswith(MPI_PREFIXES))
+
+
+def ranktable_env(spec: LaunchSpec, worker: Worker, table_path: str, base: Mapping[str, str],
+                  restart: int = 0) -> Dict[str, str]:
+    """A rank-table worker (Ascend): RANK_TABLE_FILE, RANK_ID, DEVICE_ID, RANK_SIZE; no scheduler, and no
+    MPI variables (with them MindSpore would bypass the table)."""
+    env = _device(_common(spec, base, restart), worker)
+    for key in mpi_variables(env):
+        del env[key]
+    env.update({"RANK_TABLE_FILE": table_path, "RANK_ID": str(worker.rank)})
     return env

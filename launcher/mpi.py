@@ -5,9 +5,9 @@ and broadcasts them; in rank-table mode every process reports its node and NPU a
 builds the HCCL rank table and broadcasts it, and each node writes it once.
 """
 import socket
-from typing import Dict
+from typing import Dict, Tuple
 
-from launcher import devices, ranktable
+from launcher import devices, ranks, ranktable
 from launcher.errors import LaunchError
 
 
@@ -64,25 +64,22 @@ def run_under_mpi(cli: Dict) -> int:
     spec.fixed_rank = shape["rank"]
     spec.run_scheduler = spec.launch_mode == "dynamic" and shape["rank"] == 0
     spec.tail_ranks = [0]
-    agent = Agent(spec)
     if spec.launch_mode == "ranktable":
-        agent.rank_table, agent.table_ranks = _rank_table(comm, shape, spec)
-    return agent.run()
+        path, table, server = _rank_table(comm, shape, spec)
+        return Agent(spec, ranks.table_workers(spec, table, path, server), rank_table=path).run()
+    return Agent(spec, ranks.dynamic_workers(spec)).run()
 
 
-def _rank_table(comm, shape: Dict, spec):
-    """Gather every process's (server, device, device IP); rank 0 builds the table; all get it."""
+def _rank_table(comm, shape: Dict, spec) -> Tuple[str, Dict, str]:
+    """Gather every process's (server, device, device IP); rank 0 builds the table; each node writes it once."""
     device = spec.device_ids[shape["local_rank"]]
     mine, error = None, None
     try:
-        server = spec.cluster.nodes[shape["node_rank"]].host if spec.cluster else (
-            "127.0.0.1" if shape["single_host"] else socket.gethostbyname(shape["host"]))
         node = spec.cluster.nodes[shape["node_rank"]] if spec.cluster else None
-        if node is not None and node.device_ips:
-            ip = dict(zip(node.ids(), node.device_ips))[device]
-        else:
-            ip = devices.discover_device_ips([device])[device]
-        mine = (server, device, ip)
+        server = node.host if node is not None else (
+            "127.0.0.1" if shape["single_host"] else socket.gethostbyname(shape["host"]))
+        configured = dict(zip(node.ids(), node.device_ips)) if node is not None and node.device_ips else None
+        mine = (server, device, devices.lookup_ips([device], configured)[device])
     except LaunchError as exc:
         error = f"MPI rank {shape['rank']}: {exc}"
     gathered = comm.gather((mine, error), root=0)
@@ -104,7 +101,4 @@ def _rank_table(comm, shape: Dict, spec):
     if shape["local_rank"] == 0:
         ranktable.write(table, path)
     shape["node_comm"].Barrier()
-    server = mine[0]
-    pairs = ranktable.server_devices(table, server)
-    rank = next(r for r, d in pairs if d == device)
-    return str(path.resolve()), [(rank, device)]
+    return str(path.resolve()), table, mine[0]

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from launcher.cluster import ClusterConfig, load_cluster
+from launcher import devices, ranks
+from launcher.cluster import ClusterConfig, load_cluster, this_node
 from launcher.discovery import Discovered, from_environment, is_local, resolve as resolve_host
 from launcher.errors import LaunchError
 
@@ -38,26 +39,16 @@ class LaunchSpec:
     run_scheduler: bool
     run_workers: bool = True
     device_ids: List[int] = field(default_factory=list)  # physical device per local worker
+    visible_devices: Optional[List[int]] = None  # ASCEND_RT_VISIBLE_DEVICES (sorted); None: unrestricted
+    backend: Optional[str] = None  # cpu | gpu | ascend (exported as MINDRUN_DEVICE_TARGET); None: unknown
     max_restarts: int = 0
     grace_period: float = 15.0
     tail_ranks: Optional[List[int]] = None  # None: every local rank
     dry_run: bool = False
-    backend: str = "cpu"
     cluster: Optional[ClusterConfig] = None
-    discovered: Discovered = field(default_factory=Discovered)
     notes: List[str] = field(default_factory=list)  # decisions worth telling the user
     only_local: Optional[int] = None  # mpirun mode: this process runs only this local worker
     fixed_rank: Optional[int] = None  # mpirun mode: the MPI rank is the worker's rank
-
-    def rank_of(self, local_rank: int) -> Optional[int]:
-        """Global rank of a local worker, or None when MindSpore assigns it at registration."""
-        if self.fixed_rank is not None:
-            return self.fixed_rank
-        if self.local_worker_num == self.worker_num:
-            return local_rank
-        if self.node_rank >= 0:
-            return self.node_rank * self.local_worker_num + local_rank
-        return None
 
 
 def worker_command(script: Optional[str], module: Optional[str], args: List[str]) -> List[str]:
@@ -89,12 +80,17 @@ def resolve(cli: Dict, env: Optional[Dict[str, str]] = None) -> LaunchSpec:
     env = dict(os.environ if env is None else env)
     cluster = load_cluster(cli["cluster"]) if cli.get("cluster") else None
     disc = from_environment(env)
+    chosen = (sorted(devices.parse_device_list(cli["visible_devices"], "--visible_devices"))
+              if cli.get("visible_devices") else None)
+    visible = chosen or devices.inherited_visible(env)
     cfg: Dict = {}
     if cluster:
         cfg = {"worker_num": cluster.worker_num, "local_worker_num": cluster.nodes[0].devices,
                "master_addr": cluster.master, "master_port": cluster.master_port,
                "cluster_time_out": cluster.cluster_time_out, "log_dir": cluster.log_dir,
                "bind_core": cluster.bind_core, "launch_mode": cluster.launch_mode}
+    elif visible:  # one worker per visible device unless told otherwise
+        cfg = {"worker_num": len(visible), "local_worker_num": len(visible)}
     found = {"node_rank": disc.node_rank, "master_addr": disc.master_addr, "master_port": disc.master_port,
              "worker_num": disc.worker_num, "local_worker_num": disc.local_worker_num}
     if cli.get("local_worker_num") is not None and cli.get("worker_num") is None and disc.nnodes:
@@ -110,6 +106,11 @@ def resolve(cli: Dict, env: Optional[Dict[str, str]] = None) -> LaunchSpec:
             raise LaunchError(f"--node_rank {node_rank} but {cluster.source} has {len(cluster.nodes)} nodes")
         if cli.get("local_worker_num") is None:
             local = cluster.nodes[node_rank].devices
+    if cluster and chosen and cli.get("local_worker_num") is None:  # --visible_devices narrows the file's nodes
+        local = len(chosen)
+        if cli.get("worker_num") is None:
+            worker_num = len(cluster.nodes) * local
+    launch_mode = _pick("launch_mode", cli, found, cfg)
     spec = LaunchSpec(
         command=worker_command(cli.get("script"), cli.get("module"), list(cli.get("args") or [])),
         worker_num=worker_num, local_worker_num=local, node_rank=node_rank,
@@ -117,13 +118,14 @@ def resolve(cli: Dict, env: Optional[Dict[str, str]] = None) -> LaunchSpec:
         log_dir=Path(_pick("log_dir", cli, found, cfg) or "mindrun_logs"),
         cluster_time_out=_pick("cluster_time_out", cli, found, cfg),
         bind_core=bool(_pick("bind_core", cli, found, cfg)),
-        launch_mode=_pick("launch_mode", cli, found, cfg), rank_table_file=_pick("rank_table_file", cli, found, cfg),
+        launch_mode=launch_mode, rank_table_file=_pick("rank_table_file", cli, found, cfg),
         run_scheduler=False, max_restarts=cli.get("max_restarts") or 0,
         grace_period=cli.get("grace_period") if cli.get("grace_period") is not None else 15.0,
-        dry_run=bool(cli.get("dry_run")), backend=cluster.backend if cluster else "cpu",
-        cluster=cluster, discovered=disc)
+        dry_run=bool(cli.get("dry_run")), visible_devices=visible,
+        backend=cluster.backend if cluster else ("ascend" if launch_mode == "ranktable" else None),
+        cluster=cluster)
     _check(spec)
-    spec.device_ids = (cluster.nodes[max(node_rank, 0)].ids()[:local] if cluster else list(range(local)))
+    spec.device_ids = _device_ids(spec, chosen)
     spec.tail_ranks = _tail(cli.get("tail_worker_log"), spec)
     if spec.launch_mode == "dynamic":
         spec.run_scheduler = _runs_scheduler(spec, disc)
@@ -142,14 +144,31 @@ def resolve(cli: Dict, env: Optional[Dict[str, str]] = None) -> LaunchSpec:
     return spec
 
 
+def _device_ids(spec: LaunchSpec, chosen: Optional[List[int]]) -> List[int]:
+    """Physical device of each local worker: --visible_devices, the cluster file's device_ids, an inherited
+    ASCEND_RT_VISIBLE_DEVICES, else 0..local_worker_num-1."""
+    node = spec.cluster.nodes[max(spec.node_rank, 0)] if spec.cluster else None
+    visible, local = spec.visible_devices, spec.local_worker_num
+    if chosen is None and node is not None and node.device_ids is not None:
+        ids, where = node.ids(), f"{spec.cluster.source}: node {node.host} device_ids"
+    elif visible is not None:
+        ids, where = visible, ("--visible_devices" if chosen else f"environment variable {devices.VISIBLE}")
+    else:
+        ids, where = list(range(local)), ""
+    if len(ids) < local:
+        raise LaunchError(f"{where} lists {len(ids)} devices ({','.join(map(str, ids))}) but --local_worker_num "
+                          f"is {local}: one device per local worker")
+    for device in ids[:local]:
+        devices.logical_id(device, visible)  # LaunchError when a chosen device is not visible
+    return ids[:local]
+
+
 def _node_rank_from_cluster(cluster: ClusterConfig) -> int:
-    if len(cluster.nodes) == 1:
-        return 0
-    mine = [i for i, n in enumerate(cluster.nodes) if is_local(n.host)]
-    if len(mine) == 1:
-        return mine[0]
-    raise LaunchError(f"{cluster.source}: cannot tell which node this machine is "
-                      f"({'none' if not mine else 'several'} of its hosts are local); pass --node_rank")
+    index = this_node(cluster)
+    if index is None:
+        raise LaunchError(f"{cluster.source}: cannot tell which node this machine is (none or several of its "
+                          f"hosts are local addresses); pass --node_rank")
+    return index
 
 
 def _check(spec: LaunchSpec) -> None:
@@ -184,7 +203,7 @@ def _runs_scheduler(spec: LaunchSpec, disc: Discovered) -> bool:
 
 
 def _tail(option: Optional[str], spec: LaunchSpec) -> Optional[List[int]]:
-    local = [spec.rank_of(i) for i in range(spec.local_worker_num)]
+    local = [ranks.rank_of(spec, i) for i in range(spec.local_worker_num)]
     if option is None:
         first = local[0] if local[0] is not None else 0
         return [first]

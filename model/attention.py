@@ -11,7 +11,7 @@ class ScaledDotProductAttention(nn.Cell):
         super().__init__()
         self.scale = 1.0 / math.sqrt(d_k)
         self.qk = ops.BatchMatMul(transpose_b=True)
-        self.softmax = ops.Softmax(-1)  # an attribute, so that layouts and model/cpu_backward.py can reach it
+        self.softmax = ops.Softmax(-1)  # an attribute, so that layouts and trainer/cpu can reach it
         self.av = ops.BatchMatMul()
         self.dropout = nn.Dropout(p=dropout)
 

@@ -1,8 +1,8 @@
-"""Model hyper-parameters: one typed dataclass, validated by the trainer's config loader."""
+"""Model hyper-parameters: one typed, frozen dataclass, validated by the trainer's config loader."""
 from dataclasses import dataclass
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelConfig:
     """Sizes and switches of the encoder-decoder Transformer."""
 

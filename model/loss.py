@@ -3,107 +3,11 @@ import mindspore as ms
 from mindspore import nn, ops
 
 
-def _row_scales(target, pad_id: int, eps: float, vocab: int, dout):
-    """Per-row factors of the logits' gradient G = a * softmax - b * onehot(target) - c.
-
-    d loss_sum / d x = keep * (p - (1 - eps) * onehot - eps / V) and d nll_sum / d x =
-    keep * (p - onehot), each weighted by its incoming gradient. Returns a and c as [N, 1],
-    b as [N].
-    """
-    d_loss, d_nll = dout[0], dout[1]
-    keep = ops.not_equal(target, pad_id).astype(ms.float32)
-    a = (keep * (d_loss + d_nll)).reshape(-1, 1)
-    b = keep * ((1.0 - eps) * d_loss + d_nll)
-    c = (keep * ((eps / vocab) * d_loss)).reshape(-1, 1)
-    return a, b, c
-
-
-class _SmoothedRowLoss(nn.Cell):
-    """Sums over rows of logits x [N, V] with targets [N]; the backward is written out.
-
-    Returns (loss_sum, nll_sum, n_tokens, log_z); log_z [N] (log-sum-exp per row) is an
-    output only so that the backward can rebuild softmax from it in one pass instead of
-    recomputing the row maxima and sums.
-    """
-
-    def __init__(self, smoothing: float, pad_id: int):
-        super().__init__()
-        self.eps = smoothing
-        self.pad_id = pad_id
-
-    def construct(self, x, target):
-        keep = ops.not_equal(target, self.pad_id).astype(ms.float32)  # [N]
-        top = x.max(-1, keepdims=True)
-        log_z = ops.log(ops.exp(x - top).sum(-1)) + top.reshape(-1)
-        nll = log_z - ops.gather_elements(x, 1, target.reshape(-1, 1).astype(ms.int32)).reshape(-1)
-        smooth = log_z - x.mean(-1)  # mean over the vocabulary of -log p
-        loss = (1.0 - self.eps) * nll + self.eps * smooth
-        return (loss * keep).sum(), (nll * keep).sum(), keep.sum(), log_z
-
-    def bprop(self, x, target, out, dout):
-        # G = p * a - c everywhere and - b at the target: the target term is scattered in,
-        # so no [N, V] one-hot is built
-        a, b, c = _row_scales(target, self.pad_id, self.eps, x.shape[-1], dout)
-        grad = ops.exp(x - out[3].reshape(-1, 1)) * a - c
-        rows = ops.arange(0, x.shape[0], dtype=ms.int32)
-        grad = ops.tensor_scatter_sub(grad, ops.stack([rows, target.astype(ms.int32)], 1), b)
-        return grad, ops.zeros_like(target)
-
-
-class _ProjectedRowLoss(nn.Cell):
-    """`_SmoothedRowLoss` of logits = states @ weight^T, the projection's backward written out with it.
-
-    states [N, d], weight [V, d], target [N]. Returns (loss_sum, nll_sum, n_tokens, log_p);
-    log_p [N, V] is an output only so that the backward can take softmax from it.
-
-    The gradient of the logits, G = a * softmax - b * onehot - c (a, b, c per row), is never
-    formed: the row scales move onto the [N, d] side of each GEMM (G W = a * (P W) - b * W[t]
-    - c * sum_v W[v]; G^T S = P^T (a * S) - scatter(b * S) - sum_n c S), so the backward reads
-    the [N, V] tensor twice (one Exp, which the GEMMs then read) where the unfused loss and
-    MatMul's autodiff make six passes over it.
-    """
-
-    def __init__(self, smoothing: float, pad_id: int):
-        super().__init__()
-        self.eps = smoothing
-        self.pad_id = pad_id
-        self.logits = ops.MatMul(transpose_b=True)
-        self.log_softmax = ops.LogSoftmax()
-        self.times_weight = ops.MatMul()
-        self.transposed_times = ops.MatMul(transpose_a=True)
-
-    def construct(self, states, weight, target):
-        keep = ops.not_equal(target, self.pad_id).astype(ms.float32)  # [N]
-        log_p = self.log_softmax(self.logits(states, weight).astype(ms.float32))
-        nll = -ops.gather_elements(log_p, 1, target.reshape(-1, 1).astype(ms.int32)).reshape(-1)
-        smooth = -log_p.mean(-1)  # mean over the vocabulary of -log p
-        loss = (1.0 - self.eps) * nll + self.eps * smooth
-        return (loss * keep).sum(), (nll * keep).sum(), keep.sum(), log_p
-
-    def bprop(self, states, weight, target, out, dout):
-        vocab = weight.shape[0]
-        a, b, c = _row_scales(target, self.pad_id, self.eps, vocab, dout)
-        b = b.reshape(-1, 1)
-        p = ops.exp(out[3]).astype(states.dtype)  # softmax [N, V]
-        ids = target.astype(ms.int32)
-        s32, w32 = states.astype(ms.float32), weight.astype(ms.float32)
-        d_states = (self.times_weight(p, weight).astype(ms.float32) * a - b * ops.gather(w32, ids, 0)
-                    - c * w32.sum(0, keepdims=True))
-        d_weight = (self.transposed_times(p, (s32 * a).astype(states.dtype)).astype(ms.float32)
-                    - ops.unsorted_segment_sum(b * s32, ids, vocab) - (c * s32).sum(0, keepdims=True))
-        return d_states.astype(states.dtype), d_weight.astype(weight.dtype), ops.zeros_like(target)
-
-
 class LabelSmoothedCrossEntropy(nn.Cell):
     """Sum over non-pad targets of (1 - eps) * NLL + eps * mean over the vocabulary of -log p.
 
     Returns (loss_sum, nll_sum, n_tokens) so callers can normalise per token across
-    batches and ranks; padding positions contribute nothing.
-
-    The backward is written out (softmax minus the smoothed target, per kept row) instead
-    of differentiating log_softmax: over [tokens, vocabulary] logits that is a few
-    elementwise passes where autodiff's LogSoftmaxGrad, mean and sum cost about twice as
-    much on CPU (bench/README.md, issue 5).
+    batches and ranks; padding positions contribute nothing. The gradient is autodiff's.
     """
 
     def __init__(self, smoothing: float, pad_id: int):
@@ -112,31 +16,15 @@ class LabelSmoothedCrossEntropy(nn.Cell):
             raise ValueError(f"label smoothing must be in [0, 1), got {smoothing}")
         self.eps = smoothing
         self.pad_id = pad_id
-        self.rows = _SmoothedRowLoss(smoothing, pad_id)
-        self.projected_rows = _ProjectedRowLoss(smoothing, pad_id)
+        self.log_softmax = ops.LogSoftmax()
 
     def construct(self, logits, target):
         """logits [B, L, V], target [B, L] ids."""
         vocab = logits.shape[-1]
-        loss_sum, nll_sum, n_tokens, _ = self.rows(logits.reshape(-1, vocab).astype(ms.float32), target.reshape(-1))
-        return loss_sum, nll_sum, n_tokens
-
-    def from_states(self, states, weight, target, skip_padding: bool = False):
-        """The same sums for logits = states @ weight^T, projection and loss fused (see `_ProjectedRowLoss`).
-
-        states [B, L, d] (the decoder's last states), weight [V, d] (the output projection),
-        target [B, L] ids. Never builds the gradient of the logits: faster, and one
-        [tokens, vocabulary] tensor less alive in the backward. With skip_padding the
-        positions whose target is padding are dropped before the projection (a gather
-        with a data-dependent row count, so a dynamic shape inside the graph: worth it on
-        the CPU, where a padded batch's projection is a fifth of the step).
-        """
-        d = states.shape[-1]
-        rows, target = states.reshape(-1, d), target.reshape(-1)
-        if skip_padding:
-            # position 0 always stays (padding or not: the loss ignores it), so no batch yields zero rows
-            kept = ops.logical_or(ops.not_equal(target, self.pad_id), ops.arange(target.shape[0]) == 0)
-            index = ops.nonzero(kept)  # [K, 1]
-            rows, target = ops.gather_nd(rows, index), ops.gather_nd(target, index)
-        loss_sum, nll_sum, n_tokens, _ = self.projected_rows(rows, weight, target)
-        return loss_sum, nll_sum, n_tokens
+        log_p = self.log_softmax(logits.reshape(-1, vocab).astype(ms.float32))
+        target = target.reshape(-1)
+        keep = ops.not_equal(target, self.pad_id).astype(ms.float32)
+        nll = -ops.gather_elements(log_p, 1, target.reshape(-1, 1).astype(ms.int32)).reshape(-1)
+        smooth = -log_p.mean(-1)  # mean over the vocabulary of -log p
+        loss = (1.0 - self.eps) * nll + self.eps * smooth
+        return (loss * keep).sum(), (nll * keep).sum(), keep.sum()

@@ -10,7 +10,8 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn, ops
 
-BOS_ID, EOS_ID = 2, 3
+from model.tokens import BOS as BOS_ID, EOS as EOS_ID
+
 
 
 def _mutable(*caches):

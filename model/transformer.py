@@ -11,6 +11,21 @@ from model.masks import NEG_INF, causal_mask, mask_to_bias, padding_mask, segmen
 from model.positional import PositionalEncoding
 
 
+class Logits(nn.Cell):
+    """The output projection: decoder states [N, d] times the output weight [V, d] transposed.
+
+    A Cell of its own so that a parallel layout can put its vocabulary-parallel version in
+    its place (model/parallel/layout.py).
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.matmul = ops.MatMul(transpose_b=True)
+
+    def construct(self, x, weight):
+        return self.matmul(x, weight)
+
+
 class Transformer(nn.Cell):
     """Encoder-decoder Transformer; `construct` returns logits for teacher forcing.
 
@@ -42,10 +57,7 @@ class Transformer(nn.Cell):
         if cfg.pre_norm:  # pre-LN stacks end with a LayerNorm of their own
             self.encoder_norm = nn.LayerNorm((cfg.d_model,), epsilon=cfg.layer_norm_eps)
             self.decoder_norm = nn.LayerNorm((cfg.d_model,), epsilon=cfg.layer_norm_eps)
-        self.logits_matmul = ops.MatMul(transpose_b=True)
-        # where a parallel layout puts its collectives around the output projection (identity here)
-        self.before_logits = nn.Identity()
-        self.after_logits = nn.Identity()
+        self.logits = Logits()
 
     # -- pieces -------------------------------------------------------------------
     def encode(self, src, src_seg=None, src_pos=None):
@@ -69,19 +81,10 @@ class Transformer(nn.Cell):
         """The output projection's weight [V, d]: the shared embedding table or out_proj's."""
         return self.tgt_embed.embedding_table if self.cfg.share_embeddings else self.out_proj.weight
 
-    def projects_locally(self) -> bool:
-        """Whether `project` is the plain states @ output_weight()^T (no parallel layout around it)."""
-        return isinstance(self.before_logits, nn.Identity) and isinstance(self.after_logits, nn.Identity)
-
     def project(self, x):
         """Decoder states [B, L, d] -> logits [B, L, V]."""
         b, length, d = x.shape
-        flat = self.before_logits(x.reshape(b * length, d))
-        if self.cfg.share_embeddings:
-            logits = self.logits_matmul(flat, self.tgt_embed.embedding_table)
-        else:
-            logits = self.out_proj(flat)
-        return self.after_logits(logits).reshape(b, length, self.tgt_vocab)
+        return self.logits(x.reshape(b * length, d), self.output_weight()).reshape(b, length, self.tgt_vocab)
 
     def decode(self, tgt_in, memory, src_bias, src_seg=None, tgt_seg=None, tgt_pos=None):
         """Teacher-forced decoder: tgt_in [B, Lt] -> logits [B, Lt, V].

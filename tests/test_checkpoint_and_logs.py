@@ -57,11 +57,11 @@ def test_metrics_log_drops_records_after_the_resume_step(tmp_path):
 
 
 def test_validation_time_is_left_out_of_tokens_per_second_but_the_tokens_before_it_count(monkeypatch):
-    from trainer import train as train_module
+    from trainer import loop_tools
 
     now = [100.0]
-    monkeypatch.setattr(train_module.time, "time", lambda: now[0])
-    window = train_module._Window()
+    monkeypatch.setattr(loop_tools.time, "time", lambda: now[0])
+    window = loop_tools.ThroughputWindow()
     window.add(1000, 5.0, 4.0, 500)
     now[0] += 1.0  # one second of training
     with window.paused():

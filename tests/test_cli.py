@@ -20,6 +20,7 @@ def test_cli_surface_does_not_drift():
         "plan": sorted(["--config", "--set", "--world-size", "--backend", "--vocab-size", "-h", "--help"]),
         "launch": [],  # handed to launcher.cli, frozen below
         "ranktable": [],
+        "doctor": [],
     }
 
 
@@ -29,8 +30,8 @@ def test_launch_surface_keeps_msrun_names():
     options = sorted(o for a in launch_parser()._actions for o in a.option_strings)
     msrun = ["--worker_num", "--local_worker_num", "--master_addr", "--master_port", "--node_rank", "--log_dir",
              "--join", "--cluster_time_out", "--bind_core", "--rank_table_file", "--tail_worker_log"]
-    own = ["--cluster", "--launch_mode", "--max_restarts", "--grace_period", "--mpi", "--dry_run", "-m",
-           "-h", "--help"]
+    own = ["--cluster", "--launch_mode", "--visible_devices", "--max_restarts", "--grace_period", "--mpi",
+           "--dry_run", "-m", "-h", "--help"]
     assert options == sorted(msrun + own)
     sub = next(a for a in ranktable_parser()._actions if a.dest == "action")
     assert sorted(sub.choices) == ["generate", "merge", "validate"]

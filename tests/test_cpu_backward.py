@@ -1,4 +1,4 @@
-"""The bias and LayerNorm backward written out for the CPU give autodiff's gradients, and build_model uses them."""
+"""The CPU speed-ups (trainer/cpu) give autodiff's gradients, and the build path applies them on the CPU only."""
 from pathlib import Path
 
 import numpy as np
@@ -6,13 +6,16 @@ import mindspore as ms
 import pytest
 from mindspore import nn
 
-from model import cpu_kernels
 from model.config import ModelConfig
-from model.cpu_backward import BiasAdd, LayerNorm, Softmax, use_cpu_backward
 from model.loss import LabelSmoothedCrossEntropy
 from model.transformer import Transformer
+from trainer.build import assemble_step, build_model
 from trainer.config import load_config
-from trainer.run_dir import build_model
+from trainer.cpu import CpuSpeedups
+from trainer.cpu import kernels as cpu_kernels
+from trainer.cpu.backward import BiasAdd, LayerNorm, Softmax, use_cpu_backward
+from trainer.cpu.grad_norm import CompiledSumOfSquares
+from trainer.parallelize import Parallelized
 
 RNG = np.random.default_rng(7)
 
@@ -40,7 +43,7 @@ def numpy_layer_norm_grads(x, gamma, dy, eps):
 
 @pytest.fixture(scope="module")
 def layer_norm_library(tmp_path_factory):
-    """model/cpu_kernels' LayerNorm, compiled into a scratch directory (a compiler is part of the test machine)."""
+    """trainer/cpu/kernels' LayerNorm, compiled into a scratch directory (a compiler is part of the test machine)."""
     assert cpu_kernels.compiler(), "no C++ compiler: install g++ (the CPU kernels are tested, not skipped)"
     library = cpu_kernels.library("layer_norm", str(tmp_path_factory.mktemp("kernels")))
     assert library and Path(library).is_file()
@@ -123,17 +126,22 @@ def test_transformer_gradients_equal_autodiff_after_the_swap(pre_norm, jit, in_c
 
 
 def test_build_model_swaps_on_the_cpu_unless_switched_off(tmp_path):
-    cells = [c for _, c in build_model(load_config("tiny", [f"data.cache_dir={tmp_path}"]), 50, 50).cells_and_names()]
+    cells = [c for _, c in build_model(load_config("tiny", [f"data.cache_dir={tmp_path}"]), 50, 50,
+                                       "CPU").cells_and_names()]
     assert any(isinstance(c, LayerNorm) for c in cells)
     assert all(c.in_cpp for c in cells if isinstance(c, LayerNorm))
     assert len(list((tmp_path / "kernels").glob("layer_norm-*.so"))) == 1  # compiled into the cache
-    no_cpp = build_model(load_config("tiny", [f"data.cache_dir={tmp_path}", "train.cpu_kernels=false"]), 50, 50)
+    no_cpp = build_model(load_config("tiny", [f"data.cache_dir={tmp_path}", "train.cpu_kernels=false"]), 50, 50,
+                         "CPU")
     assert not any(c.in_cpp for _, c in no_cpp.cells_and_names() if isinstance(c, LayerNorm))
     assert not any(type(c) is nn.LayerNorm for c in cells)
     assert all(isinstance(c.bias_add, BiasAdd) for c in cells if isinstance(c, nn.Dense) and c.has_bias)
-    plain = [c for _, c in build_model(load_config("tiny", ["train.cpu_backward=false"]), 50, 50).cells_and_names()]
+    plain = [c for _, c in build_model(load_config("tiny", ["train.cpu_backward=false"]), 50, 50,
+                                       "CPU").cells_and_names()]
     assert not any(isinstance(c, (LayerNorm, BiasAdd)) for c in plain)
     assert any(type(c) is nn.LayerNorm for c in plain)
+    on_ascend = [c for _, c in build_model(load_config("tiny"), 50, 50, "Ascend").cells_and_names()]
+    assert not any(isinstance(c, (LayerNorm, BiasAdd, Softmax)) for c in on_ascend)  # never off the CPU
 
 
 def test_kernel_library_is_cached_and_falls_back_without_a_compiler(tmp_path, monkeypatch):
@@ -167,11 +175,9 @@ def test_softmax_backward_kernel_matches_numpy(tmp_path):
 
 
 def test_gradient_norm_kernel_matches_numpy_and_the_plain_step(tmp_path):
-    from trainer.step import TrainStep, _CompiledSumOfSquares
-
     tensors = [RNG.standard_normal(shape).astype(np.float32) for shape in [(70001,), (3, 5), (300, 257), (1,)]]
     library = cpu_kernels.library("grad_norm", str(tmp_path))
-    got = _CompiledSumOfSquares(library)(tuple(ms.Tensor(t) for t in tensors)).asnumpy()
+    got = CompiledSumOfSquares(library)(tuple(ms.Tensor(t) for t in tensors)).asnumpy()
     np.testing.assert_allclose(got, sum(float((t.astype(np.float64) ** 2).sum()) for t in tensors), rtol=1e-5)
 
     cfg = ModelConfig(d_model=16, n_heads=2, d_ff=32, encoder_layers=1, decoder_layers=1, dropout=0.0,
@@ -182,16 +188,17 @@ def test_gradient_norm_kernel_matches_numpy_and_the_plain_step(tmp_path):
     for kernels in (str(tmp_path), None):
         ms.set_seed(5)
         model = Transformer(cfg, 20, 20, 0)
-        step = TrainStep(model, LabelSmoothedCrossEntropy(0.1, 0), nn.SGD(model.trainable_params(), 0.5),
-                         clip_norm=0.5, kernel_dir=kernels)  # clipped: the norm scales the update
-        assert (step.compiled_sum_of_squares is not None) is (kernels is not None)
+        step = assemble_step(model, nn.SGD(model.trainable_params(), 0.5), 0.1, 0.5,  # clipped: the norm
+                             speedups=CpuSpeedups(backward=False, kernel_dir=kernels))  # scales the update
+        assert (step.update_step.norm.sum_of_squares is not None) is (kernels is not None)
         norm = step(src, tgt[:, :-1], tgt[:, 1:])[3].asnumpy()
         results.append((norm, [p.asnumpy() for p in model.trainable_params()]))
     assert results[0][0] > 0.5
     np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5)
     for a, b in zip(results[0][1], results[1][1]):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
-    split = TrainStep(Transformer(cfg, 20, 20, 0), LabelSmoothedCrossEntropy(0.1, 0),
-                      nn.SGD(Transformer(cfg, 20, 20, 0).trainable_params(), 0.5), 1.0, mp_size=2,
-                      kernel_dir=str(tmp_path))
-    assert split.compiled_sum_of_squares is None  # split gradients weigh differently: MindSpore ops
+    model = Transformer(cfg, 20, 20, 0)
+    hybrid = Parallelized("hybrid", shard_axis={"encoder.0.ffn.w1.weight": 0}, mp_size=2)
+    split = assemble_step(model, nn.SGD(model.trainable_params(), 0.5), 0.1, 1.0, hybrid,
+                          CpuSpeedups(backward=False, kernel_dir=str(tmp_path)))
+    assert split.update_step.norm.sum_of_squares is None  # split gradients weigh differently: MindSpore ops

@@ -1,4 +1,5 @@
-"""The fused output projection + loss gives the unfused sums and gradients, and TrainStep uses it where it may."""
+"""The CPU's fused output projection + loss gives the plain loss's sums and gradients, and the
+build path uses it where it may (trainer/cpu/loss.py)."""
 import numpy as np
 import mindspore as ms
 import pytest
@@ -7,7 +8,10 @@ from mindspore import nn
 from model.config import ModelConfig
 from model.loss import LabelSmoothedCrossEntropy
 from model.transformer import Transformer
-from trainer.step import TrainStep
+from trainer.build import assemble_step
+from trainer.cpu import CpuSpeedups
+from trainer.cpu.loss import FusedProjectionLoss, WrittenOutCrossEntropy
+from trainer.parallelize import Parallelized
 
 RNG = np.random.default_rng(11)
 
@@ -22,12 +26,13 @@ class _Objective(nn.Cell):
 
     def __init__(self, criterion, fused, skip_padding=False):
         super().__init__()
-        self.criterion, self.fused, self.skip_padding = criterion, fused, skip_padding
+        self.criterion, self.fused = criterion, fused
+        self.fused_loss = FusedProjectionLoss(None, criterion.eps, criterion.pad_id, skip_padding)
         self.matmul = ms.ops.MatMul(transpose_b=True)
 
     def construct(self, states, weight, target):
         if self.fused:
-            loss_sum, nll_sum, _ = self.criterion.from_states(states, weight, target, self.skip_padding)
+            loss_sum, nll_sum, _ = self.fused_loss.from_states(states, weight, target)
         else:
             b, length, d = states.shape
             logits = self.matmul(states.reshape(b * length, d), weight).reshape(b, length, -1)
@@ -59,15 +64,18 @@ def test_from_states_matches_numpy_and_the_unfused_loss(eps, scale):
     weight = RNG.standard_normal((13, 8)).astype(np.float32)
     target = np.array([[2, 5, 12, 0, 0], [3, 3, 9, 1, 0], [7, 0, 0, 0, 0]], np.int32)  # 0 is padding
     want = numpy_objective_and_grads(states.astype(np.float64), weight.astype(np.float64), target, eps, 0)
-    criterion = LabelSmoothedCrossEntropy(eps, 0)
     inputs = (ms.Tensor(states), ms.Tensor(weight), ms.Tensor(target))
-    sums = [x.asnumpy() for x in criterion.from_states(*inputs)]
-    np.testing.assert_allclose([x.asnumpy() for x in criterion.from_states(*inputs, skip_padding=True)], sums,
-                               rtol=1e-5)
-    unfused = [x.asnumpy() for x in criterion(ms.Tensor(states @ weight.T), ms.Tensor(target))]
-    np.testing.assert_allclose(sums, unfused, rtol=1e-4)
+    sums = [x.asnumpy() for x in FusedProjectionLoss(None, eps, 0, False).from_states(*inputs)]
+    np.testing.assert_allclose([x.asnumpy() for x in FusedProjectionLoss(None, eps, 0, True).from_states(*inputs)],
+                               sums, rtol=1e-5)
+    for unfused_loss in (LabelSmoothedCrossEntropy(eps, 0), WrittenOutCrossEntropy(eps, 0)):
+        unfused = [x.asnumpy() for x in unfused_loss(ms.Tensor(states @ weight.T), ms.Tensor(target))]
+        np.testing.assert_allclose(sums, unfused, rtol=1e-4)
     assert sums[2] == 8  # padding never counts
-    for fused, skip_padding in ((True, False), (True, True), (False, False)):
+    for criterion, fused, skip_padding in ((LabelSmoothedCrossEntropy(eps, 0), True, False),
+                                           (LabelSmoothedCrossEntropy(eps, 0), True, True),
+                                           (LabelSmoothedCrossEntropy(eps, 0), False, False),
+                                           (WrittenOutCrossEntropy(eps, 0), False, False)):
         objective = _Objective(criterion, fused, skip_padding)
         value, (d_states, d_weight) = ms.value_and_grad(objective, grad_position=(0, 1))(*inputs)
         np.testing.assert_allclose(value.asnumpy(), want[0], rtol=1e-4)
@@ -75,13 +83,11 @@ def test_from_states_matches_numpy_and_the_unfused_loss(eps, scale):
         np.testing.assert_allclose(d_weight.asnumpy(), want[2], rtol=1e-4, atol=1e-4 * scale)
 
 
-def _step(model, fused):
+def _step(model, fused, parallel=Parallelized("standalone")):
     # SGD: the update is the (clipped) gradient itself; Adam would blow up rounding noise in
     # gradients that are zero in exact arithmetic (a self-attention key bias) to +-lr
     optimizer = nn.SGD(model.trainable_params(), learning_rate=0.5)
-    step = TrainStep(model, LabelSmoothedCrossEntropy(0.1, 0), optimizer, clip_norm=1.0, fused_loss=fused)
-    step.set_train(True)
-    return step
+    return assemble_step(model, optimizer, 0.1, 1.0, parallel, CpuSpeedups(backward=False, fused_loss=fused))
 
 
 @pytest.mark.parametrize("share", [False, True])
@@ -98,8 +104,9 @@ def test_train_step_fused_and_unfused_make_the_same_update(share):
         ms.set_seed(3)
         model = Transformer(cfg, vocab_src, vocab_tgt, 0)
         step = _step(model, fused)
-        assert step.fused_loss is fused
-        assert step.skip_padding is fused  # on the CPU the fused loss drops padded targets
+        loss_fn = step.grad_step.loss_fn
+        assert isinstance(loss_fn if fused else loss_fn.criterion, FusedProjectionLoss if fused else WrittenOutCrossEntropy)
+        assert not fused or loss_fn.skip_padding  # on the CPU the fused loss drops padded targets
         outputs = [x.asnumpy() for x in step(src, tgt_in, tgt_out)]
         results.append((outputs, {p.name: p.asnumpy() for p in model.trainable_params()}))
     (fused_out, fused_params), (plain_out, plain_params) = results
@@ -109,18 +116,17 @@ def test_train_step_fused_and_unfused_make_the_same_update(share):
         np.testing.assert_allclose(fused_params[name], value, rtol=1e-4, atol=1e-6, err_msg=name)
 
 
-def test_train_step_keeps_logits_where_a_layout_wraps_the_projection():
+def test_train_step_keeps_logits_where_a_layout_splits_the_projection():
     cfg = ModelConfig(d_model=16, n_heads=2, d_ff=32, encoder_layers=1, decoder_layers=1, share_embeddings=False)
     model = Transformer(cfg, 11, 11, 0)
-    assert model.projects_locally()
-
-    class Gather(nn.Cell):  # stands for the model-parallel layout's gather of vocabulary shards
-        def construct(self, x):
-            return x
-
-    model.after_logits = Gather()
-    assert not model.projects_locally()
-    assert _step(model, fused=True).fused_loss is False
+    assert isinstance(_step(model, fused=True).grad_step.loss_fn, FusedProjectionLoss)
+    hybrid = Parallelized("hybrid", shard_axis={"out_proj.weight": 0})  # what the hybrid layout reports
+    assert hybrid.splits_projection
+    assert isinstance(_step(model, True, hybrid).grad_step.loss_fn.criterion, WrittenOutCrossEntropy)
+    assert isinstance(_step(model, True, Parallelized("semi_auto")).grad_step.loss_fn.criterion,
+                      WrittenOutCrossEntropy)
+    plain = assemble_step(model, nn.SGD(model.trainable_params(), 0.5), 0.1, 1.0)  # off the CPU: no speed-ups
+    assert type(plain.grad_step.loss_fn.criterion) is LabelSmoothedCrossEntropy
 
 
 def test_skipping_padding_survives_a_batch_of_padding_only():

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher import affinity, environment
+from launcher import affinity, environment, ranks
 from launcher.cluster import load_cluster, parse_cluster
 from launcher.discovery import expand_hostlist, from_environment
 from launcher.errors import LaunchError
@@ -109,9 +109,9 @@ def test_impossible_layouts_are_refused_before_spawning(cli, message):
 def test_rank_assignment_follows_msrun():
     spec = resolve({"script": SCRIPT, "worker_num": 16, "local_worker_num": 8, "node_rank": 1,
                     "master_addr": "127.0.0.1"}, {})
-    assert [spec.rank_of(i) for i in (0, 7)] == [8, 15] and not spec.run_scheduler
+    assert [w.rank for w in ranks.dynamic_workers(spec)] == list(range(8, 16)) and not spec.run_scheduler
     auto = resolve({"script": SCRIPT, "worker_num": 16, "local_worker_num": 8}, {})
-    assert auto.rank_of(0) is None and auto.run_scheduler  # msrun: ranks assigned at registration
+    assert ranks.dynamic_workers(auto)[0].rank is None and auto.run_scheduler  # msrun: assigned at registration
 
 
 def test_inherited_cluster_variables_are_cleared_and_msrun_variables_set():
@@ -119,7 +119,7 @@ def test_inherited_cluster_variables_are_cleared_and_msrun_variables_set():
     base, removed = environment.clean({"MS_SCHED_PORT": "1", "MS_ROLE": "MS_SCHED", "RANK_ID": "5",
                                        "MS_DEV_KEEP": "x", "PATH": "/bin"})
     assert removed == ["MS_ROLE", "MS_SCHED_PORT", "RANK_ID"] and base == {"MS_DEV_KEEP": "x", "PATH": "/bin"}
-    env = environment.worker_env(spec, 1, base)
+    env = environment.worker_env(spec, ranks.dynamic_workers(spec)[1], base)
     assert {k: env[k] for k in ("MS_ROLE", "MS_SCHED_HOST", "MS_SCHED_PORT", "MS_WORKER_NUM", "MS_NODE_ID",
                                 "RANK_ID", "RANK_SIZE", "DEVICE_ID", "MS_TOPO_TIMEOUT")} == {
         "MS_ROLE": "MS_WORKER", "MS_SCHED_HOST": "127.0.0.1", "MS_SCHED_PORT": "8200", "MS_WORKER_NUM": "2",

@@ -216,3 +216,6 @@ def test_mpirun_builds_the_rank_table_over_mpi(tmp_path):
     assert all(e["RANK_TABLE_FILE"] == str((tmp_path / "logs" / "rank_table.json").resolve()) for e in seen.values())
     assert all("MS_ROLE" not in e for e in seen.values())
     assert sorted(Path(e["_cwd"]).name for e in seen.values()) == ["rank_0", "rank_1"]
+    # under mpirun the launcher has OMPI_*/PMIX_*; rank-table workers must not (MindSpore would bypass the table)
+    assert [k for e in seen.values() for k in e if k.startswith(("OMPI_", "PMIX_", "PMI_"))] == []
+    assert all(e["MINDRUN_DEVICE_TARGET"] == "Ascend" for e in seen.values())

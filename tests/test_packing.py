@@ -5,15 +5,17 @@ import pytest
 from mindspore import nn
 
 from model.config import ModelConfig
-from model.loss import LabelSmoothedCrossEntropy
 from model.transformer import Transformer
 from trainer.config import load_config
 from trainer.data.batching import Batch, collate
 from trainer.data.packing import PackedBatcher, collate_packed, side_lengths
 from trainer.data.tokenizer import BOS, EOS, PAD
 from trainer.dataset import prepare
-from trainer.step import TrainStep
-from trainer.train import Trainer, seed_everything
+from trainer.build import assemble_step
+from trainer.loop_tools import seed_everything
+from trainer.parallel.context import ParallelContext
+from trainer.parallel.plan import make_plan
+from trainer.train import Trainer
 
 RNG = np.random.default_rng(0)
 
@@ -114,8 +116,7 @@ def test_a_packed_step_makes_the_padded_steps_update():
     results = []
     for arrays in (collate_packed(packed, src, tgt), collate(Batch(9, 10, np.arange(10)), src, tgt)):
         model = _tiny_model()
-        step = TrainStep(model, LabelSmoothedCrossEntropy(0.1, PAD),
-                         nn.SGD(model.trainable_params(), learning_rate=1.0), clip_norm=1.0)
+        step = assemble_step(model, nn.SGD(model.trainable_params(), learning_rate=1.0), 0.1, 1.0)
         sums = [float(x.asnumpy()) for x in step(*map(ms.Tensor, arrays))]
         results.append((sums, {p.name: p.asnumpy() for p in model.trainable_params()}))
     (packed_sums, packed_w), (padded_sums, padded_w) = results
@@ -136,7 +137,7 @@ def test_the_trainer_feeds_segments_and_positions_to_the_step(data_dir, tmp_path
         cfg = load_config("tiny", [f"data.dir={data_dir}", f"train.out_dir={tmp_path / name}", *extra])
         corpus = corpus or prepare(cfg.data)
         seed_everything(cfg.train.seed)
-        trainer = Trainer(cfg, corpus)
+        trainer = Trainer(cfg, corpus, ParallelContext(make_plan(cfg, 1, "CPU"), "CPU"))
         split = trainer.train_split
         if members is None:
             batch = trainer.batcher.epoch(0)[0]

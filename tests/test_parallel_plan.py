@@ -20,8 +20,10 @@ def cfg(*sets, recipe="tiny"):
     (["parallel.model_parallel=2", "model.d_ff=65"], 2, "CPU", "model.d_ff (65) is not divisible"),
     (["parallel.model_parallel=2", "data.vocab_size=401"], 2, "CPU", "data.vocab_size (401) is not divisible"),
     (["parallel.pipeline_stages=2", "parallel.mode=semi_auto", "parallel.micro_batches=2"], 2, "Ascend",
-     "must each be divisible by parallel.pipeline_stages (2)"),
-    (["parallel.pipeline_stages=2", "parallel.mode=hybrid"], 2, "CPU", "needs parallel.mode=semi_auto"),
+     "pipeline parallelism is not wired"),
+    (["parallel.pipeline_stages=2", "parallel.mode=hybrid"], 2, "CPU", "pipeline parallelism is not wired"),
+    (["parallel.micro_batches=2", "parallel.mode=data_parallel"], 2, "CPU", "use gradient accumulation"),
+    (["parallel.micro_batches=2"], 8, "Ascend", "use gradient accumulation"),
     (["parallel.optimizer_shard=true", "parallel.mode=data_parallel"], 2, "CPU", "optimizer_shard needs"),
     (["parallel.mode=semi_auto"], 2, "CPU", "cannot compile on CPU"),
     (["parallel.mode=standalone"], 2, "CPU", "runs one process, but the job has 2 workers"),
@@ -34,12 +36,6 @@ def test_planner_errors_say_how_to_fix(sets, world, backend, message):
     assert message in str(err.value)
 
 
-def test_pipeline_needs_enough_micro_batches():
-    base = cfg("parallel.pipeline_stages=2", "parallel.mode=semi_auto", recipe="base")
-    with pytest.raises(ConfigError, match="micro_batches .1. must be at least pipeline_stages .2."):
-        make_plan(base, 2, "Ascend")
-
-
 def test_real_vocabulary_is_checked_once_known():
     with pytest.raises(ConfigError, match="the vocabulary .401. is not divisible"):
         make_plan(cfg("parallel.model_parallel=2"), 2, "CPU", vocab_size=401)
@@ -49,9 +45,11 @@ def test_real_vocabulary_is_checked_once_known():
     ([], 1, "CPU", "standalone", 1),
     ([], 2, "CPU", "data_parallel", 2),
     (["parallel.model_parallel=2"], 4, "CPU", "hybrid", 2),
-    (["parallel.model_parallel=2"], 8, "Ascend", "semi_auto", 4),
+    ([], 8, "Ascend", "data_parallel", 8),
+    (["parallel.model_parallel=2"], 8, "Ascend", "hybrid", 4),
+    (["parallel.model_parallel=2"], 8, "GPU", "hybrid", 4),
 ])
-def test_auto_mode_follows_the_backend(sets, world, backend, mode, dp):
+def test_auto_mode_picks_the_verified_explicit_collectives_on_every_backend(sets, world, backend, mode, dp):
     plan = make_plan(cfg(*sets), world, backend)
     assert (plan.mode, plan.data_parallel) == (mode, dp)
     assert plan.data_parallel * plan.model_parallel * plan.pipeline_stages == world
@@ -62,14 +60,18 @@ def test_plan_command_prints_base_strategies():
                            "--set", "parallel.model_parallel=2"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout
-    assert "semi_auto: data_parallel 4 x model_parallel 2" in out
-    # every sharded operator of the 6+6 base model: 4 attention projections x 18 attentions, 2 FFN x 12 layers
-    assert out.count(".matmul ") == 18 * 4 + 12 * 2 and "logits_matmul" in out
+    assert "hybrid: data_parallel 4 x model_parallel 2" in out and "has not run" not in out
+    # every sharded operator of the 6+6 base model: 4 attention projections x 18 attentions, 2 FFN x 12
+    # layers, the output projection
+    assert out.count(".matmul ") == 18 * 4 + 12 * 2 + 1 and "logits.matmul " in out
     assert "decoder.5.cross_attn.w_o.matmul" in out and "((4, 2), (1, 2))" in out
     assert "encoder.0.ffn.w1.matmul" in out and "((4, 1), (2, 1))" in out
     bad = subprocess.run([sys.executable, "-m", "trainer", "plan", "--config", "base", "--world-size", "8",
                           "--set", "parallel.model_parallel=3"], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "model_parallel 3" in bad.stderr
+    semi = subprocess.run([sys.executable, "-m", "trainer", "plan", "--config", "base", "--world-size", "8",
+                           "--set", "parallel.mode=semi_auto"], capture_output=True, text=True, timeout=300)
+    assert semi.returncode == 0 and "has not run on Ascend or GPU hardware" in semi.stdout
 
 
 def test_semi_auto_strategies_land_on_the_primitives():
@@ -79,13 +81,23 @@ def test_semi_auto_strategies_land_on_the_primitives():
     c = cfg(recipe="tiny").model
     model = Transformer(c, 400, 400, 0)
     rows = apply_semi_auto(model, 2, 2)
+    attentions = c.encoder_layers + 2 * c.decoder_layers
+    ffns = c.encoder_layers + c.decoder_layers
+    # per attention 4 projections (matmul + bias add) + qk, softmax, av; per FFN 2 x (matmul + bias
+    # add); one embedding gather (the table is shared) and the output projection
+    assert len(rows) == attentions * 11 + ffns * 4 + 1 + 1
+    assert len({path for path, _, _ in rows}) == len(rows)
     attn = model.encoder[0].self_attn
     assert attn.w_q.matmul.attrs["in_strategy"] == ((2, 1), (2, 1))
     assert attn.w_o.matmul.attrs["in_strategy"] == ((2, 2), (1, 2))
     assert attn.attention.qk.attrs["in_strategy"] == ((2, 2, 1, 1), (2, 2, 1, 1))
     assert model.decoder[0].ffn.w2.matmul.attrs["in_strategy"] == ((2, 2), (1, 2))
-    assert model.logits_matmul.attrs["in_strategy"] == ((2, 1), (2, 1))
-    assert len(rows) > 20
+    assert model.logits.matmul.attrs["in_strategy"] == ((2, 1), (2, 1))
+    # nn.Embedding gathers flattened ids: the ids' strategy has their rank (1), the table's is (mp, 1),
+    # the same split of the tied table as the output projection's
+    gather = model.src_embed.gather.attrs["in_strategy"]
+    assert gather == ((2, 1), (2,)) and len(gather[1]) == len(model.src_embed.shp_flat) == 1
+    assert gather[0] == model.logits.matmul.attrs["in_strategy"][1]
 
 
 def test_shard_rows_covers_the_global_batch():
@@ -121,18 +133,92 @@ def test_hybrid_layout_keeps_every_parameter_name_and_splits_the_right_axis():
 
 
 def test_hybrid_layout_enters_the_vocabulary_region_once():
-    """Tied: the output matmul uses the embedding table, so `before_logits` copies x into the
-    group; untied: the column-parallel out_proj does that itself, and a second copy would
-    all-reduce the gradient twice."""
-    from mindspore import nn
-
+    """Tied or not, the decoder states enter the vocabulary-parallel projection through exactly one
+    CopyToGroup (a second would all-reduce their gradient twice), and the output weight is split by rows."""
     from model import Transformer
+    from model.parallel.layers import VocabParallelLogits, VocabRows
     from model.parallel.layout import apply_hybrid
     from model.parallel.mappings import CopyToGroup
 
-    tied = Transformer(cfg(recipe="tiny").model, 400, 400, 0)
-    apply_hybrid(tied, "mp_0", 0, 2)
-    assert isinstance(tied.before_logits, CopyToGroup)
-    untied = Transformer(cfg("model.share_embeddings=false", recipe="tiny").model, 400, 400, 0)
-    apply_hybrid(untied, "mp_0", 0, 2)
-    assert isinstance(untied.before_logits, nn.Identity)
+    for sets in ([], ["model.share_embeddings=false"]):
+        model = Transformer(cfg(*sets, recipe="tiny").model, 400, 400, 0)
+        applied = apply_hybrid(model, "mp_0", 0, 2)
+        assert isinstance(model.logits, VocabParallelLogits)
+        copies = [c for _, c in model.logits.cells_and_names() if isinstance(c, CopyToGroup)]
+        assert len(copies) == 1
+        assert model.output_weight().shape == (200, model.cfg.d_model)
+        assert applied.shard_axis[model.output_weight().name] == 0
+        if sets:
+            assert isinstance(model.out_proj, VocabRows)
+
+
+def _cells(cell):
+    return [c for _, c in cell.cells_and_names()]
+
+
+def _strategies(cell):
+    from mindspore.ops.primitive import Primitive
+
+    found = []
+    for c in _cells(cell):
+        for value in vars(c).values():
+            if isinstance(value, Primitive) and "in_strategy" in value.attrs:
+                found.append(value)
+    return found
+
+
+def test_the_seam_applies_hybrid_layers_and_no_strategies():
+    from mindspore import nn
+
+    from model import Transformer
+    from model.parallel.layers import ColumnParallelDense, RowParallelDense
+    from trainer.build import assemble_step
+    from trainer.parallel.context import ParallelContext
+    from trainer.parallelize import parallelize
+
+    c = cfg("parallel.model_parallel=2")
+    plan = make_plan(c, 2, "CPU")
+    assert plan.mode == "hybrid"
+    model = Transformer(c.model, 400, 400, 0)
+    parallel = parallelize(model, ParallelContext(plan, "CPU", rank=1, mp_rank=1, mp_group="mp_0"))
+    assert any(isinstance(x, ColumnParallelDense) for x in _cells(model))
+    assert any(isinstance(x, RowParallelDense) for x in _cells(model))
+    assert not _strategies(model)
+    assert parallel.shard_axis and not parallel.full_batch and not parallel.strategies
+    step = assemble_step(model, nn.SGD(model.trainable_params(), 0.1), 0.1, 1.0, parallel)
+    weights = step.update_step.norm.weights
+    assert set(weights) == {1.0, 0.5}  # split parameters count every shard, replicated ones once
+    assert step.update_step.norm.mp_sum is not None
+
+
+def test_the_seam_under_semi_auto_sets_only_strategies(monkeypatch):
+    from mindspore import nn
+    from mindspore.parallel import auto_parallel
+
+    from model import Transformer
+    from model.parallel.layers import ColumnParallelDense, VocabParallelEmbedding
+    from model.parallel.mappings import CopyToGroup, GatherLastDim, ReduceFromGroup
+    from trainer.build import assemble_step
+    from trainer.parallel.context import ParallelContext
+    from trainer.parallelize import parallelize
+
+    c = cfg("parallel.mode=semi_auto", "parallel.model_parallel=2")
+    plan = make_plan(c, 8, "Ascend")
+    assert plan.mode == "semi_auto" and plan.caveat and "has not run" in plan.caveat
+    model = Transformer(c.model, 400, 400, 0)
+    parallel = parallelize(model, ParallelContext(plan, "Ascend", rank=0))
+    assert _strategies(model) and len(parallel.strategies) == len(_strategies(model))
+    explicit = (ColumnParallelDense, VocabParallelEmbedding, CopyToGroup, ReduceFromGroup, GatherLastDim)
+    assert not any(isinstance(x, explicit) for x in _cells(model))
+    step = assemble_step(model, nn.SGD(model.trainable_params(), 0.1), 0.1, 1.0, parallel)
+    assert not any(isinstance(x, nn.DistributedGradReducer) for x in _cells(step))
+    assert step.grad_step.token_sum is None and step.update_step.norm.mp_sum is None
+    assert set(step.update_step.norm.weights) == {1.0}
+    batch = (np.ones((8, 5), np.int32),)
+    assert parallel.full_batch and parallel.local_rows(batch)[0].shape == (8, 5)  # every rank the whole batch
+    # the step goes to MindSpore 2.10's AutoParallel with the whole batch on every rank
+    monkeypatch.setattr(auto_parallel, "get_rank", lambda: 0)
+    monkeypatch.setattr(auto_parallel, "get_group_size", lambda: 8)
+    wrapped = parallel.wrap(step)
+    assert isinstance(wrapped, auto_parallel.AutoParallel) and wrapped._full_batch
+    assert wrapped._parallel_mode == "semi_auto"

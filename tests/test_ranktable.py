@@ -96,8 +96,8 @@ def _set(table, server, device, key, value):
     (lambda t: t["server_list"][0]["device"][3].pop("device_ip") and t,
      "server 10.0.0.10 device 3: 'device_ip' is missing"),
     (lambda t: dict(t, server_count="3"), "server_count is \"3\""),
-    (lambda t: dict(t, version="1.2"), "only \"1.0\""),
-    (lambda t: dict(t, server_list=list(reversed(t["server_list"]))), "dictionary order of server_id"),
+    (lambda t: dict(t, version="1.1"), "only \"1.0\" and \"1.2\""),
+    (lambda t: dict(t, version="1.2"), "server 10.0.0.10 device 0: 'super_device_id' is missing"),
 ])
 def test_validation_names_server_and_device(tmp_path, mutate, message):
     path = tmp_path / "bad.json"
@@ -148,3 +148,100 @@ def test_rank_table_mode_takes_a_given_table_and_finds_this_node(tmp_path):
                             "--dry_run", str(HERE / "launch_scripts" / "print_env.py")], capture_output=True,
                            text=True, timeout=60)
     assert wrong.returncode == 2 and "16 devices but the job has 8 workers" in wrong.stderr
+
+
+# ---- version 1.2 (Atlas A3 SuperPoD), server order, optional device_ip ------------------------------------------
+
+V12 = GOLDEN / "ranktable_v1.2_2x4.json"
+
+
+def test_v12_table_validates_and_is_passed_through_as_written(tmp_path):
+    proc = mindrun("validate", str(V12), "--world_size", "8")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["version"] == "1.2"
+    # node_rank 1 is the second server as written ("node_1", host_ip 10.0.0.2): ranks 4..7, the file untouched
+    before = V12.read_bytes()
+    launch = subprocess.run([sys.executable, "-m", "launcher", "--launch_mode", "ranktable", "--worker_num", "8",
+                             "--local_worker_num", "4", "--node_rank", "1", "--rank_table_file", str(V12),
+                             "--log_dir", str(tmp_path), "--dry_run", str(HERE / "launch_scripts" / "print_env.py")],
+                            capture_output=True, text=True, timeout=60)
+    assert launch.returncode == 0, launch.stderr
+    assert f"RANK_TABLE_FILE={V12.resolve()}" in launch.stdout
+    assert [f"rank {r}:" in launch.stdout for r in range(8)] == [False] * 4 + [True] * 4
+    assert V12.read_bytes() == before and not (tmp_path / "rank_table.json").exists()
+
+
+def _pod(table, members):
+    table["super_pod_list"] = [{"super_pod_id": "0", "server_list": [{"server_id": m} for m in members]}]
+    return table
+
+
+@pytest.mark.parametrize("mutate,message", [
+    (lambda t: t["server_list"][1]["device"][2].pop("super_device_id") and t,
+     "server node_1 device 2: 'super_device_id' is missing"),
+    (lambda t: _set(t, 1, 0, "super_device_id", "0"), "super_device_id 0 is also used by server node_0 device 0"),
+    (lambda t: _pod(t, ["node_0"]), "server node_1 is in server_list but in no super pod"),
+    (lambda t: _pod(t, ["node_0", "node_1", "node_9"]), "lists server node_9, which is not in server_list"),
+    (lambda t: dict(t, super_pod_list=[]), "version 1.2 needs a non-empty 'super_pod_list'"),
+    (lambda t: dict(t, server_list=[dict(t["server_list"][0], host_ip="10.0.0"), t["server_list"][1]]),
+     "server node_0: host_ip '10.0.0' is not a valid address"),
+    (lambda t: _set(t, 0, 1, "device_port", 16666), "'device_port' must be a string"),
+])
+def test_v12_validation_names_server_and_device(tmp_path, mutate, message):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(mutate(json.loads(V12.read_text()))))
+    proc = mindrun("validate", str(path))
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_servers_out_of_dictionary_order_are_accepted_with_a_warning_and_used_as_written(tmp_path):
+    table = golden()
+    table["server_list"].reverse()  # "10.0.0.2" (ranks 8..15) first, then "10.0.0.10" (ranks 0..7)
+    path = tmp_path / "reordered.json"
+    path.write_text(json.dumps(table))
+    proc = mindrun("validate", str(path), "--world_size", "16")
+    assert proc.returncode == 0, proc.stderr
+    assert "warning" in proc.stderr and "dictionary order of server_id" in proc.stderr
+    # node_rank 0 is the first server as written, with the ranks the table gives it
+    launch = subprocess.run([sys.executable, "-m", "launcher", "--launch_mode", "ranktable", "--worker_num", "16",
+                             "--local_worker_num", "8", "--node_rank", "0", "--rank_table_file", str(path),
+                             "--log_dir", str(tmp_path / "logs"), "--dry_run",
+                             str(HERE / "launch_scripts" / "print_env.py")], capture_output=True, text=True, timeout=60)
+    assert launch.returncode == 0, launch.stderr
+    assert "dictionary order of server_id" in launch.stderr
+    assert "rank 8:" in launch.stdout and "RANK_ID=15" in launch.stdout and "rank 0:" not in launch.stdout
+
+
+def test_device_ip_is_optional_for_one_server_only(tmp_path):
+    one = golden("ranktable_1x8.json")
+    for device in one["server_list"][0]["device"]:
+        del device["device_ip"]
+    path = tmp_path / "one.json"
+    path.write_text(json.dumps(one))
+    assert ranktable.load(path)["server_list"][0]["device"][0] == {"device_id": "0", "rank_id": "0"}
+    two = golden()
+    del two["server_list"][1]["device"][0]["device_ip"]
+    path.write_text(json.dumps(two))
+    with pytest.raises(LaunchError, match="server 10.0.0.2 device 0: 'device_ip' is missing"):
+        ranktable.load(path)
+
+
+def test_merge_keeps_v12_fields_and_super_pods_and_refuses_mixed_versions(tmp_path):
+    full = json.loads(V12.read_text())
+    parts = []
+    for server in reversed(full["server_list"]):  # merged back in server_id order whatever the input order
+        part = {"status": "completed", "version": "1.2", "server_count": "1", "server_list": [server],
+                "super_pod_list": [{"super_pod_id": "0", "server_list": [{"server_id": server["server_id"]}]}]}
+        for i, device in enumerate(server["device"]):
+            device["rank_id"] = str(i)
+        path = tmp_path / f"{server['server_id']}.json"
+        path.write_text(json.dumps(part))
+        parts.append(str(path))
+    out = tmp_path / "merged.json"
+    proc = mindrun("merge", *parts, "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    merged = json.loads(out.read_text())
+    assert merged["server_list"] == json.loads(V12.read_text())["server_list"]
+    assert [m["server_id"] for m in merged["super_pod_list"][0]["server_list"]] == ["node_1", "node_0"]
+    mixed = mindrun("merge", parts[0], str(GOLDEN / "ranktable_1x8.json"), "-o", str(tmp_path / "x.json"))
+    assert mixed.returncode == 2 and "versions 1.0 and 1.2" in mixed.stderr

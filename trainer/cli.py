@@ -7,15 +7,18 @@ from typing import List, Optional
 
 
 def _train(args) -> int:
+    import os
+
     from trainer.config import load_config
     from trainer.train import train
 
-    cfg = load_config(args.config, args.set)
+    overrides = list(args.set)
     if args.data_dir:
-        cfg.data.dir = args.data_dir
-    if args.resume:
-        cfg.train.resume = True
-    summary = train(cfg)
+        overrides.append(f"data.dir={args.data_dir}")
+    # a worker restarted by `mindrun launch --max_restarts` resumes from last.ckpt by itself
+    if args.resume or int(os.environ.get("MINDRUN_RESTART_COUNT", "0") or 0) > 0:
+        overrides.append("train.resume=true")
+    summary = train(load_config(args.config, overrides))
     print(json.dumps(summary))
     signum = summary.get("interrupted_by_signal")
     return 128 + int(signum) if signum else 0
@@ -41,17 +44,20 @@ def _plan(args) -> int:
     from model.parallel.layout import TRANSFORMER_LAYOUT, semi_auto_plan
     from trainer.config import load_config
     from trainer.parallel.plan import make_plan
-    from trainer.run_dir import build_model
+    from trainer.build import build_model
 
     cfg = load_config(args.config, args.set)
     plan = make_plan(cfg, args.world_size, args.backend, vocab_size=args.vocab_size, for_execution=False)
     print(f"plan: {plan.describe()}")
+    if plan.caveat:
+        print(f"warning: {plan.caveat}")
     print("hybrid layout (model parallel, Megatron-style):")
     for pattern, kind in TRANSFORMER_LAYOUT:
         print(f"  {pattern:<14} {kind}")
     vocab = args.vocab_size or cfg.data.vocab_size
-    model = build_model(cfg, vocab, vocab)
-    print(f"semi_auto shard() strategies (dp={plan.data_parallel}, mp={plan.model_parallel}):")
+    model = build_model(cfg, vocab, vocab, backend="none")  # the plain model: strategies name its primitives
+    print(f"semi_auto shard() strategies (dp={plan.data_parallel}, mp={plan.model_parallel}), "
+          f"used only with parallel.mode=semi_auto:")
     for path, op, strategy in semi_auto_plan(model, plan.data_parallel, plan.model_parallel):
         print(f"  {path:<44} {op:<12} {strategy}")
     return 0
@@ -98,24 +104,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_plan)
 
     # Handed to the launcher package before parsing (see main); listed here for --help.
-    sub.add_parser("launch", add_help=False, help="start workers msrun-style: mindrun launch --help")
-    sub.add_parser("ranktable", add_help=False, help="HCCL rank tables: mindrun ranktable --help")
+    from launcher.cli import SUBCOMMANDS
+
+    for name, command in SUBCOMMANDS.items():
+        sub.add_parser(name, add_help=False, help=command.help)
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the `mindrun` console script."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["launch"]:
-        from launcher.cli import launch_main
+    from launcher.cli import SUBCOMMANDS  # launch, ranktable, doctor: dispatched by the launcher's own table
 
-        return launch_main(argv[1:])
-    if argv[:1] == ["ranktable"]:
-        from launcher.cli import ranktable_main
-
-        return ranktable_main(argv[1:])
+    if argv[:1] and argv[0] in SUBCOMMANDS:
+        return SUBCOMMANDS[argv[0]].main(argv[1:])
     args = build_parser().parse_args(argv)
-    from trainer.checkpoint import CheckpointError  # imports MindSpore: not needed by launch/ranktable
+    from trainer.checkpoint import CheckpointError  # imports MindSpore: not needed by the launcher's subcommands
     from trainer.config import ConfigError
     from trainer.data.multi30k import DataError
 

@@ -1,11 +1,11 @@
-"""Typed run configuration: dataclasses filled from a YAML recipe plus dotted overrides.
+"""The run configuration: one frozen dataclass per section, filled from a YAML recipe plus overrides.
 
-Every key is checked at load: an unknown or misspelt key names the closest valid
-one, a wrong type names the expected type, an impossible value says how to fix it.
+Every key is checked at load (trainer/typed_yaml.py): an unknown or misspelt key names the
+closest valid one, a wrong type names the expected type, an impossible value says how to fix
+it. A loaded config is frozen: every override (command line, restart) is applied before.
 """
 import dataclasses
 import difflib
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -13,15 +13,12 @@ from typing import Any, Dict, List, Optional
 import yaml
 
 from model.config import ModelConfig
+from trainer.typed_yaml import ConfigError, build, parse_override, set_dotted
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 
 
-class ConfigError(ValueError):
-    """A configuration problem; the message names the key and the fix."""
-
-
-@dataclass
+@dataclass(frozen=True)
 class DataConfig:
     """Where Multi30k comes from, how it is tokenized and batched."""
 
@@ -41,7 +38,7 @@ class DataConfig:
     valid_limit: Optional[int] = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class OptimConfig:
     """Adam with warmup, gradient clipping and label smoothing."""
 
@@ -57,7 +54,7 @@ class OptimConfig:
     label_smoothing: float = 0.1
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     """How long to train, when to evaluate, where to write."""
 
@@ -71,20 +68,20 @@ class TrainConfig:
     best_metric: str = "bleu"  # bleu | loss (on the validation split only)
     progress: bool = True  # tqdm bar
     resume: bool = False  # continue from <run>/checkpoints/last.ckpt when it exists
-    # on the CPU, bias and LayerNorm gradients written out (model/cpu_backward.py): steps
-    # 1.15-1.19x faster (alone it cost 20-50 % more peak memory, which cpu_kernels' LayerNorm
-    # removes); false: MindSpore's kernels
+    # The CPU speed-ups (trainer/cpu, applied by trainer/build.py on the CPU only; each computes
+    # what the plain model computes). cpu_backward: bias, LayerNorm and softmax gradients written
+    # out (steps 1.15-1.19x faster); false: MindSpore's kernels
     cpu_backward: bool = True
     # with cpu_backward: LayerNorm, the softmax backward and the clipping norm as C++ kernels
-    # (model/cpu_kernels), compiled with the machine's g++ on first use into <cache>/kernels;
+    # (trainer/cpu/kernels), compiled with the machine's g++ on first use into <cache>/kernels;
     # false: MindSpore ops
     cpu_kernels: bool = True
     # output projection and label-smoothed loss as one Cell with its backward written out
-    # (model/loss.py): the logits' gradient is never built; false: logits, then the loss
+    # (trainer/cpu/loss.py): the logits' gradient is never built; false: logits, then the loss
     fused_loss: bool = True
 
 
-@dataclass
+@dataclass(frozen=True)
 class EvalConfig:
     """Decoding for evaluation and translation."""
 
@@ -96,19 +93,19 @@ class EvalConfig:
     train_beam: int = 1  # beam used for validation BLEU during training (1 = greedy, faster)
 
 
-@dataclass
+@dataclass(frozen=True)
 class ParallelConfig:
     """How one model is laid out over the job's workers (checked by trainer.parallel.plan)."""
 
     mode: str = "auto"  # auto | standalone | data_parallel | hybrid | semi_auto
     data_parallel: Optional[int] = None  # replicas, each on a share of every batch; None: world / (mp x pp)
     model_parallel: int = 1  # tensor parallel: heads, FFN and vocabulary split Megatron-style
-    pipeline_stages: int = 1  # semi_auto only (Ascend/GPU)
-    micro_batches: int = 1  # pipeline micro-batches per step
+    pipeline_stages: int = 1  # > 1 is refused: pipeline parallelism is not wired yet
+    micro_batches: int = 1  # pipeline micro-batches; > 1 is refused (no pipeline)
     optimizer_shard: bool = False  # semi_auto only: shard Adam state over data-parallel ranks
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunConfig:
     """A whole run: the recipe's name plus one section per concern."""
 
@@ -212,95 +209,6 @@ def _positive(key: str, value, minimum=1, strict=False) -> None:
         raise ConfigError(f"{key} must be {sign} {minimum}, got {value}")
 
 
-# -- building dataclasses from plain data ---------------------------------------------
-
-def _type_name(tp) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _coerce(key: str, tp, value):
-    """Check `value` against annotation `tp`; return it converted where lossless."""
-    origin = typing.get_origin(tp)
-    if origin is typing.Union:
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None:
-            return None
-        return _coerce(key, args[0], value)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key} must be a mapping of its fields, got {type(value).__name__}")
-        return build(tp, value, prefix=key + ".")
-    if origin in (list, List):
-        (item_tp,) = typing.get_args(tp)
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key} must be a list, got {type(value).__name__} {value!r}")
-        return [_coerce(f"{key}[{i}]", item_tp, v) for i, v in enumerate(value)]
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key} must be true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key} must be an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 5e-4 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key} must be a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{key} must be a string, got {value!r}")
-    raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")
-
-
-def _unknown_key(key: str, valid) -> ConfigError:
-    name = key.rsplit(".", 1)[-1]
-    close = difflib.get_close_matches(name, list(valid), n=1)
-    prefix = key[: -len(name)]
-    hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; valid keys: {', '.join(sorted(valid))}"
-    return ConfigError(f"unknown config key '{key}'{hint}")
-
-
-def build(cls, data: Dict[str, Any], prefix: str = ""):
-    """Instantiate dataclass `cls` from a dict, checking every key and type."""
-    hints = typing.get_type_hints(cls)
-    fields = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in data.items():
-        if key not in fields:
-            raise _unknown_key(prefix + str(key), fields)
-        kwargs[key] = _coerce(prefix + key, hints[key], value)
-    return cls(**kwargs)
-
-
-def _set_dotted(tree: Dict[str, Any], dotted: str, value) -> None:
-    node = tree
-    parts = dotted.split(".")
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"override '{dotted}': '{part}' is not a section")
-    node[parts[-1]] = value
-
-
-def parse_override(text: str):
-    """'optim.lr=5e-4' -> ('optim.lr', 0.0005); values parse as YAML scalars or lists."""
-    if "=" not in text:
-        raise ConfigError(f"override {text!r} must look like section.key=value")
-    key, raw = text.split("=", 1)
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"override {key}: cannot parse value {raw!r}: {exc}") from None
-    return key.strip(), value
-
-
 def resolve_recipe(name_or_path: str) -> Path:
     """A recipe name ('small') from the package, or a path to a YAML file."""
     path = Path(name_or_path)
@@ -329,7 +237,7 @@ def load_config(recipe: str, overrides: Optional[List[str]] = None) -> RunConfig
     tree.setdefault("name", path.stem)
     for text in overrides or []:
         key, value = parse_override(text)
-        _set_dotted(tree, key, value)
+        set_dotted(tree, key, value)
     try:
         cfg = build(RunConfig, tree)
     except ConfigError as exc:

@@ -6,33 +6,16 @@
     <run>/metrics.jsonl, <run>/tb/   logs
 """
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Tuple
 
 import yaml
 
 from model import Transformer
-from model.cpu_backward import enabled_here, use_cpu_backward
 from trainer import checkpoint
+from trainer.build import build_model
 from trainer.config import RunConfig, config_from_dict
-from trainer.data.multi30k import cache_root
-from trainer.data.tokenizer import PAD, load_vocabs
-
-
-def kernel_dir(cfg: RunConfig) -> Optional[Path]:
-    """Where model/cpu_kernels' C++ kernels are compiled to: <cache>/kernels on the CPU, unless
-    train.cpu_backward or train.cpu_kernels is false (then None: MindSpore's ops)."""
-    if cfg.train.cpu_backward and cfg.train.cpu_kernels and enabled_here():
-        return cache_root(cfg.data.cache_dir) / "kernels"
-    return None
-
-
-def build_model(cfg: RunConfig, src_vocab_size: int, tgt_vocab_size: int) -> Transformer:
-    """The Transformer the config describes; on the CPU (unless train.cpu_backward=false) with the bias,
-    LayerNorm and softmax backward written out, LayerNorm in C++ (unless train.cpu_kernels=false)."""
-    model = Transformer(cfg.model, src_vocab_size, tgt_vocab_size, pad_id=PAD)
-    if cfg.train.cpu_backward and enabled_here():
-        use_cpu_backward(model, kernel_dir(cfg))
-    return model
+from trainer.data.tokenizer import load_vocabs
+from trainer.parallel.context import select_backend
 
 
 def run_dir_of(checkpoint_path: Path) -> Path:
@@ -52,7 +35,7 @@ def load_for_inference(checkpoint_path: Path) -> Tuple[RunConfig, Transformer, o
     run = run_dir_of(checkpoint_path)
     cfg = config_from_dict(yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")))
     src_vocab, tgt_vocab = load_vocabs(run / "vocab")
-    model = build_model(cfg, len(src_vocab), len(tgt_vocab))
+    model = build_model(cfg, len(src_vocab), len(tgt_vocab), select_backend())
     checkpoint.load_into(model, checkpoint_path)
     model.set_train(False)
     return cfg, model, src_vocab, tgt_vocab

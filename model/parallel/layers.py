@@ -6,7 +6,7 @@ says which axis of each parameter is split (0: rows, 1: columns); others are rep
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
-from model.parallel.mappings import CopyToGroup, ReduceFromGroup
+from model.parallel.mappings import CopyToGroup, GatherLastDim, ReduceFromGroup
 
 
 def _slice(param: Parameter, axis: int, rank: int, size: int) -> Parameter:
@@ -82,3 +82,34 @@ class VocabParallelEmbedding(nn.Cell):
         local = ops.select(mine, local, ops.zeros_like(local))
         out = ops.gather(self.embedding_table, local, 0) * mine.astype(ms.float32).expand_dims(-1)
         return self.reduce(out)
+
+
+class VocabRows(nn.Cell):
+    """This rank's vocabulary rows of an untied output projection's weight [V / size, d].
+
+    Holds the weight only: the model's `logits` Cell (VocabParallelLogits below) applies it.
+    """
+
+    def __init__(self, dense: nn.Dense, group: str, rank: int, size: int):
+        super().__init__()
+        self.weight = _slice(dense.weight, 0, rank, size)
+        self.shard_axis = {self.weight.name: 0}
+        self.full_names = {"weight": dense.weight.name}
+
+
+class VocabParallelLogits(nn.Cell):
+    """x [N, d] times this rank's vocabulary rows of the output weight, gathered to [N, V] on every rank.
+
+    The input is used by every rank's slice of the vocabulary, so it enters the group once
+    (its gradient is summed); the logits leave it by an all-gather over the last axis.
+    """
+
+    def __init__(self, group: str, rank: int, size: int, all_gather: bool):
+        super().__init__()
+        self.copy = CopyToGroup(group)
+        self.matmul = ops.MatMul(transpose_b=True)
+        self.gather = GatherLastDim(group, rank, size, all_gather)
+        self.shard_axis, self.full_names = {}, {}
+
+    def construct(self, x, weight):
+        return self.gather(self.matmul(self.copy(x), weight))

@@ -3,9 +3,11 @@
 `TRANSFORMER_LAYOUT` says, for each sublayer path pattern, how it is split over the
 model-parallel group (Megatron's scheme): attention projections by heads (Q/K/V by output
 columns, the output projection by input rows), the FFN's first layer by columns and second
-by rows, the embedding (and the tied output projection) by vocabulary rows. `apply_hybrid`
-swaps those sublayers for their parallel versions in place; `semi_auto_strategies` states the
-same layout as MindSpore `shard()` strategies for auto-parallel on Ascend/GPU.
+by rows, the embedding and the output projection by vocabulary rows. `apply_hybrid`
+swaps those sublayers for their parallel versions in place (explicit collectives, Megatron
+style); `apply_semi_auto` states the same layout as MindSpore `shard()` strategies on the
+unchanged sublayers, for MindSpore's auto-parallel on Ascend/GPU. A model gets one or the
+other, never both: trainer/parallelize.py chooses.
 """
 from dataclasses import dataclass
 from fnmatch import fnmatch
@@ -13,8 +15,8 @@ from typing import Dict, List, Tuple
 
 from mindspore import nn
 
-from model.parallel.layers import ColumnParallelDense, RowParallelDense, VocabParallelEmbedding
-from model.parallel.mappings import CopyToGroup, GatherLastDim
+from model.parallel.layers import (ColumnParallelDense, RowParallelDense, VocabParallelEmbedding,
+                                   VocabParallelLogits, VocabRows)
 
 TRANSFORMER_LAYOUT: Tuple[Tuple[str, str], ...] = (
     ("*_attn.w_q", "column"),
@@ -25,9 +27,11 @@ TRANSFORMER_LAYOUT: Tuple[Tuple[str, str], ...] = (
     ("*.ffn.w2", "row"),
     ("src_embed", "vocab"),
     ("tgt_embed", "vocab"),
-    ("out_proj", "column"),  # untied output projection: vocabulary split, gathered after
+    ("out_proj", "vocab_rows"),  # untied output weight: vocabulary rows
+    ("logits", "logits"),  # states x output weight^T: the vocabulary split, gathered after
 )
-_LAYERS = {"column": ColumnParallelDense, "row": RowParallelDense, "vocab": VocabParallelEmbedding}
+_LAYERS = {"column": ColumnParallelDense, "row": RowParallelDense, "vocab": VocabParallelEmbedding,
+           "vocab_rows": VocabRows}
 
 
 @dataclass
@@ -35,7 +39,6 @@ class Applied:
     """What a layout did: which parameters are split, and along which axis."""
 
     shard_axis: Dict[str, int]
-    replaced: List[str]
 
 
 def _kind(path: str) -> str:
@@ -60,16 +63,19 @@ def _restore_names(cell: nn.Cell) -> None:
         getattr(cell, attr).name = name
 
 
-def apply_hybrid(model: nn.Cell, group: str, rank: int, size: int) -> Applied:
-    """Split `model` in place for tensor parallelism over `group` (this process is `rank` of `size`)."""
+def apply_hybrid(model: nn.Cell, group: str, rank: int, size: int, all_gather: bool = True) -> Applied:
+    """Split `model` in place for tensor parallelism over `group` (this process is `rank` of `size`).
+
+    `all_gather`: whether AllGather works over `group` on this backend (mappings.all_gather_works).
+    """
     if size == 1:
-        return Applied({}, [])
+        return Applied({})
     heads = model.cfg.n_heads
     new_cells: Dict[int, nn.Cell] = {}
     targets: List[Tuple[str, nn.Cell]] = []
     for path, cell in model.cells_and_names():
         kind = _kind(path)
-        if kind:
+        if kind in _LAYERS:
             targets.append((path, cell))
         elif path.endswith("_attn"):
             cell.n_heads = heads // size  # this rank's heads; d_k is unchanged
@@ -84,9 +90,8 @@ def apply_hybrid(model: nn.Cell, group: str, rank: int, size: int) -> Applied:
         _restore_names(cell)
     if model.cfg.share_embeddings:
         model.tgt_embed = model.src_embed  # cells_and_names lists a shared cell once
-        model.before_logits = CopyToGroup(group)  # x is used by every rank's slice of the vocabulary
-    model.after_logits = GatherLastDim(group, rank, size)
-    return Applied(shard_axis, [p for p, _ in targets])
+    model.logits = VocabParallelLogits(group, rank, size, all_gather)
+    return Applied(shard_axis)
 
 
 def semi_auto_strategies(dp: int, mp: int) -> Dict[str, Tuple]:
@@ -99,8 +104,9 @@ def semi_auto_strategies(dp: int, mp: int) -> Dict[str, Tuple]:
         "attention.qk": ((dp, mp, 1, 1), (dp, mp, 1, 1)),  # [B, H, L, dk]: heads split
         "attention.av": ((dp, mp, 1, 1), (dp, mp, 1, 1)),
         "attention.softmax": ((dp, mp, 1, 1),),
-        "embedding.gather": ((mp, 1), (dp, 1)),   # table rows (vocabulary) split
-        "logits.matmul": ((dp, 1), (mp, 1)),      # tied output projection: vocabulary split
+        # nn.Embedding gathers the flattened ids: table [V, d] rows split, ids [B * L] by batch
+        "embedding.gather": ((mp, 1), (dp,)),
+        "logits.matmul": ((dp, 1), (mp, 1)),      # output projection: vocabulary split
     }
 
 
@@ -110,26 +116,26 @@ def semi_auto_plan(model: nn.Cell, dp: int, mp: int) -> List[Tuple[str, str, Tup
     rows: List[Tuple[str, str, Tuple]] = []
     for path, cell in model.cells_and_names():
         kind = _kind(path)
-        if kind == "column" or kind == "row":
+        if kind in ("column", "row"):
             rows.append((f"{path}.matmul", "MatMul", strategies[f"{kind}.matmul"]))
             if getattr(cell, "has_bias", False):
                 rows.append((f"{path}.bias_add", "BiasAdd", strategies[f"{kind}.bias_add"]))
         elif kind == "vocab":
             rows.append((f"{path}.gather", "Gather", strategies["embedding.gather"]))
+        elif kind == "logits":
+            rows.append((f"{path}.matmul", "MatMul", strategies["logits.matmul"]))
         elif path.endswith("_attn.attention"):
             rows.append((f"{path}.qk", "BatchMatMul", strategies["attention.qk"]))
             rows.append((f"{path}.softmax", "Softmax", strategies["attention.softmax"]))
             rows.append((f"{path}.av", "BatchMatMul", strategies["attention.av"]))
-    if model.cfg.share_embeddings:
-        rows.append(("logits_matmul", "MatMul", strategies["logits.matmul"]))
     return rows
 
 
 def apply_semi_auto(model: nn.Cell, dp: int, mp: int) -> List[Tuple[str, str, Tuple]]:
     """Set shard() strategies on the model's primitives (for semi_auto_parallel on Ascend/GPU).
 
-    Only the primitives the model holds as attributes are set here; the plan rows for
-    operators called functionally (gather) are reported for the strategy file.
+    The model is otherwise unchanged: no parallel layers, no collectives. Every row of the
+    plan names a primitive the model holds as an attribute; a missing one is an error.
     """
     rows = semi_auto_plan(model, dp, mp)
     for path, _, strategy in rows:
@@ -138,6 +144,7 @@ def apply_semi_auto(model: nn.Cell, dp: int, mp: int) -> List[Tuple[str, str, Tu
         for name in owner_path.split(".") if owner_path else []:
             owner = owner[int(name)] if name.isdigit() else getattr(owner, name)
         prim = getattr(owner, attr, None)
-        if prim is not None and hasattr(prim, "shard"):
-            prim.shard(strategy)
+        if prim is None or not hasattr(prim, "shard"):
+            raise ValueError(f"semi_auto layout: {path} is not a primitive of the model")
+        prim.shard(strategy)
     return rows

@@ -11,14 +11,13 @@ tensor, so each already holds the full gradient. AllGather works on CPU only ove
 group, so on a CPU sub-group (data_parallel x model_parallel jobs) a gather is an all-reduce of
 zero-padded slices: `size` times the traffic, the same result.
 """
-import mindspore as ms
 from mindspore import nn, ops
 from mindspore.communication import GlobalComm
 
 
-def all_gather_works(group: str) -> bool:
-    """Whether AllGather can run over `group` on this backend (see the module docstring)."""
-    return group == GlobalComm.WORLD_COMM_GROUP or ms.get_context("device_target") != "CPU"
+def all_gather_works(group: str, backend: str) -> bool:
+    """Whether AllGather can run over `group` on `backend` ("CPU", "GPU", "Ascend"; see the module docstring)."""
+    return group == GlobalComm.WORLD_COMM_GROUP or backend != "CPU"
 
 
 class CopyToGroup(nn.Cell):
@@ -52,9 +51,10 @@ class ReduceFromGroup(nn.Cell):
 class GatherLastDim(nn.Cell):
     """[..., n] shards on `size` ranks -> [..., size * n] in rank order, on every rank."""
 
-    def __init__(self, group: str, rank: int, size: int):
+    def __init__(self, group: str, rank: int, size: int, all_gather: bool):
+        """`all_gather`: whether AllGather works over `group` here (`all_gather_works`); else zero-padded AllReduce."""
         super().__init__()
-        self.use_all_gather = all_gather_works(group)
+        self.use_all_gather = all_gather
         if self.use_all_gather:
             self.all_gather = ops.AllGather(group)
         else:

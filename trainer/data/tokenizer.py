@@ -14,8 +14,8 @@ from typing import Dict, List, Protocol, Sequence
 
 import sentencepiece as spm
 
-PAD, UNK, BOS, EOS = 0, 1, 2, 3
-SPECIALS = ["<pad>", "<unk>", "<bos>", "<eos>"]
+from model.tokens import BOS, EOS, PAD, SPECIALS, UNK  # noqa: F401 (re-exported for the data pipeline)
+
 _WORD_RE = re.compile(r"\w+|[^\w\s]")
 
 

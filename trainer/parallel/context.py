@@ -16,6 +16,7 @@ class ParallelContext:
     """Where this process sits: its ranks and the names of its data- and model-parallel groups."""
 
     plan: Plan
+    backend: str = "CPU"  # MindSpore's device target, decided once (select_backend)
     rank: int = 0
     dp_rank: int = 0
     mp_rank: int = 0
@@ -28,6 +29,20 @@ class ParallelContext:
         return self.rank == 0
 
 
+def select_backend() -> str:
+    """Decide the device target once: $MINDRUN_DEVICE_TARGET (the launcher sets it from the cluster
+    file's `backend`) if set, else MindSpore's default for this install. Returns "CPU", "GPU" or "Ascend"."""
+    import mindspore as ms
+
+    wanted = os.environ.get("MINDRUN_DEVICE_TARGET")
+    if wanted:
+        names = {"cpu": "CPU", "gpu": "GPU", "ascend": "Ascend", "npu": "Ascend"}
+        if wanted.lower() not in names:
+            raise ValueError(f"MINDRUN_DEVICE_TARGET={wanted!r}: expected CPU, GPU or Ascend")
+        ms.set_context(device_target=names[wanted.lower()])
+    return ms.get_context("device_target")
+
+
 def world_size_from_env() -> int:
     """Workers in the job, as the launcher (or msrun) exported them; 1 outside a launcher."""
     return int(os.environ.get("MS_WORKER_NUM") or os.environ.get("RANK_SIZE") or 1)
@@ -38,11 +53,11 @@ def is_scheduler() -> bool:
     return os.environ.get("MS_ROLE") == "MS_SCHED"
 
 
-def init_parallel(plan: Plan) -> ParallelContext:
-    """Join the cluster, set MindSpore's parallel mode and create this rank's groups."""
+def init_parallel(plan: Plan, backend: str) -> ParallelContext:
+    """Join the cluster and create this rank's groups (MindSpore's parallel mode is the seam's:
+    trainer/parallelize.py)."""
     if plan.world_size == 1:
-        return ParallelContext(plan)
-    import mindspore as ms
+        return ParallelContext(plan, backend)
     from mindspore.communication import GlobalComm, create_group, get_group_size, get_rank, init
 
     init()
@@ -50,8 +65,6 @@ def init_parallel(plan: Plan) -> ParallelContext:
         raise RuntimeError(f"the cluster has {get_group_size()} ranks but the plan expects {plan.world_size}")
     rank, mp, dp = get_rank(), plan.model_parallel, plan.data_parallel
     dp_rank, mp_rank = divmod(rank, mp)
-    mode = {"data_parallel": "data_parallel", "hybrid": "hybrid_parallel", "semi_auto": "semi_auto_parallel"}
-    ms.set_auto_parallel_context(parallel_mode=mode[plan.mode], gradients_mean=False, device_num=plan.world_size)
     dp_group = mp_group = None
     if dp > 1:
         dp_group = GlobalComm.WORLD_COMM_GROUP if mp == 1 else f"dp_{mp_rank}"
@@ -61,4 +74,4 @@ def init_parallel(plan: Plan) -> ParallelContext:
         mp_group = GlobalComm.WORLD_COMM_GROUP if dp == 1 else f"mp_{dp_rank}"
         if dp > 1:
             create_group(mp_group, [dp_rank * mp + j for j in range(mp)])
-    return ParallelContext(plan, rank, dp_rank, mp_rank, dp_group, mp_group)
+    return ParallelContext(plan, backend, rank, dp_rank, mp_rank, dp_group, mp_group)

@@ -53,7 +53,7 @@ def _gather_axis(data, axis: int, ctx: ParallelContext):
 
     from model.parallel.mappings import all_gather_works
 
-    if all_gather_works(ctx.mp_group):
+    if all_gather_works(ctx.mp_group, ctx.backend):
         gather = ops.AllGather(ctx.mp_group)  # stacks along axis 0: gather the transpose for axis 1
         return gather(data) if axis == 0 else gather(data.swapaxes(0, 1)).swapaxes(0, 1)
     mp, part = ctx.plan.model_parallel, data.asnumpy()

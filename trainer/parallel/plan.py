@@ -8,7 +8,9 @@ from typing import Optional
 
 from trainer.config import ConfigError, RunConfig
 
-MODES = ("standalone", "data_parallel", "hybrid", "semi_auto")
+
+UNTESTED_ON_HARDWARE = ("parallel.mode=semi_auto (MindSpore auto-parallel, shard() strategies) has not run on "
+                        "Ascend or GPU hardware; the verified path is data_parallel/hybrid (parallel.mode=auto)")
 
 
 @dataclass(frozen=True)
@@ -23,18 +25,21 @@ class Plan:
     optimizer_shard: bool
     world_size: int
 
+    @property
+    def caveat(self) -> Optional[str]:
+        """What the user must know about this layout before trusting a long run (None: nothing)."""
+        return UNTESTED_ON_HARDWARE if self.mode == "semi_auto" else None
+
     def describe(self) -> str:
         return (f"{self.mode}: data_parallel {self.data_parallel} x model_parallel {self.model_parallel} x "
                 f"pipeline_stages {self.pipeline_stages} = {self.world_size} workers")
 
 
-def _auto_mode(backend: str, world: int, mp: int, pp: int) -> str:
+def _auto_mode(world: int, mp: int) -> str:
+    # the same on every backend: explicit collectives, the path the CPU tests run with real
+    # processes and that runs unchanged over HCCL; semi_auto only when asked for
     if world == 1:
         return "standalone"
-    if backend.lower() == "ascend":
-        return "semi_auto"
-    if pp > 1:
-        return "semi_auto"  # pipeline stages exist only under MindSpore auto-parallel
     return "hybrid" if mp > 1 else "data_parallel"
 
 
@@ -63,17 +68,24 @@ def make_plan(cfg: RunConfig, world_size: int, backend: str = "CPU", vocab_size:
             f"parallel.data_parallel ({dp}) x model_parallel ({mp}) x pipeline_stages ({pp}) = {dp * mp * pp}, "
             f"but the job has {world_size} workers; launch {dp * mp * pp} workers (--worker_num) or change "
             f"parallel.data_parallel (leave it unset to fill the world size)")
-    mode = _auto_mode(backend, world_size, mp, pp) if par.mode == "auto" else par.mode
+    mode = _auto_mode(world_size, mp) if par.mode == "auto" else par.mode
     if mode == "standalone" and world_size > 1:
         raise ConfigError(f"parallel.mode=standalone runs one process, but the job has {world_size} workers; "
                           f"use parallel.mode=data_parallel, hybrid or auto")
     if mode == "data_parallel" and mp > 1:
         raise ConfigError(f"parallel.mode=data_parallel cannot split the model (model_parallel={mp}); "
                           f"use parallel.mode=hybrid (CPU/GPU/Ascend) or semi_auto (Ascend/GPU)")
-    if mode != "semi_auto" and (pp > 1 or par.optimizer_shard):
-        what = "parallel.pipeline_stages > 1" if pp > 1 else "parallel.optimizer_shard"
-        raise ConfigError(f"{what} needs parallel.mode=semi_auto (MindSpore auto-parallel, Ascend or GPU); "
-                          f"mode {mode} has no pipeline or optimizer sharding")
+    if pp > 1:
+        raise ConfigError(f"parallel.pipeline_stages={pp}: pipeline parallelism is not wired in mindrun yet "
+                          f"(no stage assignment or micro-batch pipeline); set parallel.pipeline_stages=1 and "
+                          f"use data_parallel x model_parallel")
+    if micro > 1:
+        raise ConfigError(f"parallel.micro_batches={micro} only means something with pipeline stages, which are "
+                          f"not wired; for more tokens per update use gradient accumulation instead, and "
+                          f"set parallel.micro_batches=1")
+    if par.optimizer_shard and mode != "semi_auto":
+        raise ConfigError(f"parallel.optimizer_shard needs parallel.mode=semi_auto (MindSpore auto-parallel, "
+                          f"Ascend or GPU, untested on hardware); mode {mode} has no optimizer sharding")
     if for_execution and mode == "semi_auto" and backend.lower() == "cpu":
         raise ConfigError("parallel.mode=semi_auto cannot compile on CPU (MindSpore: 'Invalid communication "
                           "backend: CPU for semi_auto_parallel'); use parallel.mode=hybrid or data_parallel here")
@@ -85,20 +97,8 @@ def make_plan(cfg: RunConfig, world_size: int, backend: str = "CPU", vocab_size:
             raise ConfigError(f"model.d_ff ({model.d_ff}) is not divisible by parallel.model_parallel ({mp})")
         vocab = vocab_size if vocab_size is not None else (cfg.data.vocab_size if cfg.data.tokenizer != "word"
                                                            else None)
-        if vocab is not None and vocab % mp:
-            which = "the vocabulary" if vocab_size is not None else "data.vocab_size"
-            raise ConfigError(f"{which} ({vocab}) is not divisible by parallel.model_parallel ({mp}); the "
-                              f"embedding and output projection are split by vocabulary rows: set data.vocab_size "
-                              f"to a multiple of {mp}")
-    layers = model.encoder_layers + model.decoder_layers
-    if pp > 1:
-        if model.encoder_layers % pp or model.decoder_layers % pp:
-            raise ConfigError(f"model.encoder_layers ({model.encoder_layers}) and decoder_layers "
-                              f"({model.decoder_layers}) must each be divisible by parallel.pipeline_stages ({pp}) "
-                              f"({layers} layers in all)")
-        if micro < pp:
-            raise ConfigError(f"parallel.micro_batches ({micro}) must be at least pipeline_stages ({pp}) or "
-                              f"stages sit idle; set micro_batches >= {pp}")
+        if vocab is not None:
+            _check_vocab_split(vocab, mp, "the vocabulary" if vocab_size is not None else "data.vocab_size")
     rows = cfg.data.max_tokens // cfg.data.buckets[-1]
     if rows < dp * micro:
         raise ConfigError(f"a batch of the longest bucket ({cfg.data.buckets[-1]} tokens) holds {rows} rows "
@@ -106,3 +106,16 @@ def make_plan(cfg: RunConfig, world_size: int, backend: str = "CPU", vocab_size:
                           f"({dp} x {micro}); raise data.max_tokens to at least "
                           f"{dp * micro * cfg.data.buckets[-1]}")
     return Plan(mode, dp, mp, pp, micro, par.optimizer_shard, world_size)
+
+
+def _check_vocab_split(vocab: int, mp: int, which: str) -> None:
+    if vocab % mp:
+        raise ConfigError(f"{which} ({vocab}) is not divisible by parallel.model_parallel ({mp}); the "
+                          f"embedding and output projection are split by vocabulary rows: set data.vocab_size "
+                          f"to a multiple of {mp}")
+
+
+def check_vocabulary(plan: Plan, vocab_size: int) -> None:
+    """The real vocabulary (known once the tokenizer exists) against the plan's model-parallel split."""
+    if plan.model_parallel > 1:
+        _check_vocab_split(vocab_size, plan.model_parallel, "the vocabulary")

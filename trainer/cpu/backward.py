@@ -3,13 +3,13 @@
 MindSpore 2.10's CPU `BiasAddGrad` sums a [N, C] gradient over its rows about 50 times
 slower than a [1, N] x [N, C] matmul by a ones vector (8.3 ms against 0.17 ms for
 2,048 x 1,024), and its `LayerNormGrad` takes about twice as long as the same gradient
-from element-wise ops (bench/README.md, issue 5). `use_cpu_backward` swaps, in place,
+from element-wise ops (bench/HISTORY.md, issue 5). `use_cpu_backward` swaps, in place,
 every `nn.Dense`'s bias add and every `nn.LayerNorm` of a model for Cells with the same
 forward primitive and parameters and a written-out `bprop`. The model definition is
-unchanged: like a parallel layout, this is applied to it (by `trainer.run_dir.build_model`
-when the device is the CPU), and checkpoints are the same.
+unchanged: like a parallel layout, this is applied to it (by trainer/build.py through
+trainer/cpu, on the CPU only), and checkpoints are the same.
 
-Where a C++ compiler is at hand (model/cpu_kernels), LayerNorm forward and backward are
+Where a C++ compiler is at hand (trainer/cpu/kernels), LayerNorm forward and backward are
 one compiled kernel each (about ten times faster than the primitive forward plus the
 written-out backward) and attention's softmax gets a one-kernel backward.
 """
@@ -19,7 +19,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn, ops
 
-from model import cpu_kernels
+from trainer.cpu import kernels as cpu_kernels
 
 
 def _column_sum(x):
@@ -64,7 +64,7 @@ class _LayerNormRows(nn.Cell):
 
 
 class _CompiledLayerNormRows(nn.Cell):
-    """LayerNorm of float32 [N, d] rows by the C++ kernels of model/cpu_kernels/layer_norm.cc.
+    """LayerNorm of float32 [N, d] rows by the C++ kernels of trainer/cpu/kernels/layer_norm.cc.
 
     Returns (y, mean, rstd); the backward is the library's other kernel.
     """
@@ -89,7 +89,7 @@ class _CompiledLayerNormRows(nn.Cell):
 class LayerNorm(nn.Cell):
     """`nn.LayerNorm` over the last axis with the same gamma and beta, backward written out.
 
-    With `library` (model/cpu_kernels' compiled layer_norm), forward and backward are one C++
+    With `library` (trainer/cpu/kernels' compiled layer_norm), forward and backward are one C++
     kernel each, in float32; without, the LayerNorm primitive and element-wise ops.
     """
 
@@ -113,7 +113,7 @@ class LayerNorm(nn.Cell):
 
 
 class Softmax(nn.Cell):
-    """Softmax over the last axis by the primitive; its backward one C++ kernel (model/cpu_kernels/softmax.cc)."""
+    """Softmax over the last axis by the primitive; its backward one C++ kernel (trainer/cpu/kernels/softmax.cc)."""
 
     def __init__(self, library: str):
         super().__init__()
@@ -135,7 +135,7 @@ def _is_last_axis_softmax(value) -> bool:
 def use_cpu_backward(model: nn.Cell, kernel_dir: Optional[str] = None) -> int:
     """Swap `model`'s Dense bias adds, LayerNorms (and softmaxes) in place; returns how many were swapped.
 
-    With kernel_dir, LayerNorms run model/cpu_kernels' C++ LayerNorm and the softmax
+    With kernel_dir, LayerNorms run trainer/cpu/kernels' C++ LayerNorm and the softmax
     primitives that Cells hold as `softmax` (attention's) get its C++ backward, compiled
     into (or loaded from) that directory; what cannot be compiled keeps MindSpore's ops.
     """
@@ -161,7 +161,3 @@ def use_cpu_backward(model: nn.Cell, kernel_dir: Optional[str] = None) -> int:
         param.name = name
     return swapped
 
-
-def enabled_here() -> bool:
-    """Whether this process computes on the CPU (where the swap pays)."""
-    return ms.get_context("device_target") == "CPU"

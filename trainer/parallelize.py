@@ -1,0 +1,115 @@
+"""The one seam between a parallel plan and the model and step: which layout, which reductions.
+
+`parallelize(model, ctx)` is the only place in the trainer that looks at `plan.mode`:
+
+    standalone     nothing to do
+    data_parallel  replicas: token count, gradients and loss sums summed over ranks (AllReduce)
+    hybrid         the Megatron-style layout (explicit collectives in the layers, model/parallel)
+                   plus the data-parallel reductions over each data-parallel group, and the
+                   clipping norm weighted so split parameters count every shard, replicated ones once
+    semi_auto      MindSpore auto-parallel: shard() strategies on the unchanged model, the whole
+                   batch on every rank (full_batch), the step wrapped in `AutoParallel`; no
+                   collective of ours in the graph. Compiles on Ascend/GPU only and has not run
+                   on hardware.
+
+data_parallel and hybrid are what `parallel.mode: auto` picks on every backend: the path the
+CPU tests run with real processes, and the one that runs unchanged over HCCL on Ascend.
+"""
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Optional, Sequence, Tuple
+
+import numpy as np
+from mindspore import nn, ops
+
+from model.parallel.layout import apply_hybrid, apply_semi_auto
+from model.parallel.mappings import all_gather_works
+from trainer.parallel.context import ParallelContext
+from trainer.parallel.data import shard_rows
+
+class DataParallelReduction(nn.Cell):
+    """Gradients and loss sums summed over a data-parallel group (identity without one)."""
+
+    def __init__(self, weights, group: Optional[str]):
+        super().__init__(auto_prefix=False)
+        self.reducer = nn.DistributedGradReducer(weights, mean=False, group=group) if group else None
+        self.sum = ops.AllReduce(ops.ReduceOp.SUM, group) if group else None
+
+    def construct(self, grads, loss_sum, nll_sum):
+        if self.reducer is None:
+            return grads, loss_sum, nll_sum
+        return self.reducer(grads), self.sum(loss_sum), self.sum(nll_sum)
+
+
+@dataclass
+class Parallelized:
+    """What the seam did to the model, and what the step needs from it."""
+
+    mode: str
+    shard_axis: Dict[str, int] = field(default_factory=dict)  # parameters the hybrid layout split
+    dp_group: Optional[str] = None  # where token counts, gradients and loss sums are summed
+    mp_group: Optional[str] = None  # where the clipping norm's partial sums are summed
+    mp_size: int = 1
+    full_batch: bool = False  # every rank takes the whole batch (semi_auto); else its share of rows
+    strategies: Tuple = ()  # semi_auto: (operator path, operator, strategy) rows set on the model
+    wrap: Callable[[nn.Cell], nn.Cell] = lambda step: step  # semi_auto: AutoParallel around the step
+    _rows: Callable = None
+
+    @property
+    def splits_projection(self) -> bool:
+        """Whether the output projection is split over ranks (then no fused CPU loss)."""
+        return self.mode == "semi_auto" or bool(self.shard_axis)
+
+    def token_sum(self) -> Optional[nn.Cell]:
+        """AllReduce of the target-token count over data-parallel ranks, or None."""
+        return ops.AllReduce(ops.ReduceOp.SUM, self.dp_group) if self.dp_group else None
+
+    def reduction(self, weights) -> nn.Cell:
+        """The gradient and loss-sum reduction the update step applies first."""
+        return DataParallelReduction(weights, self.dp_group)
+
+    def norm_weights(self, weights) -> Tuple[float, ...]:
+        """Per-parameter weight in the squared clipping norm: split ones every shard, replicated ones once."""
+        return tuple(1.0 if p.name in self.shard_axis else 1.0 / self.mp_size for p in weights)
+
+    def mp_sum(self) -> Optional[nn.Cell]:
+        """AllReduce of the norm's partial sums over the model-parallel group, or None."""
+        return ops.AllReduce(ops.ReduceOp.SUM, self.mp_group) if self.mp_group and self.shard_axis else None
+
+    def local_rows(self, arrays: Sequence[np.ndarray]) -> Tuple[np.ndarray, ...]:
+        """This rank's part of a collated global batch."""
+        return tuple(arrays) if self._rows is None else self._rows(arrays)
+
+
+def _auto_parallel(strategy_rows) -> Callable[[nn.Cell], nn.Cell]:
+    def wrap(step: nn.Cell) -> nn.Cell:
+        from mindspore.parallel.auto_parallel import AutoParallel  # MindSpore 2.10's API (Ascend/GPU)
+
+        wrapped = AutoParallel(step, parallel_mode="semi_auto")
+        wrapped.dataset_strategy("full_batch")  # every rank feeds the global batch; strategies split it
+        return wrapped
+    return wrap
+
+
+def parallelize(model: nn.Cell, ctx: ParallelContext) -> Parallelized:
+    """Apply `ctx.plan`'s layout to `model` in place; return what the step needs (see the module docstring)."""
+    plan = ctx.plan
+    if plan.mode == "standalone" or plan.world_size == 1:
+        return Parallelized(plan.mode)
+    if plan.mode == "semi_auto":
+        rows = apply_semi_auto(model, plan.data_parallel, plan.model_parallel)
+        return Parallelized("semi_auto", full_batch=True, strategies=tuple(rows), wrap=_auto_parallel(rows))
+    _set_explicit_mode(plan.mode, plan.world_size)
+    applied = {}
+    if plan.mode == "hybrid":
+        applied = apply_hybrid(model, ctx.mp_group, ctx.mp_rank, plan.model_parallel,
+                               all_gather=all_gather_works(ctx.mp_group, ctx.backend)).shard_axis
+    return Parallelized(plan.mode, shard_axis=applied, dp_group=ctx.dp_group, mp_group=ctx.mp_group,
+                        mp_size=plan.model_parallel, _rows=lambda arrays: shard_rows(arrays, ctx))
+
+
+def _set_explicit_mode(mode: str, world_size: int) -> None:
+    """MindSpore's parallel mode for layouts whose collectives are our own (data_parallel, hybrid)."""
+    import mindspore as ms
+
+    ms.set_auto_parallel_context(parallel_mode={"data_parallel": "data_parallel", "hybrid": "hybrid_parallel"}[mode],
+                                 gradients_mean=False, device_num=world_size)
