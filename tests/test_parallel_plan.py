@@ -202,7 +202,7 @@ def test_the_seam_under_semi_auto_sets_only_strategies(monkeypatch):
     from trainer.parallel.context import ParallelContext
     from trainer.parallelize import parallelize
 
-    c = cfg("parallel.mode=semi_auto", "parallel.model_parallel=2")
+    c = cfg("parallel.mode=semi_auto", "parallel.model_parallel=2", "parallel.optimizer_shard=true")
     plan = make_plan(c, 8, "Ascend")
     assert plan.mode == "semi_auto" and plan.caveat and "has not run" in plan.caveat
     model = Transformer(c.model, 400, 400, 0)
@@ -221,4 +221,4 @@ def test_the_seam_under_semi_auto_sets_only_strategies(monkeypatch):
     monkeypatch.setattr(auto_parallel, "get_group_size", lambda: 8)
     wrapped = parallel.wrap(step)
     assert isinstance(wrapped, auto_parallel.AutoParallel) and wrapped._full_batch
-    assert wrapped._parallel_mode == "semi_auto"
+    assert wrapped._parallel_mode == "semi_auto" and wrapped._enable_parallel_optimizer  # optimizer_shard

@@ -1,9 +1,10 @@
 """Single-file MindSpore checkpoints, written atomically (temporary name, fsync, rename)."""
-import os
 from pathlib import Path
 from typing import Dict, Optional
 
 import mindspore as ms
+
+from launcher.atomic import atomic_path
 
 META = "meta/"  # prefix of non-parameter entries (step, epoch, ...) stored beside the weights
 
@@ -12,25 +13,9 @@ def save(cell_or_params, path: Path, extra: Optional[Dict] = None) -> Path:
     """Save parameters (and scalar `extra` metadata) to `path` without ever leaving a torn file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # save_checkpoint appends ".ckpt" to names without it, so the temporary name keeps the suffix
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    try:
-        meta = {META + k: v for k, v in (extra or {}).items()}
+    meta = {META + k: v for k, v in (extra or {}).items()}
+    with atomic_path(path) as tmp:  # the temporary name keeps ".ckpt", which save_checkpoint would append
         ms.save_checkpoint(cell_or_params, str(tmp), append_dict=meta or None)
-        fd = os.open(tmp, os.O_RDONLY)  # save_checkpoint leaves the file mode 0400 and unsynced
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

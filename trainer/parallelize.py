@@ -80,12 +80,14 @@ class Parallelized:
         return tuple(arrays) if self._rows is None else self._rows(arrays)
 
 
-def _auto_parallel(strategy_rows) -> Callable[[nn.Cell], nn.Cell]:
+def _auto_parallel(optimizer_shard: bool) -> Callable[[nn.Cell], nn.Cell]:
     def wrap(step: nn.Cell) -> nn.Cell:
         from mindspore.parallel.auto_parallel import AutoParallel  # MindSpore 2.10's API (Ascend/GPU)
 
         wrapped = AutoParallel(step, parallel_mode="semi_auto")
         wrapped.dataset_strategy("full_batch")  # every rank feeds the global batch; strategies split it
+        if optimizer_shard:
+            wrapped.hsdp()  # Adam state sharded over the data-parallel ranks
         return wrapped
     return wrap
 
@@ -97,7 +99,8 @@ def parallelize(model: nn.Cell, ctx: ParallelContext) -> Parallelized:
         return Parallelized(plan.mode)
     if plan.mode == "semi_auto":
         rows = apply_semi_auto(model, plan.data_parallel, plan.model_parallel)
-        return Parallelized("semi_auto", full_batch=True, strategies=tuple(rows), wrap=_auto_parallel(rows))
+        return Parallelized("semi_auto", full_batch=True, strategies=tuple(rows),
+                            wrap=_auto_parallel(plan.optimizer_shard))
     _set_explicit_mode(plan.mode, plan.world_size)
     applied = {}
     if plan.mode == "hybrid":

@@ -7,12 +7,13 @@ its pinned SHA-256 before it is read.
 import gzip
 import hashlib
 import os
-import tempfile
 import urllib.request
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from tqdm import tqdm
+
+from launcher.atomic import atomic_path
 
 UPSTREAM = "https://raw.githubusercontent.com/multi30k/dataset/master/data/task1/raw/{name}"
 
@@ -67,23 +68,18 @@ def download(name: str, dest_dir: Path, url_template: str = UPSTREAM) -> Path:
     dest_dir.mkdir(parents=True, exist_ok=True)
     dest = dest_dir / name
     url = url_template.format(name=name)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=dest_dir)
-    tmp = Path(tmp_name)
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
-            total = int(resp.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {name}", leave=False) as bar:
-                for chunk in iter(lambda: resp.read(1 << 16), b""):
-                    out.write(chunk)
-                    bar.update(len(chunk))
-            out.flush()
-            os.fsync(out.fileno())
-        got = sha256_of(tmp)
-        if got != SHA256[name]:
-            raise DataError(f"downloaded {url} but its sha256 is {got}, expected {SHA256[name]}")
-        os.replace(tmp, dest)
+        with atomic_path(dest, mode=0o644) as tmp:  # renamed onto dest only if the checksum matches
+            with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
+                total = int(resp.headers.get("Content-Length") or 0) or None
+                with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {name}", leave=False) as bar:
+                    for chunk in iter(lambda: resp.read(1 << 16), b""):
+                        out.write(chunk)
+                        bar.update(len(chunk))
+            got = sha256_of(tmp)
+            if got != SHA256[name]:
+                raise DataError(f"downloaded {url} but its sha256 is {got}, expected {SHA256[name]}")
     except Exception as exc:
-        tmp.unlink(missing_ok=True)
         if isinstance(exc, DataError):
             raise
         raise DataError(f"could not download {url}: {exc}") from exc

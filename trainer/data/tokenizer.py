@@ -14,6 +14,8 @@ from typing import Dict, List, Protocol, Sequence
 
 import sentencepiece as spm
 
+from launcher import atomic
+
 from model.tokens import BOS, EOS, PAD, SPECIALS, UNK  # noqa: F401 (re-exported for the data pipeline)
 
 _WORD_RE = re.compile(r"\w+|[^\w\s]")
@@ -83,15 +85,6 @@ def cache_key(data_checksums: Dict[str, str], settings: Dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def _train_sentencepiece(sentences: Sequence[str], out_dir: Path, prefix: str, vocab_size: int,
                          model_type: str) -> Path:
     """Train a sentencepiece model into out_dir/prefix.model atomically."""
@@ -109,7 +102,7 @@ def _train_sentencepiece(sentences: Sequence[str], out_dir: Path, prefix: str, v
             hard_vocab_limit=False,  # a small corpus may not support the requested size
             minloglevel=2)
         for suffix in (".model", ".vocab"):
-            os.replace(tmp / (prefix + suffix), out_dir / (prefix + suffix))
+            atomic.write_bytes(out_dir / (prefix + suffix), (tmp / (prefix + suffix)).read_bytes())
     return out_dir / f"{prefix}.model"
 
 
@@ -125,7 +118,7 @@ def build_vocabs(train_pairs: Sequence[tuple], kind: str, joint: bool, vocab_siz
         if kind == "word":
             path = out_dir / f"{side}.words.json"
             if not path.is_file():
-                _atomic_write_text(path, json.dumps(WordVocab.build(sents, min_freq).itos))
+                atomic.write_text(path, json.dumps(WordVocab.build(sents, min_freq).itos))
         elif not (out_dir / f"{side}.model").is_file():
             _train_sentencepiece(sents, out_dir, side, vocab_size, kind)
     return out_dir

@@ -18,6 +18,8 @@ import warnings
 from pathlib import Path
 from typing import List, Optional
 
+from launcher.atomic import atomic_path
+
 SOURCES = Path(__file__).resolve().parent
 # -fassociative-math (with the flags it needs) lets row sums vectorise; no -ffinite-math-only:
 # NaN and inf must come through as they do from MindSpore's own kernels
@@ -67,18 +69,13 @@ def library(name: str, cache_dir: str) -> Optional[str]:
     if target.is_file():
         return str(target)
     out_dir.mkdir(parents=True, exist_ok=True)
-    partial = out_dir / f".{target.name}.{os.getpid()}.tmp"
     try:
-        result = subprocess.run(_command(cxx, source, partial), capture_output=True, text=True, timeout=300)
-        if result.returncode != 0:
-            raise RuntimeError(result.stderr.strip()[-2000:] or f"exit status {result.returncode}")
-        with open(partial, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(partial, target)
+        with atomic_path(target) as partial:  # ranks compiling at once never load half a file
+            result = subprocess.run(_command(cxx, source, partial), capture_output=True, text=True, timeout=300)
+            if result.returncode != 0:
+                raise RuntimeError(result.stderr.strip()[-2000:] or f"exit status {result.returncode}")
     except (OSError, subprocess.SubprocessError, RuntimeError) as exc:
         warnings.warn(f"mindrun: compiling {source} with {cxx} failed, falling back to MindSpore ops "
                       f"(slower steps on the CPU): {exc}", RuntimeWarning, stacklevel=2)
         return None
-    finally:
-        partial.unlink(missing_ok=True)
     return str(target)
