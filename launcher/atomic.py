@@ -16,16 +16,9 @@ from typing import Iterator, Optional, Union
 PathLike = Union[str, "os.PathLike[str]"]
 
 
-def _fsync_file(path: Path) -> None:
+def _fsync(path: Path) -> None:
+    """fsync a file or a folder (a folder's entry for a renamed file)."""
     fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
@@ -52,13 +45,13 @@ def atomic_path(path: PathLike, mode: Optional[int] = None) -> Iterator[Path]:
             raise FileNotFoundError(f"{tmp}: the writer did not create the temporary file for {path}")
         if mode is not None:
             os.chmod(tmp, mode)
-        _fsync_file(tmp)
+        _fsync(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
+    _fsync(path.parent)
 
 
 def write_bytes(path: PathLike, data: bytes, mode: int = 0o644) -> Path:

@@ -1,5 +1,6 @@
 """Shared fixtures: the local Multi30k directory (never downloaded in tests) and a scratch cache."""
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -20,3 +21,18 @@ def data_dir() -> Path:
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Every test gets one session-wide scratch cache, never the user's ~/.cache."""
     monkeypatch.setenv("MINDRUN_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def fake_tools_env(bin_dir: Path, **tools: str) -> dict:
+    """An environment whose PATH starts with `bin_dir`, holding tests/launch_scripts' fakes under real
+    names: fake_tools_env(dir, hccn_tool="fake_hccn_tool", **{"npu-smi": "fake_npu_smi"})."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    for name, script in tools.items():
+        shutil.copy(REPO / "tests" / "launch_scripts" / script, bin_dir / name)
+    return dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+
+
+@pytest.fixture
+def fake_hccn(tmp_path):
+    """A PATH whose hccn_tool answers like an NPU server's."""
+    return fake_tools_env(tmp_path / "bin", hccn_tool="fake_hccn_tool")

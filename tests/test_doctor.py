@@ -1,13 +1,13 @@
 """`mindrun doctor`: with fake npu-smi / hccn_tool on PATH every check passes; a DOWN link, a sick NPU or a
 missing driver fails naming what to fix; exit 0 only when all pass."""
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import fake_tools_env
 from launcher import doctor
 from launcher.doctor import Target
 
@@ -18,14 +18,11 @@ SCRIPTS = HERE / "launch_scripts"
 @pytest.fixture
 def npu_host(tmp_path):
     """Environment of an 8-NPU server: fake npu-smi and hccn_tool on PATH, a CANN version file."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    shutil.copy(SCRIPTS / "fake_hccn_tool", bin_dir / "hccn_tool")
-    shutil.copy(SCRIPTS / "fake_npu_smi", bin_dir / "npu-smi")
+    env = fake_tools_env(tmp_path / "bin", hccn_tool="fake_hccn_tool", **{"npu-smi": "fake_npu_smi"})
     cann = tmp_path / "cann"
     cann.mkdir()
     (cann / "version.cfg").write_text("# version: 1.0\nruntime_running_version=[7.5.0.1.129:8.0.RC3]\n")
-    return dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", ASCEND_HOME_PATH=str(cann))
+    return dict(env, ASCEND_HOME_PATH=str(cann))
 
 
 def run(*args, env, entry="launcher"):

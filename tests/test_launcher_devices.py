@@ -3,7 +3,6 @@ logical index within ASCEND_RT_VISIBLE_DEVICES while rank tables keep physical i
 without the MPI variables that would make MindSpore bypass the table."""
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,15 +18,6 @@ from launcher.spec import resolve
 HERE = Path(__file__).parent
 SCRIPT = str(HERE / "launch_scripts" / "print_env.py")
 GOLDEN = HERE / "golden"
-
-
-@pytest.fixture
-def fake_hccn(tmp_path):
-    """A PATH whose hccn_tool answers like an NPU server's."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    shutil.copy(HERE / "launch_scripts" / "fake_hccn_tool", bin_dir / "hccn_tool")
-    return dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
 
 
 def launch(*args, env=None):

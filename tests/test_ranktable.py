@@ -1,7 +1,6 @@
 """HCCL rank tables: generation from (fake) hccn_tool and hccn.conf, merge order, validation errors."""
 import json
 import os
-import shutil
 import stat
 import subprocess
 import sys
@@ -14,15 +13,6 @@ from launcher.errors import LaunchError
 
 HERE = Path(__file__).parent
 GOLDEN = HERE / "golden"
-
-
-@pytest.fixture
-def fake_hccn(tmp_path):
-    """A PATH whose hccn_tool answers like an NPU server's."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    shutil.copy(HERE / "launch_scripts" / "fake_hccn_tool", bin_dir / "hccn_tool")
-    return dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
 
 
 def mindrun(*args, env=None):
