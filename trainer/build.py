@@ -34,8 +34,12 @@ def cpu_speedups(cfg: RunConfig, backend: str):
 
 def build_model(cfg: RunConfig, src_vocab_size: int, tgt_vocab_size: int, backend: str) -> Transformer:
     """The Transformer `cfg.model` describes, with the CPU speed-ups applied on the CPU."""
-    model = Transformer(cfg.model, src_vocab_size, tgt_vocab_size, pad_id=PAD)
-    return cpu.accelerate(model, cpu_speedups(cfg, backend))
+    return _model(cfg, src_vocab_size, tgt_vocab_size, cpu_speedups(cfg, backend))
+
+
+def _model(cfg: RunConfig, src_vocab_size: int, tgt_vocab_size: int,
+           speedups: Optional[cpu.CpuSpeedups]) -> Transformer:
+    return cpu.accelerate(Transformer(cfg.model, src_vocab_size, tgt_vocab_size, pad_id=PAD), speedups)
 
 
 @dataclass
@@ -51,7 +55,7 @@ class Built:
 def build_training(cfg: RunConfig, ctx: ParallelContext, src_vocab_size: int, tgt_vocab_size: int) -> Built:
     """Model, parallel layout, Adam (learning rate a Parameter set every step) and the train step."""
     speedups = cpu_speedups(cfg, ctx.backend)
-    model = build_model(cfg, src_vocab_size, tgt_vocab_size, ctx.backend)  # same init on every rank
+    model = _model(cfg, src_vocab_size, tgt_vocab_size, speedups)  # same init on every rank
     parallel = parallelize(model, ctx)
     opt = cfg.optim
     optimizer = nn.Adam(model.trainable_params(), learning_rate=ms.Tensor(0.0, ms.float32),

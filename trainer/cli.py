@@ -1,14 +1,13 @@
 """The `mindrun` command: one subcommand per job; `python -m trainer` is the same."""
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
 
 
 def _train(args) -> int:
-    import os
-
     from trainer.config import load_config
     from trainer.train import train
 
@@ -55,7 +54,7 @@ def _plan(args) -> int:
     for pattern, kind in TRANSFORMER_LAYOUT:
         print(f"  {pattern:<14} {kind}")
     vocab = args.vocab_size or cfg.data.vocab_size
-    model = build_model(cfg, vocab, vocab, backend="none")  # the plain model: strategies name its primitives
+    model = build_model(cfg, vocab, vocab, args.backend)
     print(f"semi_auto shard() strategies (dp={plan.data_parallel}, mp={plan.model_parallel}), "
           f"used only with parallel.mode=semi_auto:")
     for path, op, strategy in semi_auto_plan(model, plan.data_parallel, plan.model_parallel):

@@ -52,7 +52,7 @@ class Parallelized:
     full_batch: bool = False  # every rank takes the whole batch (semi_auto); else its share of rows
     strategies: Tuple = ()  # semi_auto: (operator path, operator, strategy) rows set on the model
     wrap: Callable[[nn.Cell], nn.Cell] = lambda step: step  # semi_auto: AutoParallel around the step
-    _rows: Callable = None
+    ctx: Optional[ParallelContext] = None  # for this rank's share of a batch's rows
 
     @property
     def splits_projection(self) -> bool:
@@ -77,7 +77,7 @@ class Parallelized:
 
     def local_rows(self, arrays: Sequence[np.ndarray]) -> Tuple[np.ndarray, ...]:
         """This rank's part of a collated global batch."""
-        return tuple(arrays) if self._rows is None else self._rows(arrays)
+        return tuple(arrays) if self.full_batch or self.ctx is None else shard_rows(arrays, self.ctx)
 
 
 def _auto_parallel(optimizer_shard: bool) -> Callable[[nn.Cell], nn.Cell]:
@@ -107,7 +107,7 @@ def parallelize(model: nn.Cell, ctx: ParallelContext) -> Parallelized:
         applied = apply_hybrid(model, ctx.mp_group, ctx.mp_rank, plan.model_parallel,
                                all_gather=all_gather_works(ctx.mp_group, ctx.backend)).shard_axis
     return Parallelized(plan.mode, shard_axis=applied, dp_group=ctx.dp_group, mp_group=ctx.mp_group,
-                        mp_size=plan.model_parallel, _rows=lambda arrays: shard_rows(arrays, ctx))
+                        mp_size=plan.model_parallel, ctx=ctx)
 
 
 def _set_explicit_mode(mode: str, world_size: int) -> None:

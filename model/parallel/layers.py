@@ -109,7 +109,6 @@ class VocabParallelLogits(nn.Cell):
         self.copy = CopyToGroup(group)
         self.matmul = ops.MatMul(transpose_b=True)
         self.gather = GatherLastDim(group, rank, size, all_gather)
-        self.shard_axis, self.full_names = {}, {}
 
     def construct(self, x, weight):
         return self.gather(self.matmul(self.copy(x), weight))

@@ -34,12 +34,13 @@ def select_backend() -> str:
     file's `backend`) if set, else MindSpore's default for this install. Returns "CPU", "GPU" or "Ascend"."""
     import mindspore as ms
 
-    wanted = os.environ.get("MINDRUN_DEVICE_TARGET")
+    from launcher.environment import DEVICE_TARGET, DEVICE_TARGETS
+
+    wanted = os.environ.get(DEVICE_TARGET)
     if wanted:
-        names = {"cpu": "CPU", "gpu": "GPU", "ascend": "Ascend", "npu": "Ascend"}
-        if wanted.lower() not in names:
-            raise ValueError(f"MINDRUN_DEVICE_TARGET={wanted!r}: expected CPU, GPU or Ascend")
-        ms.set_context(device_target=names[wanted.lower()])
+        if wanted.lower() not in DEVICE_TARGETS:
+            raise ValueError(f"{DEVICE_TARGET}={wanted!r}: expected one of {', '.join(DEVICE_TARGETS.values())}")
+        ms.set_context(device_target=DEVICE_TARGETS[wanted.lower()])
     return ms.get_context("device_target")
 
 

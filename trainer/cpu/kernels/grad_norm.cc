@@ -1,7 +1,7 @@
 // Sum of squares over many float32 tensors in one kernel, for the gradient-clipping norm, for MindSpore's
-// ops.Custom(func_type="aot") on the CPU. Used by trainer/step.py through model/cpu_kernels (compiled on
+// ops.Custom(func_type="aot") on the CPU. Used by trainer/cpu/grad_norm.py through trainer/cpu/kernels (compiled on
 // first use, cached). One kernel where Square, ReduceSum (twice) and AddN over 129 gradients launch about
-// 300 small ones (bench/README.md, issue 5).
+// 300 small ones (bench/HISTORY.md, issue 5).
 #include <cstdint>
 
 // params: inputs t_0 .. t_{k-1} (any shapes); output [1]: the sum over all of t^2

@@ -1,8 +1,8 @@
 // LayerNorm over the last axis, forward and backward, for MindSpore's ops.Custom(func_type="aot") on the CPU.
-// Loaded by model/cpu_backward.py through model/cpu_kernels (compiled on first use, cached). float32 only.
+// Loaded by trainer/cpu/backward.py through trainer/cpu/kernels (compiled on first use, cached). float32 only.
 // One kernel each way, where MindSpore 2.10's CPU LayerNorm forward is slow (0.5 ms for [768, 256])
-// and the written-out backward of model/cpu_backward.py takes about ten element-wise kernels
-// (bench/README.md, issue 5).
+// and the written-out backward of trainer/cpu/backward.py takes about ten element-wise kernels
+// (bench/HISTORY.md, issue 5).
 #include <cmath>
 #include <cstdint>
 #include <cstring>

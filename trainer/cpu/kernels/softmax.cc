@@ -1,7 +1,7 @@
 // Softmax backward over the last axis for MindSpore's ops.Custom(func_type="aot") on the CPU: dx = y * (dy - sum(y * dy)).
-// Loaded by model/cpu_backward.py through model/cpu_kernels (compiled on first use, cached). float32 only.
+// Loaded by trainer/cpu/backward.py through trainer/cpu/kernels (compiled on first use, cached). float32 only.
 // One kernel where MindSpore 2.10's CPU SoftmaxGrad expands to Mul, ReduceSum, Sub and Mul, the ReduceSum
-// alone 0.45 ms for [12, 4, 64, 64] attention weights (bench/README.md, issue 5).
+// alone 0.45 ms for [12, 4, 64, 64] attention weights (bench/HISTORY.md, issue 5).
 #include <cstdint>
 
 // params: inputs y [..., n] (the softmax output), dy [..., n]; output dx [..., n]
