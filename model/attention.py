@@ -1,11 +1,15 @@
 """Scaled dot-product attention and multi-head attention (section 3.2)."""
 import math
 
+import mindspore as ms
 from mindspore import nn, ops
 
 
 class ScaledDotProductAttention(nn.Cell):
-    """softmax(Q K^T / sqrt(d_k) + bias) V, with dropout on the weights."""
+    """softmax(Q K^T / sqrt(d_k) + bias) V, with dropout on the weights.
+
+    The softmax runs in float32 whatever precision the matmuls run in (trainer/precision.py).
+    """
 
     def __init__(self, d_k: int, dropout: float):
         super().__init__()
@@ -17,8 +21,8 @@ class ScaledDotProductAttention(nn.Cell):
 
     def construct(self, q, k, v, bias):
         """q [B, H, Lq, dk], k and v [B, H, Lk, dk], bias broadcastable to [B, H, Lq, Lk]."""
-        scores = self.qk(q * self.scale, k) + bias  # [B, H, Lq, Lk]
-        weights = self.dropout(self.softmax(scores))
+        scores = self.qk(q * self.scale, k).astype(ms.float32) + bias  # [B, H, Lq, Lk]
+        weights = self.dropout(self.softmax(scores)).astype(v.dtype)
         return self.av(weights, v)  # [B, H, Lq, dk]
 
 

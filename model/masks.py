@@ -6,7 +6,9 @@ against scores [B, H, Lq, Lk].
 import mindspore as ms
 from mindspore import ops
 
-NEG_INF = -1e9  # large enough to zero a softmax weight, small enough for float32
+# large enough to zero a softmax weight (exp(-30000) is 0 in float32), small enough to stay
+# finite when mixed precision casts the bias to float16 (largest 65504): -1e9 became -inf there
+NEG_INF = -30000.0
 
 
 def padding_mask(ids, pad_id: int):

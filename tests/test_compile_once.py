@@ -30,7 +30,7 @@ def test_step_compiles_once_per_bucket_shape(data_dir, tmp_path):
     assert len(shapes) > len(distinct) >= 2  # some shape repeats with other content
     assert {s[1] for s in distinct} <= {16, 32, 64}
     assert trainer.step == len(shapes)  # one optimizer step per batch
-    assert len(trainer.step_fn.compile_cache) == len(distinct)
+    assert len(trainer.stepper.train_step.compile_cache) == len(distinct)
 
 
 def test_packed_training_compiles_one_shape(data_dir, tmp_path):
@@ -45,4 +45,4 @@ def test_packed_training_compiles_one_shape(data_dir, tmp_path):
         arrays = trainer.collate(batch, split.src_ids, split.tgt_ids)
         assert len(arrays) == 7 and arrays[0].shape == (8, 64)
         trainer.train_step(*arrays)
-    assert len(trainer.step_fn.compile_cache) == 1
+    assert len(trainer.stepper.train_step.compile_cache) == 1

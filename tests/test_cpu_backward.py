@@ -191,7 +191,7 @@ def test_gradient_norm_kernel_matches_numpy_and_the_plain_step(tmp_path):
         step = assemble_step(model, nn.SGD(model.trainable_params(), 0.5), 0.1, 0.5,  # clipped: the norm
                              speedups=CpuSpeedups(backward=False, kernel_dir=kernels))  # scales the update
         assert (step.update_step.norm.sum_of_squares is not None) is (kernels is not None)
-        norm = step(src, tgt[:, :-1], tgt[:, 1:])[3].asnumpy()
+        norm = step(src, tgt[:, :-1], tgt[:, 1:]).grad_norm
         results.append((norm, [p.asnumpy() for p in model.trainable_params()]))
     assert results[0][0] > 0.5
     np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5)

@@ -80,7 +80,8 @@ def test_causal_mask_is_lower_triangular():
 
 def test_mask_to_bias_values():
     bias = mask_to_bias(ms.Tensor(np.array([True, False]))).asnumpy()
-    assert bias[0] == 0.0 and bias[1] <= -1e8
+    assert bias[0] == 0.0 and bias[1] <= -1e4
+    assert np.isfinite(bias.astype(np.float16)).all()  # mixed precision casts it to float16
 
 
 def test_positional_encoding_values():

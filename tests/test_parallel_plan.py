@@ -210,15 +210,15 @@ def test_the_seam_under_semi_auto_sets_only_strategies(monkeypatch):
     assert _strategies(model) and len(parallel.strategies) == len(_strategies(model))
     explicit = (ColumnParallelDense, VocabParallelEmbedding, CopyToGroup, ReduceFromGroup, GatherLastDim)
     assert not any(isinstance(x, explicit) for x in _cells(model))
-    step = assemble_step(model, nn.SGD(model.trainable_params(), 0.1), 0.1, 1.0, parallel)
-    assert not any(isinstance(x, nn.DistributedGradReducer) for x in _cells(step))
-    assert step.grad_step.token_sum is None and step.update_step.norm.mp_sum is None
-    assert set(step.update_step.norm.weights) == {1.0}
-    batch = (np.ones((8, 5), np.int32),)
-    assert parallel.full_batch and parallel.local_rows(batch)[0].shape == (8, 5)  # every rank the whole batch
     # the step goes to MindSpore 2.10's AutoParallel with the whole batch on every rank
     monkeypatch.setattr(auto_parallel, "get_rank", lambda: 0)
     monkeypatch.setattr(auto_parallel, "get_group_size", lambda: 8)
-    wrapped = parallel.wrap(step)
+    step = assemble_step(model, nn.SGD(model.trainable_params(), 0.1), 0.1, 1.0, parallel)
+    assert not any(isinstance(x, nn.DistributedGradReducer) for x in _cells(step.train_step))
+    assert step.update_step.norm.mp_sum is None
+    assert set(step.update_step.norm.weights) == {1.0}
+    batch = (np.ones((8, 5), np.int32),)
+    assert parallel.full_batch and parallel.local_rows(batch)[0].shape == (8, 5)  # every rank the whole batch
+    wrapped = step.train_step
     assert isinstance(wrapped, auto_parallel.AutoParallel) and wrapped._full_batch
     assert wrapped._parallel_mode == "semi_auto" and wrapped._enable_parallel_optimizer  # optimizer_shard

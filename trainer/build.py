@@ -1,8 +1,10 @@
 """The one build path: a resolved config and plan -> model, layout, optimizer and train step.
 
     build_model(cfg, vocab sizes, backend)     the Transformer, with the CPU speed-ups on the CPU
-    build_training(cfg, ctx, vocab sizes)      model -> parallelize (the seam) -> Adam -> assemble_step
-    assemble_step(model, optimizer, ...)       loss, GradStep, GradNorm, UpdateStep -> TrainStep
+    build_training(cfg, ctx, vocab sizes)      model -> parallelize (the seam) -> dropout seeds per
+                                               data-parallel rank -> Adam -> assemble_step
+    assemble_step(model, optimizer, ...)       mixed precision, loss, GradStep, GradNorm, UpdateStep,
+                                               accumulation -> Stepper (TrainStep [+ MicroStep])
 
 Every caller that trains (the loop, the benchmarks, the tests) builds through here, so the
 plan, the backend and the kernel directory are each decided once, by the caller's context.
@@ -12,24 +14,39 @@ from pathlib import Path
 from typing import Optional
 
 import mindspore as ms
-from mindspore import nn
+from mindspore import nn, ops
 
 from model import Transformer
 from model.loss import LabelSmoothedCrossEntropy
 from model.tokens import PAD
 from trainer import cpu
-from trainer.config import RunConfig
+from trainer.config import PrecisionConfig, RunConfig
 from trainer.data.multi30k import cache_root
 from trainer.parallel.context import ParallelContext
 from trainer.parallelize import Parallelized, parallelize
-from trainer.step import GradNorm, GradStep, TeacherForcedLoss, TrainStep, UpdateStep
+from trainer.precision import LossScaler, mixed_precision
+from trainer.step import (GradAccumulator, GradNorm, GradStep, MicroStep, Stepper, TeacherForcedLoss, TrainStep,
+                          UpdateStep)
 
 
 def cpu_speedups(cfg: RunConfig, backend: str):
-    """The CPU speed-ups `cfg.train.cpu_*` asks for on `backend` (None off the CPU)."""
+    """The CPU speed-ups `cfg.train.cpu_*` asks for on `backend` (None off the CPU, and under
+    mixed precision: their written-out backwards and C++ kernels compute in float32)."""
     t = cfg.train
+    if cfg.precision.level != "O0":
+        return None
     return cpu.CpuSpeedups.choose(backend, t.cpu_backward, t.cpu_kernels, t.fused_loss,
                                   Path(cache_root(cfg.data.cache_dir)))
+
+
+def speedups_note(cfg: RunConfig, backend: str) -> Optional[str]:
+    """Why CPU speed-ups the config asks for are off, for the run's first lines (None if nothing to say)."""
+    t = cfg.train
+    if backend.lower() == "cpu" and cfg.precision.level != "O0" and (t.cpu_backward or t.fused_loss):
+        return (f"CPU speed-ups (train.cpu_backward, cpu_kernels, fused_loss) are off at precision.level="
+                f"{cfg.precision.level}: they compute in float32; MindSpore's own kernels run the "
+                f"{cfg.precision.dtype} graph")
+    return None
 
 
 def build_model(cfg: RunConfig, src_vocab_size: int, tgt_vocab_size: int, backend: str) -> Transformer:
@@ -48,8 +65,8 @@ class Built:
 
     model: Transformer
     parallel: Parallelized
-    optimizer: nn.Optimizer
-    step: nn.Cell  # TrainStep (wrapped by the seam under semi_auto)
+    optimizer: nn.Optimizer  # holds the weights, Adam's moments and the step count: what a checkpoint keeps
+    step: Stepper  # TrainStep (+ MicroStep with accumulation), wrapped by the seam under semi_auto
 
 
 def build_training(cfg: RunConfig, ctx: ParallelContext, src_vocab_size: int, tgt_vocab_size: int) -> Built:
@@ -57,26 +74,54 @@ def build_training(cfg: RunConfig, ctx: ParallelContext, src_vocab_size: int, tg
     speedups = cpu_speedups(cfg, ctx.backend)
     model = _model(cfg, src_vocab_size, tgt_vocab_size, speedups)  # same init on every rank
     parallel = parallelize(model, ctx)
+    if parallel.dp_group is not None:  # weights identical on every rank, dropout masks not
+        reseed_dropout(model, cfg.train.seed, ctx.dp_rank)
     opt = cfg.optim
     optimizer = nn.Adam(model.trainable_params(), learning_rate=ms.Tensor(0.0, ms.float32),
                         beta1=opt.beta1, beta2=opt.beta2, eps=opt.eps, weight_decay=opt.weight_decay)
-    step = assemble_step(model, optimizer, opt.label_smoothing, opt.clip_norm, parallel, speedups)
-    return Built(model, parallel, optimizer, parallel.wrap(step))
+    step = assemble_step(model, optimizer, opt.label_smoothing, opt.clip_norm, parallel, speedups,
+                         cfg.precision, cfg.train.gradient_accumulation_steps)
+    return Built(model, parallel, optimizer, step)
 
 
 def assemble_step(model: nn.Cell, optimizer: nn.Optimizer, smoothing: float, clip_norm: float,
                   parallel: Parallelized = Parallelized("standalone"),
-                  speedups: Optional[cpu.CpuSpeedups] = None) -> TrainStep:
-    """The train step of an already parallelized model: loss (CPU-fused where it may), gradients,
-    the seam's reductions and norm weighting, clipping, the optimizer. In training mode."""
+                  speedups: Optional[cpu.CpuSpeedups] = None,
+                  precision: PrecisionConfig = PrecisionConfig(), accumulation_steps: int = 1) -> Stepper:
+    """The step of an already parallelized model: mixed precision, loss (CPU-fused where it may),
+    gradients, accumulation, the seam's reductions and norm weighting, unscaling, the finite
+    check, clipping, the optimizer. In training mode."""
     weights = optimizer.parameters
     loss_fn = cpu.fused_loss(model, smoothing, PAD, speedups, parallel.splits_projection)
     if loss_fn is None:
         criterion = cpu.criterion(smoothing, PAD, speedups) or LabelSmoothedCrossEntropy(smoothing, PAD)
-        loss_fn = TeacherForcedLoss(model, criterion)
-    grad_step = GradStep(loss_fn, weights, PAD, parallel.token_sum())
+        loss_fn = TeacherForcedLoss(mixed_precision(model, precision), criterion)
+    grad_step = GradStep(loss_fn, weights)
     kernel = cpu.sum_of_squares_kernel(speedups, weights, split=bool(parallel.shard_axis))
     norm = GradNorm(parallel.norm_weights(weights), parallel.mp_sum(), kernel)
-    step = TrainStep(grad_step, UpdateStep(optimizer, clip_norm, parallel.reduction(weights), norm))
-    step.set_train(True)
-    return step
+    accumulator = GradAccumulator(weights) if accumulation_steps > 1 else None
+    update = UpdateStep(optimizer, clip_norm, parallel.reduction(weights), norm)
+    train_step = TrainStep(grad_step, update, accumulator)
+    micro_step = MicroStep(grad_step, accumulator) if accumulator is not None else None
+    for cell in (train_step, micro_step):
+        if cell is not None:
+            cell.set_train(True)
+    return Stepper(parallel.wrap(train_step), micro_step and parallel.wrap(micro_step),
+                   LossScaler.from_config(precision), parallel.local_rows, PAD)
+
+
+def reseed_dropout(model: nn.Cell, seed: int, dp_rank: int) -> int:
+    """Give every Dropout of `model` a seed of its own per data-parallel rank; return how many.
+
+    nn.Dropout takes (global seed, per-op seed) when built, so replicas built from one seed
+    draw the same masks on their different rows. Model-parallel ranks of one replica share
+    dp_rank and keep drawing alike, as the activations they replicate must.
+    """
+    count = 0
+    for _, cell in model.cells_and_names():
+        if isinstance(cell, nn.Dropout) and isinstance(getattr(cell, "dropout", None), ops.Dropout):
+            op = cell.dropout
+            cell.dropout = ops.Dropout(op.keep_prob, seed0=(seed + 7919 * (dp_rank + 1)) % (2 ** 31),
+                                       seed1=op.Seed1)
+            count += 1
+    return count

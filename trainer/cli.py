@@ -121,12 +121,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     from trainer.checkpoint import CheckpointError  # imports MindSpore: not needed by the launcher's subcommands
     from trainer.config import ConfigError
     from trainer.data.multi30k import DataError
+    from trainer.precision import ScaleCollapsed
 
     try:
         return args.func(args)
     except (ConfigError, DataError, CheckpointError, FileNotFoundError) as exc:
         print(f"mindrun {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except ScaleCollapsed as exc:  # the run itself failed: not a usage error
+        print(f"mindrun {args.command}: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"mindrun {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -68,6 +68,9 @@ class TrainConfig:
     best_metric: str = "bleu"  # bleu | loss (on the validation split only)
     progress: bool = True  # tqdm bar
     resume: bool = False  # continue from <run>/checkpoints/last.ckpt when it exists
+    # micro-batches of data.max_tokens per optimizer step: one gradient reduction per step,
+    # the loss normalised by the target tokens of all of them; steps count optimizer steps
+    gradient_accumulation_steps: int = 1
     # The CPU speed-ups (trainer/cpu, applied by trainer/build.py on the CPU only; each computes
     # what the plain model computes). cpu_backward: bias, LayerNorm and softmax gradients written
     # out (steps 1.15-1.19x faster); false: MindSpore's kernels
@@ -79,6 +82,32 @@ class TrainConfig:
     # output projection and label-smoothed loss as one Cell with its backward written out
     # (trainer/cpu/loss.py): the logits' gradient is never built; false: logits, then the loss
     fused_loss: bool = True
+
+
+@dataclass(frozen=True)
+class PrecisionConfig:
+    """Mixed precision through mindspore.amp, with loss scaling (trainer/precision.py).
+
+    Parameters, gradients and Adam state stay float32 (master weights) at every level.
+    """
+
+    level: str = "O0"  # O0 float32 | O1 matmuls in dtype | O2 all but LayerNorm, loss in fp32 | O3 all
+    dtype: str = "float16"  # float16 | bfloat16 (Ascend only: MindSpore's CPU MatMul refuses bfloat16)
+    loss_scale: str = "auto"  # auto (dynamic for float16 at O1-O3, else none) | none | static | dynamic
+    initial_scale: float = 65536.0  # static: the scale; dynamic: where it starts
+    growth_factor: float = 2.0  # dynamic: scale *= this after growth_interval clean steps
+    backoff_factor: float = 0.5  # dynamic: scale *= this on an overflow (the step is skipped)
+    growth_interval: int = 1000
+    min_scale: float = 1.0
+    # stop with an error after this many consecutive skipped steps with the scale at min_scale
+    # (the fp16 NaN spiral): nothing after the last good step is saved
+    max_skips_at_min: int = 20
+
+    def scaling(self) -> str:
+        """The loss scaling in force: none, static or dynamic (auto resolved)."""
+        if self.loss_scale != "auto":
+            return self.loss_scale
+        return "dynamic" if self.level != "O0" and self.dtype == "float16" else "none"
 
 
 @dataclass(frozen=True)
@@ -116,6 +145,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
 
     def validate(self) -> None:
         """Check values that types alone cannot; raise ConfigError naming the key."""
@@ -171,6 +201,8 @@ class RunConfig:
             _positive("train.time_budget_minutes", self.train.time_budget_minutes, minimum=0.0, strict=True)
         _positive("train.eval_every", self.train.eval_every, minimum=0)
         _positive("train.log_every", self.train.log_every)
+        _positive("train.gradient_accumulation_steps", self.train.gradient_accumulation_steps)
+        self._validate_precision()
         _positive("optim.eps", self.optim.eps, minimum=0.0, strict=True)
         _positive("optim.weight_decay", self.optim.weight_decay, minimum=0.0)
         _positive("eval.max_len_a", self.eval.max_len_a, minimum=0.0)
@@ -188,6 +220,21 @@ class RunConfig:
             raise ConfigError(
                 "model.share_embeddings=true needs data.joint_vocab=true (one vocabulary for both "
                 "languages); set one of them differently")
+
+    def _validate_precision(self) -> None:
+        p = self.precision
+        _choice("precision.level", p.level, ("O0", "O1", "O2", "O3"))
+        _choice("precision.dtype", p.dtype, ("float16", "bfloat16"))
+        _choice("precision.loss_scale", p.loss_scale, ("auto", "none", "static", "dynamic"))
+        _positive("precision.min_scale", p.min_scale, minimum=0.0, strict=True)
+        if not p.initial_scale >= p.min_scale:
+            raise ConfigError(f"precision.initial_scale ({p.initial_scale}) is below precision.min_scale "
+                              f"({p.min_scale}); raise precision.initial_scale or lower precision.min_scale")
+        _positive("precision.growth_factor", p.growth_factor, minimum=1.0, strict=True)
+        if not 0.0 < p.backoff_factor < 1.0:
+            raise ConfigError(f"precision.backoff_factor must be in (0, 1), got {p.backoff_factor}")
+        _positive("precision.growth_interval", p.growth_interval)
+        _positive("precision.max_skips_at_min", p.max_skips_at_min)
 
     def run_dir(self) -> Path:
         """The output directory with `{name}` filled in."""

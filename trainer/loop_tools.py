@@ -65,9 +65,12 @@ class ThroughputWindow:
         self.tokens, self.loss, self.nll, self.targets = 0, 0.0, 0.0, 0.0
         self.t0 = time.time()
 
-    def add(self, tokens: int, loss_sum: float, nll_sum: float, targets: float) -> None:
-        """Count one step's tokens (source + target) and loss sums."""
+    def add(self, tokens: int, loss_sum: float, nll_sum: float, targets: float, skipped: bool = False) -> None:
+        """Count one step's tokens (source + target) and loss sums (a skipped step's tokens only:
+        its loss may be what overflowed)."""
         self.tokens += tokens
+        if skipped:
+            return
         self.loss += loss_sum
         self.nll += nll_sum
         self.targets += targets

@@ -3,7 +3,8 @@
 `parallelize(model, ctx)` is the only place in the trainer that looks at `plan.mode`:
 
     standalone     nothing to do
-    data_parallel  replicas: token count, gradients and loss sums summed over ranks (AllReduce)
+    data_parallel  replicas: gradients and loss sums summed over ranks (one AllReduce per update;
+                   the target-token count comes from the host, which holds the global batch)
     hybrid         the Megatron-style layout (explicit collectives in the layers, model/parallel)
                    plus the data-parallel reductions over each data-parallel group, and the
                    clipping norm weighted so split parameters count every shard, replicated ones once
@@ -46,7 +47,7 @@ class Parallelized:
 
     mode: str
     shard_axis: Dict[str, int] = field(default_factory=dict)  # parameters the hybrid layout split
-    dp_group: Optional[str] = None  # where token counts, gradients and loss sums are summed
+    dp_group: Optional[str] = None  # where gradients and loss sums are summed
     mp_group: Optional[str] = None  # where the clipping norm's partial sums are summed
     mp_size: int = 1
     full_batch: bool = False  # every rank takes the whole batch (semi_auto); else its share of rows
@@ -58,10 +59,6 @@ class Parallelized:
     def splits_projection(self) -> bool:
         """Whether the output projection is split over ranks (then no fused CPU loss)."""
         return self.mode == "semi_auto" or bool(self.shard_axis)
-
-    def token_sum(self) -> Optional[nn.Cell]:
-        """AllReduce of the target-token count over data-parallel ranks, or None."""
-        return ops.AllReduce(ops.ReduceOp.SUM, self.dp_group) if self.dp_group else None
 
     def reduction(self, weights) -> nn.Cell:
         """The gradient and loss-sum reduction the update step applies first."""

@@ -1,15 +1,20 @@
 """The training step in two Cells: gradients of a batch, then the update.
 
     GradStep    forward, loss, backward on this rank's rows -> loss sums, token count, gradients
-    UpdateStep  reduce across data-parallel ranks, clipping norm, clip, optimizer update
-    TrainStep   one after the other, compiled as one graph
+    GradAccumulator, MicroStep   gradient accumulation: micro-batches summed locally
+    UpdateStep  reduce across data-parallel ranks, unscale, finite check, clip, optimizer update
+    TrainStep   the last micro-batch and the update, compiled as one graph
+    Stepper     the host side: denominators, the micro-batches of an update, the loss scale
 
-The loss is normalised per target token of the whole global batch before differentiating,
-so the learning rate does not depend on how many tokens a batch holds, and summing the
-ranks' gradients (trainer/parallelize.py's reduction) gives exactly the standalone update on
-the global batch. Gradient accumulation and loss scaling belong between the two Cells.
+The loss is normalised per target token of the whole update (all micro-batches of all ranks)
+before differentiating, so the learning rate does not depend on how many tokens a batch
+holds, k micro-batches give the update of one k-times-larger batch, and summing the ranks'
+gradients (trainer/parallelize.py's reduction) gives exactly the standalone update.
 """
-from typing import Optional, Sequence
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
+
+import numpy as np
 
 import mindspore as ms
 from mindspore import nn, ops
@@ -40,31 +45,80 @@ class TeacherForcedLoss(nn.Cell):
 
 
 class GradStep(nn.Cell):
-    """Gradients of one batch: (loss_sum, nll_sum, n_tokens, grads) of this rank's rows.
+    """Gradients of one (micro-)batch: (loss_sum, nll_sum, grads) of this rank's rows.
 
-    `token_sum` (from the parallel seam) sums the target count over data-parallel ranks, so
-    the gradients are per target token of the global batch; n_tokens is that global count.
+    The loss differentiated is loss_sum / denominator * scale: `denominator` is the target
+    token count of the whole update (every micro-batch of every data-parallel rank, counted
+    on the host from the global batches), `scale` the loss scale (1 without scaling). Both are
+    tensor inputs, so their values change without a recompile.
     """
 
-    def __init__(self, loss_fn: nn.Cell, weights, pad_id: int, token_sum: Optional[nn.Cell] = None):
+    def __init__(self, loss_fn: nn.Cell, weights):
         super().__init__(auto_prefix=False)
         self.loss_fn = loss_fn
-        self.pad_id = pad_id
-        self.token_sum = token_sum
         self.grad_fn = ops.value_and_grad(self.forward, None, weights, has_aux=True)
 
-    def forward(self, src, tgt_in, tgt_out, denominator, src_seg=None, tgt_seg=None, src_pos=None, tgt_pos=None):
-        """Loss of this rank's rows per target token of the global batch, with the sums as auxiliaries."""
+    def forward(self, denominator, scale, src, tgt_in, tgt_out, src_seg=None, tgt_seg=None, src_pos=None,
+                tgt_pos=None):
+        """Scaled loss of this rank's rows per target token of the update, with the sums as auxiliaries."""
         loss_sum, nll_sum, _ = self.loss_fn(src, tgt_in, tgt_out, src_seg, tgt_seg, src_pos, tgt_pos)
-        return loss_sum / denominator, loss_sum, nll_sum
+        return loss_sum / denominator * scale, loss_sum, nll_sum
 
-    def construct(self, src, tgt_in, tgt_out, src_seg=None, tgt_seg=None, src_pos=None, tgt_pos=None):
-        n_tokens = ops.not_equal(tgt_out, self.pad_id).astype(ms.float32).sum()
-        if self.token_sum is not None:
-            n_tokens = self.token_sum(n_tokens)
-        (_, loss_sum, nll_sum), grads = self.grad_fn(src, tgt_in, tgt_out, ops.maximum(n_tokens, 1.0),
+    def construct(self, denominator, scale, src, tgt_in, tgt_out, src_seg=None, tgt_seg=None, src_pos=None,
+                  tgt_pos=None):
+        (_, loss_sum, nll_sum), grads = self.grad_fn(denominator, scale, src, tgt_in, tgt_out,
                                                      src_seg, tgt_seg, src_pos, tgt_pos)
-        return loss_sum, nll_sum, n_tokens, grads
+        return loss_sum, nll_sum, grads
+
+
+class GradAccumulator(nn.Cell):
+    """Float32 sums of the micro-batches' gradients and loss sums until the update takes them.
+
+    Local to the rank: nothing is communicated until the update step reduces the total once.
+    """
+
+    def __init__(self, weights):
+        super().__init__(auto_prefix=False)
+        self.grads = ms.ParameterTuple(
+            ms.Parameter(ops.zeros(p.shape, ms.float32), name=f"accumulated.{p.name}", requires_grad=False)
+            for p in weights)
+        self.loss_sum = ms.Parameter(ms.Tensor(0.0, ms.float32), name="accumulated.loss_sum", requires_grad=False)
+        self.nll_sum = ms.Parameter(ms.Tensor(0.0, ms.float32), name="accumulated.nll_sum", requires_grad=False)
+
+    def add(self, loss_sum, nll_sum, grads):
+        """Add one micro-batch's sums; returns the updated loss sum (a dependency for the caller)."""
+        _hyper_map(ops.assign_add, self.grads, grads)
+        ops.assign_add(self.nll_sum, nll_sum)
+        return ops.assign_add(self.loss_sum, loss_sum)
+
+    def take(self, loss_sum, nll_sum, grads):
+        """The sums with this last micro-batch added, the store zeroed for the next update."""
+        grads = _hyper_map(ops.add, grads, self.grads)
+        loss_sum = loss_sum + self.loss_sum
+        nll_sum = nll_sum + self.nll_sum
+        _hyper_map(_zero, self.grads)
+        ops.assign(self.loss_sum, ops.zeros_like(self.loss_sum))
+        ops.assign(self.nll_sum, ops.zeros_like(self.nll_sum))
+        return loss_sum, nll_sum, grads
+
+
+def _zero(parameter):
+    return ops.assign(parameter, ops.zeros_like(parameter))
+
+
+class MicroStep(nn.Cell):
+    """A micro-batch that is not the update's last: gradients into the accumulator, no communication."""
+
+    def __init__(self, grad_step: GradStep, accumulator: GradAccumulator):
+        super().__init__(auto_prefix=False)
+        self.grad_step = grad_step
+        self.accumulator = accumulator
+
+    def construct(self, denominator, scale, src, tgt_in, tgt_out, src_seg=None, tgt_seg=None, src_pos=None,
+                  tgt_pos=None):
+        loss_sum, nll_sum, grads = self.grad_step(denominator, scale, src, tgt_in, tgt_out,
+                                                  src_seg, tgt_seg, src_pos, tgt_pos)
+        return self.accumulator.add(loss_sum, nll_sum, grads)
 
 
 class GradNorm(nn.Cell):
@@ -93,9 +147,13 @@ class GradNorm(nn.Cell):
 
 
 class UpdateStep(nn.Cell):
-    """Reduce (seam's `reduction`: gradients and loss sums over data-parallel ranks), clip, apply.
+    """Reduce (the seam's `reduction`: gradients and loss sums over data-parallel ranks), unscale,
+    check, clip, apply. Returns (loss_sum, nll_sum, grad_norm, finite) of the update.
 
-    Returns (loss_sum, nll_sum, grad_norm) of the global batch.
+    The norm is taken after the reduction (and summed over the model-parallel group by
+    GradNorm), so a non-finite gradient on any rank makes it non-finite on every rank: all
+    ranks skip together, and none ever steps alone. A skipped update leaves the parameters
+    and the optimizer state untouched. Unscaling and clipping are one multiplication.
     """
 
     def __init__(self, optimizer: nn.Optimizer, clip_norm: float, reduction: nn.Cell, norm: GradNorm):
@@ -105,28 +163,101 @@ class UpdateStep(nn.Cell):
         self.reduction = reduction
         self.norm = norm
 
-    def construct(self, loss_sum, nll_sum, grads):
+    def construct(self, loss_sum, nll_sum, grads, scale):
         grads, loss_sum, nll_sum = self.reduction(grads, loss_sum, nll_sum)
-        norm = self.norm(grads)
+        norm = self.norm(grads) / scale
+        finite = ops.isfinite(norm)
+        factor = 1.0 / scale
         if self.clip_norm > 0:
-            scale = ops.minimum(self.clip_norm / (norm + 1e-6), 1.0)
-            grads = _hyper_map(ops.partial(_scale_grad, scale), grads)
-        self.optimizer(grads)
-        return loss_sum, nll_sum, norm
+            factor = ops.minimum(self.clip_norm / (norm + 1e-6), 1.0) / scale
+        if finite:
+            grads = _hyper_map(ops.partial(_scale_grad, factor), grads)
+            loss_sum = ops.depend(loss_sum, self.optimizer(grads))
+        return loss_sum, nll_sum, norm, finite
 
 
 class TrainStep(nn.Cell):
-    """One optimizer step on a batch; returns (loss_sum, nll_sum, n_tokens, grad_norm) of the global batch.
+    """The update's last (or only) micro-batch, then the update: (loss_sum, nll_sum, grad_norm, finite).
 
-    A padded batch is (src, tgt_in, tgt_out); a packed one adds segment ids and positions.
+    Inputs: the update's target-token count, the loss scale, then the batch: padded
+    (src, tgt_in, tgt_out), or packed with segment ids and positions. With an accumulator the
+    earlier micro-batches' sums are added before the one reduction.
     """
 
-    def __init__(self, grad_step: GradStep, update_step: UpdateStep):
+    def __init__(self, grad_step: GradStep, update_step: UpdateStep, accumulator: Optional[GradAccumulator] = None):
         super().__init__(auto_prefix=False)
         self.grad_step = grad_step
         self.update_step = update_step
+        self.accumulator = accumulator
 
-    def construct(self, src, tgt_in, tgt_out, src_seg=None, tgt_seg=None, src_pos=None, tgt_pos=None):
-        loss_sum, nll_sum, n_tokens, grads = self.grad_step(src, tgt_in, tgt_out, src_seg, tgt_seg, src_pos, tgt_pos)
-        loss_sum, nll_sum, norm = self.update_step(loss_sum, nll_sum, grads)
-        return loss_sum, nll_sum, n_tokens, norm
+    def construct(self, denominator, scale, src, tgt_in, tgt_out, src_seg=None, tgt_seg=None, src_pos=None,
+                  tgt_pos=None):
+        loss_sum, nll_sum, grads = self.grad_step(denominator, scale, src, tgt_in, tgt_out,
+                                                  src_seg, tgt_seg, src_pos, tgt_pos)
+        if self.accumulator is not None:
+            loss_sum, nll_sum, grads = self.accumulator.take(loss_sum, nll_sum, grads)
+        return self.update_step(loss_sum, nll_sum, grads, scale)
+
+
+@dataclass
+class StepResult:
+    """One optimizer step, in host numbers: sums over the update's global batch."""
+
+    loss_sum: float
+    nll_sum: float
+    n_tokens: float  # target tokens of the update (every micro-batch of every rank)
+    grad_norm: float  # of the unscaled gradients; not finite on a skipped step
+    finite: bool  # False: the update was skipped (overflow), parameters and optimizer untouched
+    scale: float  # the loss scale this step ran with
+
+
+def _numpy(array) -> np.ndarray:
+    return array.asnumpy() if isinstance(array, ms.Tensor) else np.asarray(array)
+
+
+class Stepper:
+    """The host side of an optimizer step: k global micro-batches in, one update, the scale kept.
+
+    Each micro-batch is a collated global batch (every rank holds the same ones and runs its
+    share of rows, `local_rows`); the target-token count of all of them is the denominator.
+    The first k-1 run `micro_step` (accumulate, no communication), the last `train_step`.
+    """
+
+    def __init__(self, train_step: nn.Cell, micro_step: Optional[nn.Cell], scaler, local_rows, pad_id: int):
+        self.train_step, self.micro_step = train_step, micro_step
+        self.scaler, self.local_rows, self.pad_id = scaler, local_rows, pad_id
+
+    @property
+    def grad_step(self) -> GradStep:
+        return self._cell().grad_step
+
+    @property
+    def update_step(self) -> UpdateStep:
+        return self._cell().update_step
+
+    def _cell(self) -> TrainStep:
+        # under semi_auto the seam wraps the step in AutoParallel, which keeps it as `network`
+        return getattr(self.train_step, "network", self.train_step)
+
+    def __call__(self, *arrays) -> StepResult:
+        """One update on one batch (padded: src, tgt_in, tgt_out; packed: also segments and positions)."""
+        return self.update([arrays])
+
+    def update(self, micro_batches: List[Sequence], step: int = 0) -> StepResult:
+        """One optimizer update over `micro_batches` (at most k of them); `step` names it in errors."""
+        if len(micro_batches) > 1 and self.micro_step is None:
+            raise ValueError(f"{len(micro_batches)} micro-batches for one update, but the step was built "
+                             f"without gradient accumulation (train.gradient_accumulation_steps=1)")
+        micro_batches = [tuple(_numpy(a) for a in batch) for batch in micro_batches]
+        n_tokens = float(sum(int((batch[2] != self.pad_id).sum()) for batch in micro_batches))
+        denominator = ms.Tensor(max(n_tokens, 1.0), ms.float32)
+        scale_used = self.scaler.scale
+        scale = ms.Tensor(scale_used, ms.float32)
+        for batch in micro_batches[:-1]:
+            self.micro_step(denominator, scale, *map(ms.Tensor, self.local_rows(batch)))
+        loss_sum, nll_sum, norm, finite = self.train_step(denominator, scale,
+                                                          *map(ms.Tensor, self.local_rows(micro_batches[-1])))
+        finite = bool(finite.asnumpy())
+        self.scaler.update(finite, step)
+        return StepResult(float(loss_sum.asnumpy()), float(nll_sum.asnumpy()), n_tokens, float(norm.asnumpy()),
+                          finite, scale_used)

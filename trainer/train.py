@@ -6,9 +6,10 @@
 """
 import json
 import time
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import mindspore as ms
+import numpy as np
 import yaml
 from tqdm import tqdm
 
@@ -24,8 +25,10 @@ from trainer.parallel.clock import RunClock
 from trainer.parallel.context import (ParallelContext, init_parallel, is_scheduler, select_backend,
                                       world_size_from_env)
 from trainer.parallel.plan import check_vocabulary, make_plan
+from trainer.precision import check_precision
 from trainer.saving import RunCheckpoints
 from trainer.schedule import learning_rate
+from trainer.step import StepResult
 from trainer.validation import Validator
 
 
@@ -38,6 +41,9 @@ def training_batches(cfg: RunConfig, split: Split):
     return TokenBatcher(split.lengths(), data.buckets, data.max_tokens, cfg.train.seed), collate
 
 
+_SCALER = "scaler_"  # prefix of the loss scaler's state in a checkpoint's metadata
+
+
 class Trainer:
     """Owns the built model and step and the bookkeeping of one training run (one rank of it)."""
 
@@ -46,12 +52,13 @@ class Trainer:
         self.run_dir = cfg.run_dir()
         self.train_split = corpus.splits["train"]
         built = build_training(cfg, ctx, len(corpus.src_vocab), len(corpus.tgt_vocab))
-        self.model, self.parallel, self.optimizer, self.step_fn = built.model, built.parallel, built.optimizer, built.step
+        self.model, self.parallel, self.optimizer, self.stepper = built.model, built.parallel, built.optimizer, built.step
         self.checkpoints = RunCheckpoints(self.run_dir / "checkpoints", cfg.train.best_metric, self.model,
-                                          self.step_fn, self.parallel.shard_axis, ctx)
+                                          self.optimizer, self.parallel.shard_axis, ctx)
         self.validator = Validator(cfg, self.model, corpus)
         self.batcher, self.collate = training_batches(cfg, self.train_split)
-        self.total_steps = cfg.train.max_steps or len(self.batcher) * cfg.train.max_epochs
+        self.accumulation = cfg.train.gradient_accumulation_steps
+        self.total_steps = cfg.train.max_steps or -(-len(self.batcher) // self.accumulation) * cfg.train.max_epochs
         self.step, self.epoch, self.batch_index = 0, 0, 0
         self.elapsed_before = 0.0  # training seconds of the runs this one resumes
         self.clock: Optional[RunClock] = None
@@ -66,12 +73,17 @@ class Trainer:
             return False
         self.step, self.epoch, self.batch_index = int(meta["step"]), int(meta["epoch"]), int(meta["batch_index"])
         self.elapsed_before = float(meta.get("elapsed_s", 0.0))
+        scaler = {k[len(_SCALER):]: v for k, v in meta.items() if k.startswith(_SCALER)}
+        if scaler:
+            self.stepper.scaler.restore(scaler)
         tqdm.write(f"resuming {self.run_dir} at step {self.step} (epoch {self.epoch}, batch {self.batch_index})")
         return True
 
     def _position(self, epoch: int, batch_index: int) -> Dict:
         """Where training continues (the next batch to run), for a checkpoint's metadata."""
-        return {"step": self.step, "epoch": epoch, "batch_index": batch_index, "elapsed_s": self.clock.local()}
+        scaler = {_SCALER + k: v for k, v in self.stepper.scaler.state().items()}
+        return {"step": self.step, "epoch": epoch, "batch_index": batch_index, "elapsed_s": self.clock.local(),
+                **scaler}
 
     def validate_and_save(self, epoch: int, batch_index: int) -> None:
         """Validate, then write best.ckpt (if better) and last.ckpt with the resume position."""
@@ -102,19 +114,30 @@ class Trainer:
     def _on_signal(self, signum, _frame) -> None:
         self.stop_signal = signum
 
-    def train_step(self, *arrays):
-        """One optimiser step on a collated batch (padded: src, tin, tout; packed: also segments and positions).
+    def train_step(self, *arrays) -> StepResult:
+        """One optimiser step on one collated batch (padded: src, tin, tout; packed: also segments and positions)."""
+        return self.update([arrays])[0]
 
-        Returns (loss_sum, nll_sum, target tokens, grad-norm tensor, learning rate).
+    def update(self, micro_batches: List[Sequence[np.ndarray]]) -> Tuple[StepResult, float]:
+        """One optimiser step on up to k collated global batches; returns its result and learning rate.
+
+        ScaleCollapsed (trainer/precision.py) when the loss scale cannot recover.
         """
         self.step += 1
         opt = self.cfg.optim
         rate = learning_rate(self.step, opt.lr, opt.warmup_steps, opt.schedule, self.total_steps, opt.min_lr,
                              self.time_fraction)
         self.optimizer.learning_rate.set_data(ms.Tensor(rate, ms.float32))  # a Parameter inside the graph
-        arrays = self.parallel.local_rows(arrays)
-        loss_sum, nll_sum, n_tgt, gnorm = self.step_fn(*map(ms.Tensor, arrays))
-        return float(loss_sum.asnumpy()), float(nll_sum.asnumpy()), float(n_tgt.asnumpy()), gnorm, rate
+        return self.stepper.update(micro_batches, self.step), rate
+
+    def describe_batch(self) -> str:
+        """The effective batch, for the run's first lines."""
+        dp = self.ctx.plan.data_parallel
+        return (f"tokens per update: data.max_tokens {self.cfg.data.max_tokens} x gradient_accumulation_steps "
+                f"{self.accumulation} x data_parallel {dp} = {self.cfg.data.max_tokens * self.accumulation * dp} "
+                f"(budget, padding included); precision {self.cfg.precision.level}"
+                + ("" if self.cfg.precision.level == "O0" else
+                   f" {self.cfg.precision.dtype}, loss scaling {self.cfg.precision.scaling()}"))
 
     def run(self) -> Dict[str, object]:
         """Train until max_epochs, max_steps or the time budget; return the summary."""
@@ -130,6 +153,8 @@ class Trainer:
         window = ThroughputWindow()
         per_epoch = len(self.batcher)
         handlers = catch_signals(self._on_signal)
+        if self.ctx.is_main:
+            tqdm.write(self.describe_batch())
         for epoch in range(self.epoch, cfg.train.max_epochs):
             if stop or self.stop_signal is not None:
                 break
@@ -138,11 +163,20 @@ class Trainer:
                                for b in self.batcher.iterate(epoch, first))
             bar = tqdm(batches, total=self.batcher.batches_in(epoch), initial=first, desc=f"epoch {epoch}",
                        disable=not (cfg.train.progress and self.ctx.is_main), dynamic_ncols=True, leave=False)
+            last = self.batcher.batches_in(epoch) - 1
+            group: List[Sequence[np.ndarray]] = []
             for i, arrays in enumerate(bar, start=first):
-                loss_sum, nll_sum, n_tgt, gnorm, rate = self.train_step(*arrays)
-                window.add(int((arrays[0] != PAD).sum()) + int(n_tgt), loss_sum, nll_sum, n_tgt)
+                group.append(arrays)
+                if len(group) < self.accumulation and i < last:
+                    continue  # the epoch's last update takes what is left
+                result, rate = self.update(group)
+                window.add(sum(int((a[0] != PAD).sum()) for a in group) + int(result.n_tokens),
+                           result.loss_sum, result.nll_sum, result.n_tokens, skipped=not result.finite)
+                group = []
                 if self.step % cfg.train.log_every == 0:
-                    record = {"epoch": epoch, **window.flush(), "lr": rate, "grad_norm": float(gnorm.asnumpy()),
+                    scaler = self.stepper.scaler
+                    record = {"epoch": epoch, **window.flush(), "lr": rate, "grad_norm": result.grad_norm,
+                              "loss_scale": scaler.scale, "skipped_steps": scaler.skipped_steps,
                               "elapsed_s": round(time.time() - start, 1)}
                     self.log.write("train", self.step, record)
                     bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
@@ -188,6 +222,7 @@ def train(cfg: RunConfig, corpus: Optional[Corpus] = None) -> Dict[str, object]:
     backend = select_backend()
     world = world_size_from_env()
     plan = make_plan(cfg, world, backend)  # layout errors before anything compiles
+    check_precision(cfg, backend)
     ctx = init_parallel(plan, backend)
     if ctx.is_main and plan.caveat:
         tqdm.write(f"warning: {plan.caveat}")
