@@ -121,7 +121,6 @@ def reseed_dropout(model: nn.Cell, seed: int, dp_rank: int) -> int:
     for _, cell in model.cells_and_names():
         if isinstance(cell, nn.Dropout) and isinstance(getattr(cell, "dropout", None), ops.Dropout):
             op = cell.dropout
-            cell.dropout = ops.Dropout(op.keep_prob, seed0=(seed + 7919 * (dp_rank + 1)) % (2 ** 31),
-                                       seed1=op.Seed1)
+            cell.dropout = ops.Dropout(op.keep_prob, (seed + 7919 * (dp_rank + 1)) % (2 ** 31), op.Seed1)
             count += 1
     return count

@@ -14,7 +14,7 @@ import yaml
 from tqdm import tqdm
 
 from model.tokens import PAD
-from trainer.build import build_training
+from trainer.build import build_training, speedups_note
 from trainer.config import RunConfig
 from trainer.data.batching import TokenBatcher, collate
 from trainer.data.packing import PackedBatcher, collate_packed, side_lengths
@@ -226,6 +226,8 @@ def train(cfg: RunConfig, corpus: Optional[Corpus] = None) -> Dict[str, object]:
     ctx = init_parallel(plan, backend)
     if ctx.is_main and plan.caveat:
         tqdm.write(f"warning: {plan.caveat}")
+    if ctx.is_main and speedups_note(cfg, backend):
+        tqdm.write(f"note: {speedups_note(cfg, backend)}")
     seed_everything(cfg.train.seed)
     run_dir = cfg.run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,194 @@
+"""Checks of the split train step (issue 16), standalone or as one rank of a launched job.
+
+    python step_worker.py OUT_DIR [PARALLEL_MODE] [MODEL_PARALLEL]
+
+Writes OUT_DIR/rank_<r>.json with what tests/test_precision.py asserts:
+  accumulation   k=4 micro-batches against one step over their concatenation (SGD, dropout
+                 off): the largest difference of the updates relative to the largest update,
+                 padded and packed
+  reductions     gradient reductions counted by a stand-in around the seam's reducer over 3
+                 updates of k=4, and whether the micro-step holds any collective
+  overflow       float16 O2, this rank's loss scale 2**30 on rank 1 (its gradients overflow) and
+                 2**10 elsewhere: whether the step was applied, and whether weights and Adam
+                 state stayed bit-for-bit
+  dropout        a digest of the model's training-mode output on the same rows on every rank,
+                 and of the initial weights
+The helpers (micro-batches, builds) are imported by the in-process tests too.
+"""
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for a plain script run
+
+import mindspore as ms  # noqa: E402
+from mindspore import nn, ops  # noqa: E402
+
+from model import Transformer  # noqa: E402
+from model.config import ModelConfig  # noqa: E402
+from model.tokens import PAD  # noqa: E402
+from trainer.build import assemble_step, reseed_dropout  # noqa: E402
+from trainer.config import PrecisionConfig  # noqa: E402
+from trainer.data.batching import Batch, collate  # noqa: E402
+from trainer.data.packing import PackedBatcher, collate_packed, side_lengths  # noqa: E402
+from trainer.parallelize import Parallelized, parallelize  # noqa: E402
+
+VOCAB = 48  # divisible by a model-parallel size of 2
+
+
+def pairs(seed, n, longest):
+    rng = np.random.default_rng(seed)
+    src = [list(rng.integers(4, VOCAB, rng.integers(1, longest))) for _ in range(n)]
+    tgt = [list(rng.integers(4, VOCAB, rng.integers(1, longest))) for _ in range(n)]
+    return src, tgt
+
+
+def padded_micro_batches(seed=0, k=4, rows=4, width=12):
+    """k padded global batches of one width (rows of different lengths inside)."""
+    src, tgt = pairs(seed, k * rows, width - 1)
+    return [collate(Batch(width, rows, np.arange(i * rows, (i + 1) * rows)), src, tgt) for i in range(k)]
+
+
+def packed_micro_batches(seed=0, k=4, rows=4, length=24):
+    """k packed global batches of `rows` rows (segment ids and positions)."""
+    src, tgt = pairs(seed, 20 * k * rows, 8)
+    ls, lt = side_lengths(src, tgt, length)
+    batches = PackedBatcher(ls, lt, length, length * rows, seed=0, shuffle=False).epoch(0)[:k]
+    assert len(batches) == k
+    return [collate_packed(b, src, tgt) for b in batches]
+
+
+def concatenated(batches):
+    return tuple(np.concatenate(parts) for parts in zip(*batches))
+
+
+def tiny_model(seed=0, dropout=0.0):
+    ms.set_seed(seed)
+    cfg = ModelConfig(encoder_layers=1, decoder_layers=1, d_model=32, n_heads=4, d_ff=64, dropout=dropout,
+                      attention_dropout=0.0, activation_dropout=0.0, max_positions=64, share_embeddings=False)
+    return Transformer(cfg, VOCAB, VOCAB, PAD)
+
+
+def build(ctx=None, k=1, precision=PrecisionConfig(), speedups=None, optimizer="sgd", model=None, lr=1e-3):
+    """(model, parallel, stepper) of the tiny model: parallelized by `ctx`'s plan if given."""
+    from trainer import cpu
+
+    model = cpu.accelerate(model or tiny_model(), speedups)
+    parallel = parallelize(model, ctx) if ctx is not None else Parallelized("standalone")
+    weights = model.trainable_params()
+    opt = nn.SGD(weights, learning_rate=1.0) if optimizer == "sgd" else nn.Adam(weights, learning_rate=lr)
+    stepper = assemble_step(model, opt, 0.1, 1.0, parallel, speedups, precision, k)
+    return model, parallel, stepper
+
+
+def snapshot(cells):
+    return {p.name: p.asnumpy().copy() for cell in cells for p in cell.get_parameters()}
+
+
+def accumulation_gap(micro_batches, ctx=None, speedups=None):
+    """Largest |update(k micro-batches) - update(one concatenated batch)| over the largest update."""
+    updates = []
+    for k, batches in ((len(micro_batches), micro_batches), (1, [concatenated(micro_batches)])):
+        model, _, stepper = build(ctx, k, speedups=speedups)
+        before = snapshot([model])
+        result = stepper.update(batches)
+        assert result.finite
+        updates.append({n: p - before[n] for n, p in snapshot([model]).items()})
+    accumulated, single = updates
+    largest = max(np.abs(u).max() for u in single.values())
+    return float(max(np.abs(accumulated[n] - single[n]).max() for n in single) / largest), float(largest)
+
+
+class CountingReduction(nn.Cell):
+    """The seam's reduction, counting its calls in a Parameter (the graph runs it, Python does not)."""
+
+    def __init__(self, inner):
+        super().__init__(auto_prefix=False)
+        self.inner = inner
+        self.calls = ms.Parameter(ms.Tensor(0, ms.int32), name="counted_reductions", requires_grad=False)
+
+    def construct(self, grads, loss_sum, nll_sum):
+        ops.assign_add(self.calls, ms.Tensor(1, ms.int32))
+        return self.inner(grads, loss_sum, nll_sum)
+
+
+def holds_collective(cell) -> bool:
+    """Whether any Cell under `cell` holds a collective primitive or a gradient reducer."""
+    kinds = (ops.AllReduce, ops.AllGather, ops.ReduceScatter, ops.Broadcast)
+    for _, sub in cell.cells_and_names():
+        if isinstance(sub, nn.DistributedGradReducer):
+            return True
+        if any(isinstance(v, kinds) for v in vars(sub).values()):
+            return True
+    return False
+
+
+def count_reductions(ctx=None, updates=3):
+    model, _, stepper = build(ctx, k=4)
+    counting = CountingReduction(stepper.update_step.reduction)
+    stepper.update_step.reduction = counting
+    batches = padded_micro_batches(seed=3, k=4 * updates)
+    for u in range(updates):
+        stepper.update(batches[4 * u:4 * u + 4])
+    return int(counting.calls.asnumpy()), holds_collective(stepper.micro_step)
+
+
+def overflow(ctx, rank):
+    """One O2 float16 update with rank 1's scale too large for float16: applied? state unchanged?"""
+    precision = PrecisionConfig(level="O2", dtype="float16", loss_scale="dynamic", initial_scale=2.0 ** 10)
+    model, _, stepper = build(ctx, precision=precision, optimizer="adam")
+    if rank == 1:
+        stepper.scaler.scale = 2.0 ** 30
+    optimizer = stepper.update_step.optimizer
+    before = snapshot([optimizer])
+    scale_before = stepper.scaler.scale
+    result = stepper.update(padded_micro_batches(seed=5, k=1))
+    after = snapshot([optimizer])
+    return {"finite": result.finite, "unchanged": all(np.array_equal(before[n], after[n]) for n in before),
+            "scale_before": scale_before, "scale_after": stepper.scaler.scale,
+            "skipped": stepper.scaler.skipped_steps, "n_params": len(before)}
+
+
+def dropout_digest(ctx, dp_rank, seed=1):
+    model = tiny_model(dropout=0.3)
+    weights = float(sum(np.abs(p.asnumpy()).sum() for p in model.trainable_params()))
+    if ctx is not None:
+        parallelize(model, ctx)
+        reseed_dropout(model, seed, dp_rank)
+    model.set_train(True)
+    src, tin, _ = padded_micro_batches(seed=7, k=1)[0]
+    out = model(ms.Tensor(src), ms.Tensor(tin)).asnumpy()
+    return {"weights": weights, "output": float(np.abs(out).sum()), "output_head": out.ravel()[:16].tolist()}
+
+
+def main(out_dir: Path, mode: str, mp: int) -> None:
+    from trainer.config import load_config
+    from trainer.parallel.context import init_parallel, is_scheduler, select_backend, world_size_from_env
+    from trainer.parallel.plan import make_plan
+
+    ms.set_context(mode=ms.GRAPH_MODE)
+    if is_scheduler():
+        from mindspore.communication import init
+
+        init()
+        return
+    backend = select_backend()
+    cfg = load_config("tiny", [f"parallel.mode={mode}", f"parallel.model_parallel={mp}", "data.vocab_size=400"])
+    ctx = init_parallel(make_plan(cfg, world_size_from_env(), backend), backend)
+    report = {"rank": ctx.rank, "dp_rank": ctx.dp_rank, "mode": mode,
+              "padded": accumulation_gap(padded_micro_batches(), ctx),
+              "packed": accumulation_gap(packed_micro_batches(), ctx)}
+    if mode == "data_parallel":
+        report["reductions"] = count_reductions(ctx)
+        report["overflow"] = overflow(ctx, ctx.rank)
+        report["dropout"] = dropout_digest(ctx, ctx.dp_rank)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"rank_{ctx.rank}.json").write_text(json.dumps(report), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else "data_parallel",
+         int(sys.argv[3]) if len(sys.argv) > 3 else 1)
