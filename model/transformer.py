@@ -156,4 +156,4 @@ class Transformer(nn.Cell):
         if self.cfg.pre_norm:
             x = self.decoder_norm(x)
         logits = self.project(x).reshape(x.shape[0], self.tgt_vocab)  # [B, V]
-        return ops.log_softmax(logits, -1), new_k, new_v
+        return ops.log_softmax(logits.astype(ms.float32), -1), new_k, new_v  # float32 under mixed precision

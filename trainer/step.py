@@ -154,6 +154,11 @@ class UpdateStep(nn.Cell):
     GradNorm), so a non-finite gradient on any rank makes it non-finite on every rank: all
     ranks skip together, and none ever steps alone. A skipped update leaves the parameters
     and the optimizer state untouched. Unscaling and clipping are one multiplication.
+
+    The learning rate comes in as an input and is assigned to the optimizer's Parameter inside
+    the graph: MindSpore 2.10 does not show a host `set_data` made after compilation to the
+    optimizer inside the `if` branch (it kept the first value in every graph compiled before;
+    tests/test_precision.py checks the rate reaches every compiled shape).
     """
 
     def __init__(self, optimizer: nn.Optimizer, clip_norm: float, reduction: nn.Cell, norm: GradNorm):
@@ -163,7 +168,8 @@ class UpdateStep(nn.Cell):
         self.reduction = reduction
         self.norm = norm
 
-    def construct(self, loss_sum, nll_sum, grads, scale):
+    def construct(self, loss_sum, nll_sum, grads, scale, lr):
+        ops.assign(self.optimizer.learning_rate, lr)
         grads, loss_sum, nll_sum = self.reduction(grads, loss_sum, nll_sum)
         norm = self.norm(grads) / scale
         finite = ops.isfinite(norm)
@@ -179,7 +185,7 @@ class UpdateStep(nn.Cell):
 class TrainStep(nn.Cell):
     """The update's last (or only) micro-batch, then the update: (loss_sum, nll_sum, grad_norm, finite).
 
-    Inputs: the update's target-token count, the loss scale, then the batch: padded
+    Inputs: the update's target-token count, the loss scale, the learning rate, then the batch: padded
     (src, tgt_in, tgt_out), or packed with segment ids and positions. With an accumulator the
     earlier micro-batches' sums are added before the one reduction.
     """
@@ -190,13 +196,13 @@ class TrainStep(nn.Cell):
         self.update_step = update_step
         self.accumulator = accumulator
 
-    def construct(self, denominator, scale, src, tgt_in, tgt_out, src_seg=None, tgt_seg=None, src_pos=None,
+    def construct(self, denominator, scale, lr, src, tgt_in, tgt_out, src_seg=None, tgt_seg=None, src_pos=None,
                   tgt_pos=None):
         loss_sum, nll_sum, grads = self.grad_step(denominator, scale, src, tgt_in, tgt_out,
                                                   src_seg, tgt_seg, src_pos, tgt_pos)
         if self.accumulator is not None:
             loss_sum, nll_sum, grads = self.accumulator.take(loss_sum, nll_sum, grads)
-        return self.update_step(loss_sum, nll_sum, grads, scale)
+        return self.update_step(loss_sum, nll_sum, grads, scale, lr)
 
 
 @dataclass
@@ -253,9 +259,10 @@ class Stepper:
         denominator = ms.Tensor(max(n_tokens, 1.0), ms.float32)
         scale_used = self.scaler.scale
         scale = ms.Tensor(scale_used, ms.float32)
+        lr = ms.Tensor(self.update_step.optimizer.learning_rate.asnumpy(), ms.float32)  # as the caller set it
         for batch in micro_batches[:-1]:
             self.micro_step(denominator, scale, *map(ms.Tensor, self.local_rows(batch)))
-        loss_sum, nll_sum, norm, finite = self.train_step(denominator, scale,
+        loss_sum, nll_sum, norm, finite = self.train_step(denominator, scale, lr,
                                                           *map(ms.Tensor, self.local_rows(micro_batches[-1])))
         finite = bool(finite.asnumpy())
         self.scaler.update(finite, step)

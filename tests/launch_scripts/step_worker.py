@@ -16,7 +16,6 @@ Writes OUT_DIR/rank_<r>.json with what tests/test_precision.py asserts:
 The helpers (micro-batches, builds) are imported by the in-process tests too.
 """
 import json
-import os
 import sys
 from pathlib import Path
 
