@@ -56,6 +56,15 @@ def test_bfloat16_is_a_config_error_on_the_cpu_only():
     check_precision(load_config("tiny", ["precision.dtype=bfloat16"]), "CPU")  # O0 computes in float32
 
 
+def test_the_ascend_recipe_names_the_tested_mixed_precision_and_bfloat16_warns():
+    from trainer.precision import precision_caveat
+
+    cfg = load_config("base_ascend")
+    assert (cfg.precision.level, cfg.precision.dtype, cfg.precision.scaling()) == ("O2", "float16", "dynamic")
+    assert precision_caveat(cfg) is None
+    assert "has not run anywhere" in precision_caveat(load_config("base_ascend", ["precision.dtype=bfloat16"]))
+
+
 def test_loss_scaling_auto_is_dynamic_for_float16_only():
     assert PrecisionConfig().scaling() == "none"
     assert PrecisionConfig(level="O2").scaling() == "dynamic"

@@ -1,6 +1,7 @@
 """Mixed precision (mindspore.amp) and the loss scale of a run.
 
     check_precision(cfg, backend)    config-time refusal of what the backend cannot compute
+    precision_caveat(cfg)            the warning for a precision that has not run anywhere
     mixed_precision(model, cfg)      the network the training loss runs: mindspore.amp at cfg's level
     LossScaler                       the scale, its growth and backoff, skipped steps, the collapse stop
 
@@ -21,7 +22,7 @@ that names the step. mindspore.amp.DynamicLossScaler keeps its state inside the 
 has neither a configurable minimum nor a count of consecutive skips, which this needs.
 """
 from dataclasses import dataclass
-from typing import Dict
+from typing import Dict, Optional
 
 import mindspore as ms
 from mindspore import nn
@@ -39,6 +40,16 @@ def check_precision(cfg: RunConfig, backend: str) -> None:
         raise ConfigError(f"precision.dtype=bfloat16 at precision.level={p.level} cannot run on the CPU "
                           f"(MindSpore's CPU MatMul has no bfloat16 kernel); use precision.dtype=float16 "
                           f"here, or run on Ascend")
+
+
+def precision_caveat(cfg: RunConfig) -> Optional[str]:
+    """A line for the run's start when the precision chosen has not run anywhere (None otherwise)."""
+    p = cfg.precision
+    if p.level != "O0" and p.dtype == "bfloat16":
+        return (f"precision.dtype=bfloat16 at {p.level} has not run anywhere yet (MindSpore's CPU refuses it "
+                f"and mindrun has not run on NPUs); float16 {p.level} with dynamic loss scaling is the tested "
+                f"mixed precision")
+    return None
 
 
 def mixed_precision(model: nn.Cell, precision: PrecisionConfig) -> nn.Cell:
@@ -63,7 +74,7 @@ class LossScaler:
     min_scale) and by growth_factor after growth_interval clean steps in a row.
     """
 
-    mode: str  # none | static | dynamic
+    policy: str  # none | static | dynamic
     scale: float
     growth_factor: float = 2.0
     backoff_factor: float = 0.5
@@ -77,24 +88,24 @@ class LossScaler:
     @classmethod
     def from_config(cls, p: PrecisionConfig) -> "LossScaler":
         """The scaler `precision:` asks for (scale 1 without scaling)."""
-        mode = p.scaling()
-        scale = 1.0 if mode == "none" else p.initial_scale
-        floor = p.min_scale if mode == "dynamic" else scale  # a fixed scale is its own minimum
-        return cls(mode, scale, p.growth_factor, p.backoff_factor, p.growth_interval, floor, p.max_skips_at_min)
+        policy = p.scaling()
+        scale = 1.0 if policy == "none" else p.initial_scale
+        floor = p.min_scale if policy == "dynamic" else scale  # a fixed scale is its own minimum
+        return cls(policy, scale, p.growth_factor, p.backoff_factor, p.growth_interval, floor, p.max_skips_at_min)
 
     def update(self, finite: bool, step: int) -> None:
         """Account for optimizer step `step`; ScaleCollapsed when the scale cannot recover."""
         if finite:
             self.skips_at_min = 0
             self.clean_steps += 1
-            if self.mode == "dynamic" and self.clean_steps >= self.growth_interval:
+            if self.policy == "dynamic" and self.clean_steps >= self.growth_interval:
                 self.scale *= self.growth_factor
                 self.clean_steps = 0
             return
         self.skipped_steps += 1
         self.clean_steps = 0
         at_min = self.scale <= self.min_scale
-        if self.mode == "dynamic":
+        if self.policy == "dynamic":
             self.scale = max(self.scale * self.backoff_factor, self.min_scale)
         self.skips_at_min = self.skips_at_min + 1 if at_min else 0
         if self.skips_at_min >= self.max_skips_at_min:
@@ -111,7 +122,7 @@ class LossScaler:
 
     def restore(self, state: Dict[str, float]) -> None:
         """Continue from a checkpoint's `state()`."""
-        if self.mode != "none":
+        if self.policy != "none":
             self.scale = float(state["scale"])
         self.clean_steps = int(state["clean_steps"])
         self.skipped_steps = int(state["skipped_steps"])

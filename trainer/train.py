@@ -25,7 +25,7 @@ from trainer.parallel.clock import RunClock
 from trainer.parallel.context import (ParallelContext, init_parallel, is_scheduler, select_backend,
                                       world_size_from_env)
 from trainer.parallel.plan import check_vocabulary, make_plan
-from trainer.precision import check_precision
+from trainer.precision import check_precision, precision_caveat
 from trainer.saving import RunCheckpoints
 from trainer.schedule import learning_rate
 from trainer.step import StepResult
@@ -226,6 +226,8 @@ def train(cfg: RunConfig, corpus: Optional[Corpus] = None) -> Dict[str, object]:
     ctx = init_parallel(plan, backend)
     if ctx.is_main and plan.caveat:
         tqdm.write(f"warning: {plan.caveat}")
+    if ctx.is_main and precision_caveat(cfg):
+        tqdm.write(f"warning: {precision_caveat(cfg)}")
     if ctx.is_main and speedups_note(cfg, backend):
         tqdm.write(f"note: {speedups_note(cfg, backend)}")
     seed_everything(cfg.train.seed)
