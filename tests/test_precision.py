@@ -209,6 +209,19 @@ def test_an_overflowing_step_is_skipped_whole_and_the_halved_scale_trains():
 
 
 @pytest.mark.slow
+def test_o1_trains_and_leaves_nothing_in_the_working_directory(tmp_path, monkeypatch):
+    """O1 goes through mindspore.rewrite, which writes generated source to ./rewritten_network."""
+    ms.set_context(mode=ms.GRAPH_MODE)
+    monkeypatch.chdir(tmp_path)
+    worker = _worker()
+    model, _, stepper = worker.build(precision=PrecisionConfig(level="O1"))
+    before = worker.snapshot([model])
+    assert stepper.update(worker.padded_micro_batches(k=1)).finite
+    assert any(not np.array_equal(before[n], p) for n, p in worker.snapshot([model]).items())
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
 def test_float16_o2_training_follows_float32():
     """30 Adam steps on four fixed batches: the O2 float16 loss ends within 2 % of float32's (0.2 % measured)."""
     ms.set_context(mode=ms.GRAPH_MODE)

@@ -21,6 +21,10 @@ nothing), its state goes into checkpoints, and the stop after a collapse is a Py
 that names the step. mindspore.amp.DynamicLossScaler keeps its state inside the graph and
 has neither a configurable minimum nor a count of consecutive skips, which this needs.
 """
+import atexit
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from typing import Dict, Optional
 
@@ -58,7 +62,28 @@ def mixed_precision(model: nn.Cell, precision: PrecisionConfig) -> nn.Cell:
         return model
     from mindspore.amp import auto_mixed_precision
 
-    return auto_mixed_precision(model, precision.level, DTYPES[precision.dtype])
+    if precision.level != "O1":
+        return auto_mixed_precision(model, precision.level, DTYPES[precision.dtype])
+    # O1 goes through mindspore.rewrite, which writes the rewritten network's source to
+    # ./rewritten_network and compiles from it later: keep it out of the user's directory
+    previous = os.getcwd()
+    os.chdir(_rewrite_dir())
+    try:
+        return auto_mixed_precision(model, precision.level, DTYPES[precision.dtype])
+    finally:
+        os.chdir(previous)
+
+
+def _rewrite_dir() -> str:
+    """A directory of this process for mindspore.rewrite's generated source, removed at exit."""
+    global _REWRITE_DIR
+    if _REWRITE_DIR is None:
+        _REWRITE_DIR = tempfile.mkdtemp(prefix="mindrun-amp-")
+        atexit.register(shutil.rmtree, _REWRITE_DIR, True)
+    return _REWRITE_DIR
+
+
+_REWRITE_DIR: Optional[str] = None
 
 
 class ScaleCollapsed(RuntimeError):

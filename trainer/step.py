@@ -1,6 +1,6 @@
 """The training step in two Cells: gradients of a batch, then the update.
 
-    GradStep    forward, loss, backward on this rank's rows -> loss sums, token count, gradients
+    GradStep    forward, loss, backward on this rank's rows -> loss sums, gradients (scaled)
     GradAccumulator, MicroStep   gradient accumulation: micro-batches summed locally
     UpdateStep  reduce across data-parallel ranks, unscale, finite check, clip, optimizer update
     TrainStep   the last micro-batch and the update, compiled as one graph
