@@ -15,11 +15,12 @@ from trainer.parallel.data import gather_full_params
 class RunCheckpoints:
     """The checkpoints of one run directory, for one rank (rank 0 writes; all ranks gather shards)."""
 
-    def __init__(self, ckpt_dir: Path, best_metric: str, model, train_step, shard_axis: Dict[str, int],
+    def __init__(self, ckpt_dir: Path, best_metric: str, model, optimizer, shard_axis: Dict[str, int],
                  ctx: ParallelContext):
         self.dir = Path(ckpt_dir)
         self.best_metric = best_metric
-        self.model, self.train_step, self.shard_axis, self.ctx = model, train_step, shard_axis, ctx
+        # the optimizer holds the weights, Adam's moments and its step count: the training state
+        self.model, self.optimizer, self.shard_axis, self.ctx = model, optimizer, shard_axis, ctx
         self.best_value: Optional[float] = None
         self.best: Dict[str, float] = {}  # the best validation record, with its step
 
@@ -32,13 +33,13 @@ class RunCheckpoints:
         return self.dir / "best.ckpt"
 
     def resume(self) -> Optional[Dict]:
-        """Load last.ckpt (weights, Adam state) into the step; return its position metadata, or None if absent."""
+        """Load last.ckpt (weights, Adam state) into the optimizer; return its position metadata, or None if absent."""
         if not self.last.is_file():
             return None
         if self.ctx.plan.model_parallel > 1:
             raise ConfigError("train.resume with parallel.model_parallel > 1 needs sharded checkpoints, which "
                               "are not built yet; resume with the same data_parallel and model_parallel=1")
-        meta = checkpoint.load_into(self.train_step, self.last)
+        meta = checkpoint.load_into(self.optimizer, self.last)
         if self.best_path.is_file():  # best.ckpt's own metadata, in case a crash fell between the two saves
             best_meta = checkpoint.read_meta(self.best_path)
             self.best_value, self.best = best_meta["best_value"], {"step": int(best_meta["best_step"])}
@@ -83,4 +84,4 @@ class RunCheckpoints:
         if self.ctx.is_main:
             if best:
                 checkpoint.save(self.model, self.best_path, meta)
-            checkpoint.save(self.train_step, self.last, meta)
+            checkpoint.save(self.optimizer, self.last, meta)
