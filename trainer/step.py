@@ -249,8 +249,9 @@ class Stepper:
         """One update on one batch (padded: src, tgt_in, tgt_out; packed: also segments and positions)."""
         return self.update([arrays])
 
-    def update(self, micro_batches: List[Sequence], step: int = 0) -> StepResult:
-        """One optimizer update over `micro_batches` (at most k of them); `step` names it in errors."""
+    def update(self, micro_batches: List[Sequence], step: int = 0, lr: Optional[float] = None) -> StepResult:
+        """One optimizer update over `micro_batches` (at most k of them) at learning rate `lr`
+        (default: the optimizer's Parameter as last set); `step` names it in errors."""
         if len(micro_batches) > 1 and self.micro_step is None:
             raise ValueError(f"{len(micro_batches)} micro-batches for one update, but the step was built "
                              f"without gradient accumulation (train.gradient_accumulation_steps=1)")
@@ -259,7 +260,9 @@ class Stepper:
         denominator = ms.Tensor(max(n_tokens, 1.0), ms.float32)
         scale_used = self.scaler.scale
         scale = ms.Tensor(scale_used, ms.float32)
-        lr = ms.Tensor(self.update_step.optimizer.learning_rate.asnumpy(), ms.float32)  # as the caller set it
+        if lr is None:
+            lr = self.update_step.optimizer.learning_rate.asnumpy()
+        lr = ms.Tensor(lr, ms.float32)
         for batch in micro_batches[:-1]:
             self.micro_step(denominator, scale, *map(ms.Tensor, self.local_rows(batch)))
         loss_sum, nll_sum, norm, finite = self.train_step(denominator, scale, lr,

@@ -127,8 +127,7 @@ class Trainer:
         opt = self.cfg.optim
         rate = learning_rate(self.step, opt.lr, opt.warmup_steps, opt.schedule, self.total_steps, opt.min_lr,
                              self.time_fraction)
-        self.optimizer.learning_rate.set_data(ms.Tensor(rate, ms.float32))  # a Parameter inside the graph
-        return self.stepper.update(micro_batches, self.step), rate
+        return self.stepper.update(micro_batches, self.step, rate), rate  # assigned to Adam's Parameter in the graph
 
     def describe_batch(self) -> str:
         """The effective batch, for the run's first lines."""
@@ -226,10 +225,11 @@ def train(cfg: RunConfig, corpus: Optional[Corpus] = None) -> Dict[str, object]:
     ctx = init_parallel(plan, backend)
     if ctx.is_main and plan.caveat:
         tqdm.write(f"warning: {plan.caveat}")
-    if ctx.is_main and precision_caveat(cfg):
-        tqdm.write(f"warning: {precision_caveat(cfg)}")
-    if ctx.is_main and speedups_note(cfg, backend):
-        tqdm.write(f"note: {speedups_note(cfg, backend)}")
+    caveat, note = precision_caveat(cfg), speedups_note(cfg, backend)
+    if ctx.is_main and caveat:
+        tqdm.write(f"warning: {caveat}")
+    if ctx.is_main and note:
+        tqdm.write(f"note: {note}")
     seed_everything(cfg.train.seed)
     run_dir = cfg.run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
