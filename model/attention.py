@@ -4,6 +4,8 @@ import math
 import mindspore as ms
 from mindspore import nn, ops
 
+from model.dropout import Dropout
+
 
 class ScaledDotProductAttention(nn.Cell):
     """softmax(Q K^T / sqrt(d_k) + bias) V, with dropout on the weights.
@@ -17,7 +19,7 @@ class ScaledDotProductAttention(nn.Cell):
         self.qk = ops.BatchMatMul(transpose_b=True)
         self.softmax = ops.Softmax(-1)  # an attribute, so that layouts and trainer/cpu can reach it
         self.av = ops.BatchMatMul()
-        self.dropout = nn.Dropout(p=dropout)
+        self.dropout = Dropout(dropout)
 
     def construct(self, q, k, v, bias):
         """q [B, H, Lq, dk], k and v [B, H, Lk, dk], bias broadcastable to [B, H, Lq, Lk]."""

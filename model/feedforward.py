@@ -1,6 +1,8 @@
 """Position-wise feed-forward network: Dense -> ReLU -> dropout -> Dense."""
 from mindspore import nn, ops
 
+from model.dropout import Dropout
+
 
 class FeedForward(nn.Cell):
     """FFN(x) = max(0, x W1 + b1) W2 + b2, applied to every position alike."""
@@ -9,7 +11,7 @@ class FeedForward(nn.Cell):
         super().__init__()
         self.w1 = nn.Dense(d_model, d_ff)
         self.w2 = nn.Dense(d_ff, d_model)
-        self.dropout = nn.Dropout(p=activation_dropout)
+        self.dropout = Dropout(activation_dropout)
 
     def construct(self, x):
         """x [B, L, d] -> [B, L, d]."""

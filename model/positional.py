@@ -5,6 +5,8 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn, ops
 
+from model.dropout import Dropout
+
 
 def sinusoid_table(max_positions: int, d_model: int) -> np.ndarray:
     """PE[pos, 2i] = sin(pos / 10000^(2i/d)), PE[pos, 2i+1] = cos(same)."""
@@ -23,7 +25,7 @@ class PositionalEncoding(nn.Cell):
         super().__init__()
         # a constant, not a Parameter: never trained, never checkpointed
         self.table = ms.Tensor(sinusoid_table(max_positions, d_model))
-        self.dropout = nn.Dropout(p=dropout)
+        self.dropout = Dropout(dropout)
 
     def construct(self, x, positions=None):
         """x [B, L, d] -> x + PE[:L], or x + PE[positions] for positions [B, L] (packed rows)."""

@@ -1,6 +1,8 @@
 """Residual connection with LayerNorm: post-LN (paper, course) or pre-LN."""
 from mindspore import nn
 
+from model.dropout import Dropout
+
 
 class AddNorm(nn.Cell):
     """Wraps a sublayer: post-LN  LN(x + drop(f(x)))  or pre-LN  x + drop(f(LN(x)))."""
@@ -8,7 +10,7 @@ class AddNorm(nn.Cell):
     def __init__(self, d_model: int, dropout: float, pre_norm: bool, eps: float):
         super().__init__()
         self.norm = nn.LayerNorm((d_model,), epsilon=eps)
-        self.dropout = nn.Dropout(p=dropout)
+        self.dropout = Dropout(dropout)
         self.pre_norm = pre_norm
 
     def before(self, x):

@@ -6,6 +6,7 @@ from mindspore import nn, ops
 from mindspore.common.initializer import Normal
 
 from model.config import ModelConfig
+from model.dropout import bind_dropout_key
 from model.layers import DecoderLayer, EncoderLayer
 from model.masks import NEG_INF, causal_mask, mask_to_bias, padding_mask, segment_mask
 from model.positional import PositionalEncoding
@@ -52,12 +53,14 @@ class Transformer(nn.Cell):
             self.tgt_embed = nn.Embedding(tgt_vocab, cfg.d_model, embedding_table=init)
             self.out_proj = nn.Dense(cfg.d_model, tgt_vocab, has_bias=False)
         self.positions = PositionalEncoding(cfg.d_model, cfg.max_positions, cfg.dropout)
+        self.tgt_positions = PositionalEncoding(cfg.d_model, cfg.max_positions, cfg.dropout)  # masks of its own
         self.encoder = nn.CellList([EncoderLayer(cfg) for _ in range(cfg.encoder_layers)])
         self.decoder = nn.CellList([DecoderLayer(cfg) for _ in range(cfg.decoder_layers)])
         if cfg.pre_norm:  # pre-LN stacks end with a LayerNorm of their own
             self.encoder_norm = nn.LayerNorm((cfg.d_model,), epsilon=cfg.layer_norm_eps)
             self.decoder_norm = nn.LayerNorm((cfg.d_model,), epsilon=cfg.layer_norm_eps)
         self.logits = Logits()
+        self.dropout_key = bind_dropout_key(self)  # the train step sets it per call (model/dropout.py)
 
     # -- pieces -------------------------------------------------------------------
     def encode(self, src, src_seg=None, src_pos=None):
@@ -103,7 +106,7 @@ class Transformer(nn.Cell):
         else:
             tgt_bias = mask_to_bias(segment_mask(tgt_seg, tgt_seg, causal=True))
             cross_bias = mask_to_bias(segment_mask(tgt_seg, src_seg))
-        x = self.positions(self.tgt_embed(tgt_in) * self.embed_scale, tgt_pos)
+        x = self.tgt_positions(self.tgt_embed(tgt_in) * self.embed_scale, tgt_pos)
         for layer in self.decoder:
             x = layer(x, memory, tgt_bias, cross_bias)
         if self.cfg.pre_norm:
@@ -147,7 +150,7 @@ class Transformer(nn.Cell):
         visible = ops.less_equal(slots.reshape(1, 1, 1, max_len), position)
         self_bias = ops.select(visible, ops.zeros(visible.shape, ms.float32),
                                ops.fill(ms.float32, visible.shape, NEG_INF))
-        x = self.positions.at(self.tgt_embed(token) * self.embed_scale, position)
+        x = self.tgt_positions.at(self.tgt_embed(token) * self.embed_scale, position)
         new_k, new_v = (), ()
         for i, layer in enumerate(self.decoder):
             x, k, v = layer.step(x, write, self_k[i], self_v[i], self_bias, cross_k[i], cross_v[i], src_bias)

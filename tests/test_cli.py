@@ -18,10 +18,19 @@ def test_cli_surface_does_not_drift():
                             "--output", "-h", "--help"]),
         "translate": sorted(["--checkpoint", "--beam", "--length-penalty", "--batch-size", "-h", "--help"]),
         "plan": sorted(["--config", "--set", "--world-size", "--backend", "--vocab-size", "-h", "--help"]),
+        "ckpt": ["--help", "-h"],  # inspect | merge | reshard, frozen below
         "launch": [],  # handed to launcher.cli, frozen below
         "ranktable": [],
         "doctor": [],
     }
+
+
+def test_ckpt_actions_do_not_drift():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    actions = next(a for a in sub.choices["ckpt"]._actions if a.dest == "action")
+    assert {name: sorted(o for a in p._actions for o in a.option_strings) for name, p in actions.choices.items()} == {
+        "inspect": ["--help", "--json", "-h"], "merge": ["--help", "-h"], "reshard": ["--help", "--out", "--parallel", "-h"]}
 
 
 def test_launch_surface_keeps_msrun_names():

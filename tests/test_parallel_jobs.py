@@ -1,7 +1,11 @@
-"""Parallel training on CPU with real processes from our launcher: the same losses and weights as standalone.
+"""Parallel training on CPU with real processes from our launcher: the same losses and weights as standalone,
+and sharded checkpoints that resume exactly, under the same layout or another one.
 
-Tiny model, dropout off, one bucket shape, 6 steps; each job is compared with one standalone run.
+Tiny model, dropout 0.1 (masks by global batch row: every layout draws the standalone run's,
+model/dropout.py), one bucket shape, 6 steps, a sharded checkpoint at step 3; each job is
+compared with one standalone run, and resumed runs with the run they continue.
 """
+import shutil
 import json
 import os
 import subprocess
@@ -14,6 +18,7 @@ import pytest
 pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
 
 STEPS = 6
+SAVED = 3  # a checkpoint at this step of every run; resumed runs continue from it
 BIN = Path(sys.executable).parent
 KEY_BIAS_BOUND = 0.003 * sum(range(1, STEPS + 1)) / 20  # tiny recipe: lr 3e-3, 20 warm-up steps
 
@@ -21,20 +26,28 @@ KEY_BIAS_BOUND = 0.003 * sum(range(1, STEPS + 1)) / 20  # tiny recipe: lr 3e-3, 
 def settings(data_dir, out):
     return ["--config", "tiny", "--data-dir", str(data_dir), "--set", f"train.out_dir={out}",
             "--set", f"train.max_steps={STEPS}", "--set", "train.log_every=1", "--set", "data.buckets=[64]",
-            "--set", "model.dropout=0.0", "--set", "eval.max_len_b=2"]
+            "--set", "model.dropout=0.1", "--set", "eval.max_len_b=2", "--set", f"train.save_every_steps={SAVED}",
+            "--set", "train.keep_last=5"]
 
 
-def losses(out):
+def losses(out, first=1):
     records = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
-    return [r["loss"] for r in records if r["kind"] == "train"]
+    return [r["loss"] for r in records if r["kind"] == "train" and r["step"] >= first]
 
 
 def weights(out):
-    import mindspore as ms
+    from trainer.ckpt.tools import _full_weights, open_verified
 
-    params = ms.load_checkpoint(str(Path(out) / "checkpoints" / "last.ckpt"))
-    return {k: v.asnumpy() for k, v in params.items() if not k.startswith(("meta/", "moment", "beta", "global_step",
-                                                                          "learning_rate"))}
+    return _full_weights(*open_verified(Path(out) / "checkpoints" / "latest"))
+
+
+def stopped_at_the_checkpoint(run, into):
+    """A copy of `run` as a crash after step SAVED would leave it: step_SAVED its newest checkpoint."""
+    shutil.copytree(run, into, symlinks=True, ignore=shutil.ignore_patterns("logs", "tb"))
+    for path in (into / "checkpoints").iterdir():
+        if path.name.startswith("step_") and path.name != f"step_{SAVED}":
+            shutil.rmtree(path)
+    return into
 
 
 @pytest.fixture(scope="module")
@@ -47,16 +60,17 @@ def standalone(data_dir, tmp_path_factory):
     return out
 
 
-def launched(data_dir, out, workers, *sets):
+def launched(data_dir, out, workers, *sets, run=None):
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
+    run = run or out / "run"
     args = [sys.executable, "-m", "launcher", "--worker_num", str(workers), "--local_worker_num", str(workers),
             "--master_port", "0", "--log_dir", str(out / "logs"), "-m", "trainer", "train",
-            *settings(data_dir, out / "run")]
+            *settings(data_dir, run)]
     for s in sets:
         args += ["--set", s]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    return out / "run"
+    return run
 
 
 def same_run(standalone, parallel):
@@ -75,10 +89,73 @@ def same_run(standalone, parallel):
             np.testing.assert_allclose(b[name], a[name], rtol=1e-4, atol=2e-5, err_msg=name)
 
 
-def test_data_parallel_matches_standalone(standalone, data_dir, tmp_path):
-    run = launched(data_dir, tmp_path, 2, "parallel.mode=data_parallel")
-    assert "data_parallel 2 x model_parallel 1" in (tmp_path / "logs" / "worker_0.log").read_text()
-    same_run(standalone, run)
+def resumed_exactly(straight, resumed, rtol=0.0):
+    """The resumed run's steps SAVED+1.. are the straight run's (its log keeps steps 1..SAVED as they were)."""
+    assert losses(resumed)[:SAVED] == losses(straight)[:SAVED]
+    got, want = losses(resumed, SAVED + 1), losses(straight, SAVED + 1)
+    assert len(got) == STEPS - SAVED
+    if rtol:
+        np.testing.assert_allclose(got, want, rtol=rtol)
+    else:
+        assert got == want
+
+
+@pytest.fixture(scope="module")
+def data_parallel(data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("dp2")
+    run = launched(data_dir, out, 2, "parallel.mode=data_parallel")
+    assert "data_parallel 2 x model_parallel 1" in (out / "logs" / "worker_0.log").read_text()
+    return run
+
+
+@pytest.fixture(scope="module")
+def model_parallel(data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("mp2")
+    run = launched(data_dir, out, 2, "parallel.model_parallel=2")
+    assert "hybrid: data_parallel 1 x model_parallel 2" in (out / "logs" / "worker_0.log").read_text()
+    return run
+
+
+def test_data_parallel_matches_standalone(standalone, data_parallel):
+    same_run(standalone, data_parallel)
+
+
+def test_standalone_resumes_exactly_with_dropout_on(standalone, data_dir, tmp_path):
+    from trainer.config import load_config
+    from trainer.train import train
+
+    run = stopped_at_the_checkpoint(standalone, tmp_path / "run")
+    args = settings(data_dir, run)
+    sets = [v for k, v in zip(args, args[1:]) if k == "--set"]
+    train(load_config("tiny", [f"data.dir={data_dir}", *sets, "train.resume=auto"]))
+    resumed_exactly(standalone, run)
+
+
+def test_data_parallel_resumes_exactly_with_dropout_on(data_parallel, data_dir, tmp_path):
+    run = stopped_at_the_checkpoint(data_parallel, tmp_path / "run")
+    launched(data_dir, tmp_path, 2, "parallel.mode=data_parallel", "train.resume=auto", run=run)
+    resumed_exactly(data_parallel, run)
+
+
+def test_model_parallel_resumes_exactly_with_dropout_on(model_parallel, data_dir, tmp_path):
+    run = stopped_at_the_checkpoint(model_parallel, tmp_path / "run")
+    launched(data_dir, tmp_path, 2, "parallel.model_parallel=2", "train.resume=auto", run=run)
+    resumed_exactly(model_parallel, run)
+
+
+def test_a_model_parallel_checkpoint_resumes_without_model_parallelism(model_parallel, data_dir, tmp_path):
+    """Saved split over 2 ranks (weights and Adam moments), resumed whole in one process: resharded on load."""
+    run = stopped_at_the_checkpoint(model_parallel, tmp_path / "run")
+    proc = subprocess.run([sys.executable, "-m", "trainer", "train", *settings(data_dir, run), "--resume"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    resumed_exactly(model_parallel, run, rtol=1e-5)
+
+
+def test_a_model_parallel_checkpoint_resumes_under_data_parallelism(model_parallel, data_dir, tmp_path):
+    run = stopped_at_the_checkpoint(model_parallel, tmp_path / "run")
+    launched(data_dir, tmp_path, 2, "parallel.mode=data_parallel", "train.resume=auto", run=run)
+    resumed_exactly(model_parallel, run, rtol=1e-5)
 
 
 def test_packed_data_parallel_matches_packed_standalone(data_dir, tmp_path):
@@ -96,10 +173,8 @@ def test_packed_data_parallel_matches_packed_standalone(data_dir, tmp_path):
     same_run(ref, launched(data_dir, tmp_path / "dp", 2, "parallel.mode=data_parallel", *packing))
 
 
-def test_hybrid_model_parallel_matches_standalone(standalone, data_dir, tmp_path):
-    run = launched(data_dir, tmp_path, 2, "parallel.model_parallel=2")
-    assert "hybrid: data_parallel 1 x model_parallel 2" in (tmp_path / "logs" / "worker_0.log").read_text()
-    same_run(standalone, run)
+def test_hybrid_model_parallel_matches_standalone(standalone, model_parallel):
+    same_run(standalone, model_parallel)
 
 
 def test_data_and_model_parallel_2x2_matches_standalone(standalone, data_dir, tmp_path):

@@ -14,7 +14,7 @@ import mindspore as ms
 import numpy as np
 import pytest
 
-from trainer.build import reseed_dropout
+from model.dropout import Dropout, mask_reference, step_key
 from trainer.config import ConfigError, PrecisionConfig, load_config
 from trainer.precision import LossScaler, ScaleCollapsed, check_precision
 
@@ -122,16 +122,17 @@ def test_scaler_state_round_trips():
 
 # -- per-rank dropout ----------------------------------------------------------------------------
 
-def test_dropout_gets_a_seed_per_data_parallel_rank():
-    worker = _worker()
-    seeds = []
-    for dp_rank in (0, 1):
-        model = worker.tiny_model(dropout=0.3)
-        assert reseed_dropout(model, 1, dp_rank) >= 5  # positions, residuals of every sublayer
-        seeds.append([(c.dropout.Seed0, c.dropout.Seed1) for _, c in model.cells_and_names()
-                      if isinstance(c, ms.nn.Dropout)])
-    assert all(a[0] != b[0] for a, b in zip(*seeds))  # another stream per rank
-    assert [a[1] for a in seeds[0]] == [b[1] for b in seeds[1]]  # the same op within it
+def test_dropout_keys_differ_per_step_and_repeat_and_ranks_draw_their_rows_masks():
+    keys = {call: step_key(1, call) for call in (0, 1, 1024)}
+    assert len(set(keys.values())) == len(keys)  # another mask per call
+    assert step_key(1, 1024) == keys[1024]  # a pure function: a resumed run draws the same
+    sites = [c for _, c in _worker().tiny_model(dropout=0.3).cells_and_names() if isinstance(c, Dropout)]
+    assert len(sites) >= 5 and len({c.salt_offset for c in sites}) == len(sites)  # a salt per site
+    whole = mask_reference((64, 256), keys[0], 1, sites[0].threshold)
+    halves = [mask_reference((32, 256), keys[0], 1, sites[0].threshold, shard=r) for r in (0, 1)]
+    assert abs(whole.mean() - 0.7) < 0.01
+    assert (np.concatenate(halves) == whole).all()  # data-parallel ranks draw the global batch's masks
+    assert (halves[0] != halves[1]).any()  # and replicas draw different ones
 
 
 # -- the step, standalone (compiles) ---------------------------------------------------------------
@@ -305,9 +306,9 @@ def test_trainer_runs_o2_with_accumulation_and_logs_the_scale(data_dir, tmp_path
     assert [r["step"] for r in train] == [1, 2, 3, 4]  # optimizer steps, not micro-batches
     assert all("loss_scale" in r and "skipped_steps" in r for r in train)
     assert train[-1]["loss_scale"] == 65536.0 * 0.5 ** train[-1]["skipped_steps"]
-    meta = ms.load_checkpoint(str(tmp_path / "checkpoints" / "last.ckpt"))
-    assert float(meta["meta/scaler_scale"].asnumpy()) == train[-1]["loss_scale"]  # resumes with its scale
-    assert not any(k.startswith("accumulated.") for k in meta)  # accumulators are not state
+    manifest = json.loads((tmp_path / "checkpoints" / "latest" / "manifest.json").read_text())
+    assert manifest["position"]["scaler"]["scale"] == train[-1]["loss_scale"]  # resumes with its scale
+    assert not any(k.startswith("accumulated.") for k in manifest["tensors"])  # accumulators are not state
 
 
 @pytest.mark.slow

@@ -1,8 +1,8 @@
 """The one build path: a resolved config and plan -> model, layout, optimizer and train step.
 
     build_model(cfg, vocab sizes, backend)     the Transformer, with the CPU speed-ups on the CPU
-    build_training(cfg, ctx, vocab sizes)      model -> parallelize (the seam) -> dropout seeds per
-                                               data-parallel rank -> Adam -> assemble_step
+    build_training(cfg, ctx, vocab sizes)      model -> parallelize (the seam) -> Adam -> assemble_step
+                                               (dropout masks by global row: model/dropout.py)
     assemble_step(model, optimizer, ...)       mixed precision, loss, GradStep, GradNorm, UpdateStep,
                                                accumulation -> Stepper (TrainStep [+ MicroStep])
 
@@ -14,12 +14,15 @@ from pathlib import Path
 from typing import Optional
 
 import mindspore as ms
-from mindspore import nn, ops
+from mindspore import nn
 
 from model import Transformer
+from model.dropout import shard_dropout
 from model.loss import LabelSmoothedCrossEntropy
+from model.parallel.layout import split_axes
 from model.tokens import PAD
 from trainer import cpu
+from trainer.ckpt.layout import ShardLayout
 from trainer.config import PrecisionConfig, RunConfig
 from trainer.data.multi30k import cache_root
 from trainer.parallel.context import ParallelContext
@@ -67,36 +70,45 @@ class Built:
     parallel: Parallelized
     optimizer: nn.Optimizer  # holds the weights, Adam's moments and the step count: what a checkpoint keeps
     step: Stepper  # TrainStep (+ MicroStep with accumulation), wrapped by the seam under semi_auto
+    layout: ShardLayout  # how this rank's state is split: what a checkpoint records and reshards
 
 
 def build_training(cfg: RunConfig, ctx: ParallelContext, src_vocab_size: int, tgt_vocab_size: int) -> Built:
     """Model, parallel layout, Adam (learning rate a Parameter set every step) and the train step."""
     speedups = cpu_speedups(cfg, ctx.backend)
     model = _model(cfg, src_vocab_size, tgt_vocab_size, speedups)  # same init on every rank
+    axes = split_axes(model)  # the layout table's axes, recorded even when nothing is split
     parallel = parallelize(model, ctx)
-    if parallel.dp_group is not None:  # weights identical on every rank, dropout masks not
-        reseed_dropout(model, cfg.train.seed, ctx.dp_rank)
+    plan = ctx.plan
+    split = axes if parallel.shard_axis else {}
+    if parallel.shard_axis and set(parallel.shard_axis) != set(axes):
+        raise RuntimeError(f"the layout split {sorted(set(parallel.shard_axis) ^ set(axes))[:4]} unlike its table")
+    if parallel.dp_group is not None:  # masks of this rank's rows of the global batch (model/dropout.py)
+        shard_dropout(model, ctx.dp_rank)
+    layout = ShardLayout(ctx.mp_rank if split else 0, plan.model_parallel if split else 1,
+                         ctx.dp_rank, plan.data_parallel, axes)
     opt = cfg.optim
     optimizer = nn.Adam(model.trainable_params(), learning_rate=ms.Tensor(0.0, ms.float32),
                         beta1=opt.beta1, beta2=opt.beta2, eps=opt.eps, weight_decay=opt.weight_decay)
     step = assemble_step(model, optimizer, opt.label_smoothing, opt.clip_norm, parallel, speedups,
-                         cfg.precision, cfg.train.gradient_accumulation_steps)
-    return Built(model, parallel, optimizer, step)
+                         cfg.precision, cfg.train.gradient_accumulation_steps, cfg.train.seed)
+    return Built(model, parallel, optimizer, step, layout)
 
 
 def assemble_step(model: nn.Cell, optimizer: nn.Optimizer, smoothing: float, clip_norm: float,
                   parallel: Parallelized = Parallelized("standalone"),
                   speedups: Optional[cpu.CpuSpeedups] = None,
-                  precision: PrecisionConfig = PrecisionConfig(), accumulation_steps: int = 1) -> Stepper:
+                  precision: PrecisionConfig = PrecisionConfig(), accumulation_steps: int = 1,
+                  seed: int = 0) -> Stepper:
     """The step of an already parallelized model: mixed precision, loss (CPU-fused where it may),
     gradients, accumulation, the seam's reductions and norm weighting, unscaling, the finite
-    check, clipping, the optimizer. In training mode."""
+    check, clipping, the optimizer. In training mode. Dropout masks follow (seed, step)."""
     weights = optimizer.parameters
     loss_fn = cpu.fused_loss(model, smoothing, PAD, speedups, parallel.splits_projection)
     if loss_fn is None:
         criterion = cpu.criterion(smoothing, PAD, speedups) or LabelSmoothedCrossEntropy(smoothing, PAD)
         loss_fn = TeacherForcedLoss(mixed_precision(model, precision), criterion)
-    grad_step = GradStep(loss_fn, weights)
+    grad_step = GradStep(loss_fn, weights, getattr(model, "dropout_key", None))
     kernel = cpu.sum_of_squares_kernel(speedups, weights, split=bool(parallel.shard_axis))
     norm = GradNorm(parallel.norm_weights(weights), parallel.mp_sum(), kernel)
     accumulator = GradAccumulator(weights) if accumulation_steps > 1 else None
@@ -107,20 +119,4 @@ def assemble_step(model: nn.Cell, optimizer: nn.Optimizer, smoothing: float, cli
         if cell is not None:
             cell.set_train(True)
     return Stepper(parallel.wrap(train_step), micro_step and parallel.wrap(micro_step),
-                   LossScaler.from_config(precision), parallel.local_rows, PAD)
-
-
-def reseed_dropout(model: nn.Cell, seed: int, dp_rank: int) -> int:
-    """Give every Dropout of `model` a seed of its own per data-parallel rank; return how many.
-
-    nn.Dropout takes (global seed, per-op seed) when built, so replicas built from one seed
-    draw the same masks on their different rows. Model-parallel ranks of one replica share
-    dp_rank and keep drawing alike, as the activations they replicate must.
-    """
-    count = 0
-    for _, cell in model.cells_and_names():
-        if isinstance(cell, nn.Dropout) and isinstance(getattr(cell, "dropout", None), ops.Dropout):
-            op = cell.dropout
-            cell.dropout = ops.Dropout(op.keep_prob, (seed + 7919 * (dp_rank + 1)) % (2 ** 31), op.Seed1)
-            count += 1
-    return count
+                   LossScaler.from_config(precision), parallel.local_rows, PAD, seed)

@@ -4,7 +4,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 
 def _train(args) -> int:
@@ -14,9 +14,9 @@ def _train(args) -> int:
     overrides = list(args.set)
     if args.data_dir:
         overrides.append(f"data.dir={args.data_dir}")
-    # a worker restarted by `mindrun launch --max_restarts` resumes from last.ckpt by itself
+    # a worker restarted by `mindrun launch --max_restarts` resumes by itself
     if args.resume or int(os.environ.get("MINDRUN_RESTART_COUNT", "0") or 0) > 0:
-        overrides.append("train.resume=true")
+        overrides.append("train.resume=auto")
     summary = train(load_config(args.config, overrides))
     print(json.dumps(summary))
     signum = summary.get("interrupted_by_signal")
@@ -62,8 +62,36 @@ def _plan(args) -> int:
     return 0
 
 
+def _parallel_sizes(text: str) -> Dict[str, int]:
+    sizes = {}
+    for item in text.split(","):
+        key, _, value = item.partition("=")
+        key = {"dp": "dp", "data_parallel": "dp", "mp": "mp", "model_parallel": "mp"}.get(key.strip())
+        if key is None or not value.strip().isdigit() or int(value) < 1:
+            raise argparse.ArgumentTypeError(f"expected dp=N,mp=M with positive integers, got {text!r}")
+        sizes[key] = int(value)
+    return sizes
+
+
+def _ckpt(args) -> int:
+    from trainer.ckpt import tools
+
+    if args.action == "inspect":
+        info = tools.inspect(args.dir)
+        print(tools.summary_json(info) if args.json else tools.describe(info))
+        return 0 if info["verified"] else 1
+    if args.action == "merge":
+        print(f"wrote {tools.merge(args.dir, args.out)}")
+        return 0
+    sizes = args.parallel
+    out = tools.reshard(args.dir, sizes.get("mp", 1), sizes.get("dp", 1), args.out)
+    print(f"wrote {out}")
+    return 0
+
+
 def _decoding_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", type=Path, required=True, help="<run>/checkpoints/best.ckpt or last.ckpt")
+    p.add_argument("--checkpoint", type=Path, required=True,
+                   help="a step directory, <run>/checkpoints/best or latest, <run>/checkpoints, or a merged .ckpt")
     p.add_argument("--beam", type=int, help="beam size (1 = greedy); default from the run's config")
     p.add_argument("--length-penalty", type=float, help="fairseq-style length penalty exponent")
     p.add_argument("--batch-size", type=int, help="sentences per decoding batch")
@@ -80,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config key, e.g. --set optim.lr=5e-4 (repeatable)")
     p.add_argument("--data-dir", help="directory with the Multi30k .gz files (else $MINDRUN_DATA_DIR or download)")
     p.add_argument("--resume", action="store_true",
-                   help="continue from <run>/checkpoints/last.ckpt if present (same as --set train.resume=true)")
+                   help="continue from the newest complete checkpoint in <run>/checkpoints if there is one "
+                        "(same as --set train.resume=auto)")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("evaluate", help="BLEU/chrF of a checkpoint on a Multi30k split")
@@ -101,6 +130,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="Ascend", choices=["CPU", "GPU", "Ascend"], help="where it would run")
     p.add_argument("--vocab-size", type=int, help="the real vocabulary size (default: data.vocab_size)")
     p.set_defaults(func=_plan)
+
+    p = sub.add_parser("ckpt", help="inspect, merge or reshard a sharded checkpoint")
+    actions = p.add_subparsers(dest="action", required=True)
+    a = actions.add_parser("inspect", help="what a checkpoint holds, its layout and sizes, and whether its files verify")
+    a.add_argument("dir", type=Path, help="a step directory, a pointer (best, latest) or <run>/checkpoints")
+    a.add_argument("--json", action="store_true", help="print JSON")
+    a = actions.add_parser("merge", help="one full MindSpore checkpoint (weights) for inference")
+    a.add_argument("dir", type=Path)
+    a.add_argument("out", type=Path, help="the .ckpt file to write")
+    a = actions.add_parser("reshard", help="a copy split for another layout (resume also reshards on load)")
+    a.add_argument("dir", type=Path)
+    a.add_argument("--parallel", type=_parallel_sizes, required=True, metavar="dp=N,mp=M")
+    a.add_argument("--out", type=Path, help="where (default: beside it, <step>-dp<N>-mp<M>)")
+    p.set_defaults(func=_ckpt)
 
     # Handed to the launcher package before parsing (see main); listed here for --help.
     from launcher.cli import SUBCOMMANDS
@@ -125,7 +168,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     try:
         return args.func(args)
-    except (ConfigError, DataError, CheckpointError, FileNotFoundError) as exc:
+    except (ConfigError, DataError, CheckpointError, FileNotFoundError, FileExistsError) as exc:
         print(f"mindrun {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except ScaleCollapsed as exc:  # the run itself failed: not a usage error

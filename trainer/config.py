@@ -8,7 +8,7 @@ import dataclasses
 import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Union
 
 import yaml
 
@@ -67,7 +67,15 @@ class TrainConfig:
     log_every: int = 20
     best_metric: str = "bleu"  # bleu | loss (on the validation split only)
     progress: bool = True  # tqdm bar
-    resume: bool = False  # continue from <run>/checkpoints/last.ckpt when it exists
+    # never | auto (true is auto): continue from the newest complete checkpoint of
+    # <run>/checkpoints whose files verify (trainer/ckpt); none there: start afresh
+    resume: Union[bool, str] = False
+    # sharded checkpoints (trainer/ckpt): at every validation, every N optimizer steps and/or
+    # every M minutes (0: off), at the end and on SIGTERM/SIGINT; the newest keep_last
+    # complete ones are kept, plus the best by train.best_metric
+    save_every_steps: int = 0
+    save_every_minutes: float = 0.0
+    keep_last: int = 3
     # micro-batches of data.max_tokens per optimizer step: one gradient reduction per step,
     # the loss normalised by the target tokens of all of them; steps count optimizer steps
     gradient_accumulation_steps: int = 1
@@ -202,6 +210,11 @@ class RunConfig:
         _positive("train.eval_every", self.train.eval_every, minimum=0)
         _positive("train.log_every", self.train.log_every)
         _positive("train.gradient_accumulation_steps", self.train.gradient_accumulation_steps)
+        if self.train.resume not in (True, False, "never", "auto"):
+            raise ConfigError(f"train.resume must be one of never, auto (or true/false); got {self.train.resume!r}")
+        _positive("train.save_every_steps", self.train.save_every_steps, minimum=0)
+        _positive("train.save_every_minutes", self.train.save_every_minutes, minimum=0.0)
+        _positive("train.keep_last", self.train.keep_last)
         self._validate_precision()
         _positive("optim.eps", self.optim.eps, minimum=0.0, strict=True)
         _positive("optim.weight_decay", self.optim.weight_decay, minimum=0.0)
@@ -235,6 +248,10 @@ class RunConfig:
             raise ConfigError(f"precision.backoff_factor must be in (0, 1), got {p.backoff_factor}")
         _positive("precision.growth_interval", p.growth_interval)
         _positive("precision.max_skips_at_min", p.max_skips_at_min)
+
+    def resumes(self) -> bool:
+        """Whether train.resume asks to continue from the run's newest complete checkpoint."""
+        return self.train.resume in (True, "auto")
 
     def run_dir(self) -> Path:
         """The output directory with `{name}` filled in."""

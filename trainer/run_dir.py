@@ -2,7 +2,7 @@
 
     <run>/config.yaml          the full, validated configuration
     <run>/vocab/               tokenizer files (copied from the cache)
-    <run>/checkpoints/best.ckpt, last.ckpt
+    <run>/checkpoints/step_<N>/   sharded checkpoints (trainer/ckpt); best, latest, last point at them
     <run>/metrics.jsonl, <run>/tb/   logs
 """
 from pathlib import Path
@@ -11,19 +11,21 @@ from typing import Tuple
 import yaml
 
 from model import Transformer
-from trainer import checkpoint
 from trainer.build import build_model
+from trainer.ckpt.store import resolve
+from trainer.ckpt.tools import load_weights
 from trainer.config import RunConfig, config_from_dict
 from trainer.data.tokenizer import load_vocabs
 from trainer.parallel.context import select_backend
 
 
 def run_dir_of(checkpoint_path: Path) -> Path:
-    """<run>/checkpoints/x.ckpt -> <run>; a clear error if the layout is not there."""
+    """<run>/checkpoints/step_<N> (or best, latest, <run>/checkpoints itself, or a merged
+    <run>/checkpoints/x.ckpt) -> <run>; a clear error if the layout is not there."""
     checkpoint_path = Path(checkpoint_path)
-    if not checkpoint_path.is_file():
+    if not checkpoint_path.exists():
         raise FileNotFoundError(f"checkpoint not found: {checkpoint_path}")
-    run = checkpoint_path.resolve().parent.parent
+    run = (checkpoint_path.resolve() if checkpoint_path.is_file() else resolve(checkpoint_path)).parent.parent
     if not (run / "config.yaml").is_file():
         raise FileNotFoundError(
             f"{checkpoint_path}: expected config.yaml in {run} (checkpoints live in <run>/checkpoints/)")
@@ -31,11 +33,12 @@ def run_dir_of(checkpoint_path: Path) -> Path:
 
 
 def load_for_inference(checkpoint_path: Path) -> Tuple[RunConfig, Transformer, object, object]:
-    """(config, model with weights, source vocab, target vocab) from a checkpoint file."""
+    """(config, model with weights, source vocab, target vocab) from a checkpoint (step directory,
+    pointer, checkpoints root, or merged .ckpt file)."""
     run = run_dir_of(checkpoint_path)
     cfg = config_from_dict(yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")))
     src_vocab, tgt_vocab = load_vocabs(run / "vocab")
     model = build_model(cfg, len(src_vocab), len(tgt_vocab), select_backend())
-    checkpoint.load_into(model, checkpoint_path)
+    load_weights(model, checkpoint_path)
     model.set_train(False)
     return cfg, model, src_vocab, tgt_vocab

@@ -1,49 +1,100 @@
-"""When and what a run saves: best.ckpt (best validation metric) and last.ckpt (resume point).
+"""When and what a run saves: sharded step directories (trainer/ckpt), the best and the latest.
 
-trainer/checkpoint.py writes and reads one file; this module is the policy around it: which
-file after a validation or a signal, what metadata goes with it, how a resume reads it back.
+trainer/ckpt writes and reads checkpoints; this module is the policy around them for one run:
+what goes into the manifest beside the tensors (position, best record, RNG scheme, config and
+its hash, versions), which save is the best, and what a resume restores.
 """
+import hashlib
+import json
+import platform
+import random
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
-from trainer import checkpoint
-from trainer.config import ConfigError
+import numpy as np
+
+from trainer.ckpt.layout import ShardLayout
+from trainer.ckpt.store import CheckpointStore
 from trainer.parallel.context import ParallelContext
-from trainer.parallel.data import gather_full_params
+
+
+def versions() -> Dict[str, str]:
+    """mindrun's, MindSpore's and Python's versions, for a manifest."""
+    import importlib.metadata
+
+    import mindspore
+
+    try:
+        mindrun = importlib.metadata.version("mindrun")
+    except importlib.metadata.PackageNotFoundError:
+        mindrun = "unknown"
+    return {"mindrun": mindrun, "mindspore": mindspore.__version__, "python": platform.python_version()}
+
+
+def config_hash(config: Dict) -> str:
+    """SHA-256 of a config's canonical JSON."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def host_rng_state() -> Dict:
+    """Python's and NumPy's global RNG states as JSON (nothing in a checkpoint is pickled)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    return {"numpy": {"kind": kind, "keys": keys.tolist(), "pos": int(pos), "has_gauss": int(has_gauss),
+                      "cached_gaussian": float(gauss)},
+            "python": {"version": version, "state": list(internal), "gauss_next": gauss_next}}
+
+
+def restore_host_rng(state: Dict) -> None:
+    n, p = state["numpy"], state["python"]
+    np.random.set_state((n["kind"], np.array(n["keys"], np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    random.setstate((p["version"], tuple(p["state"]), p["gauss_next"]))
 
 
 class RunCheckpoints:
-    """The checkpoints of one run directory, for one rank (rank 0 writes; all ranks gather shards)."""
+    """The checkpoints of one run directory, for one rank (every rank calls save and resume together)."""
 
-    def __init__(self, ckpt_dir: Path, best_metric: str, model, optimizer, shard_axis: Dict[str, int],
-                 ctx: ParallelContext):
-        self.dir = Path(ckpt_dir)
-        self.best_metric = best_metric
-        # the optimizer holds the weights, Adam's moments and its step count: the training state
-        self.model, self.optimizer, self.shard_axis, self.ctx = model, optimizer, shard_axis, ctx
+    def __init__(self, ckpt_dir: Path, config: Dict, best_metric: str, optimizer, layout: ShardLayout,
+                 ctx: ParallelContext, keep_last: int = 3, warn: Callable[[str], None] = print):
+        self.store = CheckpointStore(ckpt_dir, layout, ctx.plan.world_size, ctx.is_main, keep_last,
+                                     warn if ctx.is_main else (lambda _: None))
+        self.config, self.best_metric, self.optimizer = config, best_metric, optimizer
+        self.seed = int(config.get("train", {}).get("seed", 0))
         self.best_value: Optional[float] = None
         self.best: Dict[str, float] = {}  # the best validation record, with its step
+        self._versions = versions()
+
+    @property
+    def dir(self) -> Path:
+        return self.store.root
 
     @property
     def last(self) -> Path:
-        return self.dir / "last.ckpt"
+        return self.store.root / "latest"
 
     @property
     def best_path(self) -> Path:
-        return self.dir / "best.ckpt"
+        return self.store.root / "best"
 
     def resume(self) -> Optional[Dict]:
-        """Load last.ckpt (weights, Adam state) into the optimizer; return its position metadata, or None if absent."""
-        if not self.last.is_file():
+        """Restore the newest complete checkpoint (weights, Adam state, counters, host RNGs) into the
+        optimizer, resharding to this run's layout; return its position, or None if there is none."""
+        found = self.store.agree_on_resume()
+        if found is None:
+            legacy = self.store.root / "last.ckpt"
+            if legacy.is_file():
+                self.store.warn(f"warning: {legacy} is a single-file checkpoint of an older mindrun, which does not "
+                                f"resume: starting afresh (it still evaluates: mindrun evaluate --checkpoint {legacy})")
             return None
-        if self.ctx.plan.model_parallel > 1:
-            raise ConfigError("train.resume with parallel.model_parallel > 1 needs sharded checkpoints, which "
-                              "are not built yet; resume with the same data_parallel and model_parallel=1")
-        meta = checkpoint.load_into(self.optimizer, self.last)
-        if self.best_path.is_file():  # best.ckpt's own metadata, in case a crash fell between the two saves
-            best_meta = checkpoint.read_meta(self.best_path)
-            self.best_value, self.best = best_meta["best_value"], {"step": int(best_meta["best_step"])}
-        return meta
+        directory, manifest = found
+        self.store.load(self.optimizer, directory, manifest)
+        best = manifest.get("best") or {}
+        if best.get("value") is not None:
+            self.best_value, self.best = float(best["value"]), dict(best["record"])
+        rng = manifest.get("rng", {})
+        if "host" in rng:
+            restore_host_rng(rng["host"])
+        return {**manifest["position"], "directory": str(directory)}
 
     def improves(self, value: float) -> bool:
         """Whether a validation value beats the best so far (higher BLEU, or lower loss)."""
@@ -52,36 +103,19 @@ class RunCheckpoints:
         return value > self.best_value if self.best_metric == "bleu" else value < self.best_value
 
     def after_validation(self, step: int, record: Dict[str, float], position: Dict) -> bool:
-        """Update the best record, write best.ckpt if it improved and last.ckpt always; return whether it improved."""
+        """Update the best record and save step_<step> (the new `best` if it improved); return whether it did."""
         value = record[self.best_metric]
         improved = self.improves(value)
         if improved:
             self.best_value, self.best = value, {"step": step, **record}
-        self._save(improved, self._meta(position))
+        self.save(step, position, best=improved)
         return improved
 
-    def save_last(self, position: Dict) -> Path:
-        """Write last.ckpt only (the fast save on a signal)."""
-        self._save(False, self._meta(position))
-        return self.last
-
-    def _meta(self, position: Dict) -> Dict:
-        best = float(self.best_value) if self.best_value is not None else float("nan")
-        return {**position, "best_value": best, "best_step": self.best.get("step", 0)}
-
-    def _save(self, best: bool, meta: Dict) -> None:
-        """best.ckpt (weights) if `best`, and last.ckpt (with Adam state unless the model is split).
-
-        With a split model every rank takes part in gathering the shards; rank 0 writes.
-        """
-        if self.shard_axis:
-            full = gather_full_params(self.model, self.shard_axis, self.ctx)
-            if self.ctx.is_main:
-                if best:
-                    checkpoint.save(full, self.best_path, meta)
-                checkpoint.save(full, self.last, meta)
-            return
-        if self.ctx.is_main:
-            if best:
-                checkpoint.save(self.model, self.best_path, meta)
-            checkpoint.save(self.optimizer, self.last, meta)
+    def save(self, step: int, position: Dict, best: bool = False) -> Path:
+        """Commit step_<step> with the training position (all ranks together); returns its directory."""
+        extra = {"best": {"metric": self.best_metric, "value": self.best_value, "record": self.best},
+                 "rng": {"dropout": {"scheme": "counter hash of (train.seed, data-parallel rank, step, "
+                                               "micro-batch): model/dropout.py", "seed": self.seed},
+                         "host": host_rng_state()},
+                 "config_sha256": config_hash(self.config), "versions": self._versions}
+        return self.store.save(step, self.optimizer, position, self.config, extra, best=best)

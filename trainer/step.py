@@ -19,6 +19,8 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn, ops
 
+from model.dropout import step_key
+
 _hyper_map = ops.HyperMap()
 
 
@@ -50,12 +52,14 @@ class GradStep(nn.Cell):
     The loss differentiated is loss_sum / denominator * scale: `denominator` is the target
     token count of the whole update (every micro-batch of every data-parallel rank, counted
     on the host from the global batches), `scale` the loss scale (1 without scaling). Both are
-    tensor inputs, so their values change without a recompile.
+    tensor inputs, so their values change without a recompile. `key` is the call's dropout
+    key (model/dropout.py), assigned to the model's `dropout_key` before the forward.
     """
 
-    def __init__(self, loss_fn: nn.Cell, weights):
+    def __init__(self, loss_fn: nn.Cell, weights, dropout_key: Optional[ms.Parameter] = None):
         super().__init__(auto_prefix=False)
         self.loss_fn = loss_fn
+        self.dropout_key = dropout_key
         self.grad_fn = ops.value_and_grad(self.forward, None, weights, has_aux=True)
 
     def forward(self, denominator, scale, src, tgt_in, tgt_out, src_seg=None, tgt_seg=None, src_pos=None,
@@ -64,8 +68,10 @@ class GradStep(nn.Cell):
         loss_sum, nll_sum, _ = self.loss_fn(src, tgt_in, tgt_out, src_seg, tgt_seg, src_pos, tgt_pos)
         return loss_sum / denominator * scale, loss_sum, nll_sum
 
-    def construct(self, denominator, scale, src, tgt_in, tgt_out, src_seg=None, tgt_seg=None, src_pos=None,
+    def construct(self, denominator, scale, key, src, tgt_in, tgt_out, src_seg=None, tgt_seg=None, src_pos=None,
                   tgt_pos=None):
+        if self.dropout_key is not None:
+            ops.assign(self.dropout_key, key)
         (_, loss_sum, nll_sum), grads = self.grad_fn(denominator, scale, src, tgt_in, tgt_out,
                                                      src_seg, tgt_seg, src_pos, tgt_pos)
         return loss_sum, nll_sum, grads
@@ -114,9 +120,9 @@ class MicroStep(nn.Cell):
         self.grad_step = grad_step
         self.accumulator = accumulator
 
-    def construct(self, denominator, scale, src, tgt_in, tgt_out, src_seg=None, tgt_seg=None, src_pos=None,
+    def construct(self, denominator, scale, key, src, tgt_in, tgt_out, src_seg=None, tgt_seg=None, src_pos=None,
                   tgt_pos=None):
-        loss_sum, nll_sum, grads = self.grad_step(denominator, scale, src, tgt_in, tgt_out,
+        loss_sum, nll_sum, grads = self.grad_step(denominator, scale, key, src, tgt_in, tgt_out,
                                                   src_seg, tgt_seg, src_pos, tgt_pos)
         return self.accumulator.add(loss_sum, nll_sum, grads)
 
@@ -185,7 +191,7 @@ class UpdateStep(nn.Cell):
 class TrainStep(nn.Cell):
     """The update's last (or only) micro-batch, then the update: (loss_sum, nll_sum, grad_norm, finite).
 
-    Inputs: the update's target-token count, the loss scale, the learning rate, then the batch: padded
+    Inputs: the update's target-token count, the loss scale, the learning rate, the dropout key, then the batch: padded
     (src, tgt_in, tgt_out), or packed with segment ids and positions. With an accumulator the
     earlier micro-batches' sums are added before the one reduction.
     """
@@ -196,9 +202,9 @@ class TrainStep(nn.Cell):
         self.update_step = update_step
         self.accumulator = accumulator
 
-    def construct(self, denominator, scale, lr, src, tgt_in, tgt_out, src_seg=None, tgt_seg=None, src_pos=None,
+    def construct(self, denominator, scale, lr, key, src, tgt_in, tgt_out, src_seg=None, tgt_seg=None, src_pos=None,
                   tgt_pos=None):
-        loss_sum, nll_sum, grads = self.grad_step(denominator, scale, src, tgt_in, tgt_out,
+        loss_sum, nll_sum, grads = self.grad_step(denominator, scale, key, src, tgt_in, tgt_out,
                                                   src_seg, tgt_seg, src_pos, tgt_pos)
         if self.accumulator is not None:
             loss_sum, nll_sum, grads = self.accumulator.take(loss_sum, nll_sum, grads)
@@ -227,11 +233,18 @@ class Stepper:
     Each micro-batch is a collated global batch (every rank holds the same ones and runs its
     share of rows, `local_rows`); the target-token count of all of them is the denominator.
     The first k-1 run `micro_step` (accumulate, no communication), the last `train_step`.
+    Micro-batch i of update `step` draws its dropout masks from key (seed, step, i) (model/dropout.py):
+    the same masks whether a run got to `step` straight or resumed.
     """
 
-    def __init__(self, train_step: nn.Cell, micro_step: Optional[nn.Cell], scaler, local_rows, pad_id: int):
+    MAX_MICRO_BATCHES = 1024  # keys of one update: step * 1024 + i
+
+    def __init__(self, train_step: nn.Cell, micro_step: Optional[nn.Cell], scaler, local_rows, pad_id: int,
+                 seed: int = 0):
         self.train_step, self.micro_step = train_step, micro_step
         self.scaler, self.local_rows, self.pad_id = scaler, local_rows, pad_id
+        self.seed = seed
+        self.updates = 0  # the step of an update called without one
 
     @property
     def grad_step(self) -> GradStep:
@@ -249,9 +262,18 @@ class Stepper:
         """One update on one batch (padded: src, tgt_in, tgt_out; packed: also segments and positions)."""
         return self.update([arrays])
 
-    def update(self, micro_batches: List[Sequence], step: int = 0, lr: Optional[float] = None) -> StepResult:
+    def key(self, step: int, micro_batch: int) -> ms.Tensor:
+        """The dropout key of micro-batch `micro_batch` of update `step` (the same on every rank)."""
+        return ms.Tensor(step_key(self.seed, step * self.MAX_MICRO_BATCHES + micro_batch), ms.int32)
+
+    def update(self, micro_batches: List[Sequence], step: Optional[int] = None, lr: Optional[float] = None) -> StepResult:
         """One optimizer update over `micro_batches` (at most k of them) at learning rate `lr`
-        (default: the optimizer's Parameter as last set); `step` names it in errors."""
+        (default: the optimizer's Parameter as last set); `step` (default: one more than the
+        last) keys the dropout masks and names the update in errors."""
+        self.updates = self.updates + 1 if step is None else step
+        step = self.updates
+        if len(micro_batches) > self.MAX_MICRO_BATCHES:
+            raise ValueError(f"{len(micro_batches)} micro-batches for one update; at most {self.MAX_MICRO_BATCHES}")
         if len(micro_batches) > 1 and self.micro_step is None:
             raise ValueError(f"{len(micro_batches)} micro-batches for one update, but the step was built "
                              f"without gradient accumulation (train.gradient_accumulation_steps=1)")
@@ -263,9 +285,10 @@ class Stepper:
         if lr is None:
             lr = self.update_step.optimizer.learning_rate.asnumpy()
         lr = ms.Tensor(lr, ms.float32)
-        for batch in micro_batches[:-1]:
-            self.micro_step(denominator, scale, *map(ms.Tensor, self.local_rows(batch)))
-        loss_sum, nll_sum, norm, finite = self.train_step(denominator, scale, lr,
+        for i, batch in enumerate(micro_batches[:-1]):
+            self.micro_step(denominator, scale, self.key(step, i), *map(ms.Tensor, self.local_rows(batch)))
+        last = len(micro_batches) - 1
+        loss_sum, nll_sum, norm, finite = self.train_step(denominator, scale, lr, self.key(step, last),
                                                           *map(ms.Tensor, self.local_rows(micro_batches[-1])))
         finite = bool(finite.asnumpy())
         self.scaler.update(finite, step)

@@ -15,7 +15,8 @@ from tqdm import tqdm
 
 from model.tokens import PAD
 from trainer.build import build_training, speedups_note
-from trainer.config import RunConfig
+from trainer.ckpt.store import check_shared_storage
+from trainer.config import ConfigError, RunConfig
 from trainer.data.batching import TokenBatcher, collate
 from trainer.data.packing import PackedBatcher, collate_packed, side_lengths
 from trainer.dataset import Corpus, Split, prepare
@@ -41,9 +42,6 @@ def training_batches(cfg: RunConfig, split: Split):
     return TokenBatcher(split.lengths(), data.buckets, data.max_tokens, cfg.train.seed), collate
 
 
-_SCALER = "scaler_"  # prefix of the loss scaler's state in a checkpoint's metadata
-
-
 class Trainer:
     """Owns the built model and step and the bookkeeping of one training run (one rank of it)."""
 
@@ -53,8 +51,8 @@ class Trainer:
         self.train_split = corpus.splits["train"]
         built = build_training(cfg, ctx, len(corpus.src_vocab), len(corpus.tgt_vocab))
         self.model, self.parallel, self.optimizer, self.stepper = built.model, built.parallel, built.optimizer, built.step
-        self.checkpoints = RunCheckpoints(self.run_dir / "checkpoints", cfg.train.best_metric, self.model,
-                                          self.optimizer, self.parallel.shard_axis, ctx)
+        self.checkpoints = RunCheckpoints(self.run_dir / "checkpoints", cfg.to_dict(), cfg.train.best_metric,
+                                          self.optimizer, built.layout, ctx, cfg.train.keep_last, tqdm.write)
         self.validator = Validator(cfg, self.model, corpus)
         self.batcher, self.collate = training_batches(cfg, self.train_split)
         self.accumulation = cfg.train.gradient_accumulation_steps
@@ -64,29 +62,31 @@ class Trainer:
         self.clock: Optional[RunClock] = None
         self.time_fraction: Optional[float] = None  # share of train.time_budget_minutes spent
         self.log: Optional[MetricsLog] = None
-        self.stop_signal: Optional[int] = None  # SIGTERM/SIGINT seen: save last.ckpt and stop
+        self.stop_signal: Optional[int] = None  # SIGTERM/SIGINT seen on this rank
+        self.stopping = False  # a signal seen on any rank: every rank saves and stops at the same step
+        self.last_save = 0.0  # agreed run-clock seconds at the last save (train.save_every_minutes)
 
     def resume(self) -> bool:
-        """Continue from last.ckpt (weights, Adam state, position) if present; return whether it was."""
+        """Continue from the newest complete checkpoint (weights, Adam state, position, loss scale,
+        RNGs) if there is one; return whether there was."""
         meta = self.checkpoints.resume()
         if meta is None:
             return False
         self.step, self.epoch, self.batch_index = int(meta["step"]), int(meta["epoch"]), int(meta["batch_index"])
         self.elapsed_before = float(meta.get("elapsed_s", 0.0))
-        scaler = {k[len(_SCALER):]: v for k, v in meta.items() if k.startswith(_SCALER)}
-        if scaler:
-            self.stepper.scaler.restore(scaler)
-        tqdm.write(f"resuming {self.run_dir} at step {self.step} (epoch {self.epoch}, batch {self.batch_index})")
+        self.stepper.scaler.restore(meta["scaler"])
+        if self.ctx.is_main:
+            tqdm.write(f"resuming from {meta['directory']} at step {self.step} (epoch {self.epoch}, "
+                       f"batch {self.batch_index})")
         return True
 
     def _position(self, epoch: int, batch_index: int) -> Dict:
-        """Where training continues (the next batch to run), for a checkpoint's metadata."""
-        scaler = {_SCALER + k: v for k, v in self.stepper.scaler.state().items()}
+        """Where training continues (the next batch to run), for a checkpoint's manifest."""
         return {"step": self.step, "epoch": epoch, "batch_index": batch_index, "elapsed_s": self.clock.local(),
-                **scaler}
+                "scaler": self.stepper.scaler.state()}
 
     def validate_and_save(self, epoch: int, batch_index: int) -> None:
-        """Validate, then write best.ckpt (if better) and last.ckpt with the resume position."""
+        """Validate, then save step_<N> with the resume position (the new `best` if it is better)."""
         t0 = time.time()
         val = self.validator.run()
         val["seconds"] = round(time.time() - t0, 2)
@@ -96,20 +96,29 @@ class Trainer:
         tqdm.write(f"step {self.step} epoch {epoch}: valid loss {val['loss']:.3f} ppl {val['ppl']:.2f} "
                    f"BLEU {val['bleu']:.2f} (best {c.best_metric} {c.best_value:.3f} at step {c.best['step']})")
 
-    def save_position(self, epoch: int, batch_index: int) -> None:
-        """Write last.ckpt (weights, Adam state, position) without validating: the fast save on a signal."""
-        path = self.checkpoints.save_last(self._position(epoch, batch_index))
-        tqdm.write(f"saved {path} at step {self.step} after signal {self.stop_signal}")
+    def save_position(self, epoch: int, batch_index: int, why: str) -> None:
+        """Save step_<N> (weights, Adam state, position) without validating."""
+        path = self.checkpoints.save(self.step, self._position(epoch, batch_index))
+        self.last_save = self.clock.agreed
+        if self.ctx.is_main:
+            tqdm.write(f"saved {path} at step {self.step} ({why})")
 
-    def _budget_spent(self, budget: Optional[float]) -> bool:
-        """Update the share of the time budget spent (resumed runs' time included); True once spent.
-
-        Every rank reads the same clock, so all ranks stop at the same step with the same rate.
-        """
+    def _agree(self, budget: Optional[float]) -> bool:
+        """After an update: the run clock and any rank's signal, agreed by every rank (one small
+        AllGather with several ranks); sets the budget share spent and `stopping`; True once the
+        budget is spent. All ranks stop, save and change rate at the same step."""
+        elapsed, signalled = self.clock.agree(self.stop_signal is not None)
+        self.stopping = self.stopping or signalled
         if budget is None:
             return False
-        self.time_fraction = self.clock.elapsed() / budget
+        self.time_fraction = elapsed / budget
         return self.time_fraction >= 1.0
+
+    def _save_due(self) -> bool:
+        t = self.cfg.train
+        if t.save_every_steps and self.step % t.save_every_steps == 0:
+            return True
+        return bool(t.save_every_minutes) and self.clock.agreed - self.last_save >= t.save_every_minutes * 60
 
     def _on_signal(self, signum, _frame) -> None:
         self.stop_signal = signum
@@ -141,21 +150,22 @@ class Trainer:
     def run(self) -> Dict[str, object]:
         """Train until max_epochs, max_steps or the time budget; return the summary."""
         cfg = self.cfg
-        resumed = cfg.train.resume and self.resume()
+        resumed = cfg.resumes() and self.resume()
         self.log = MetricsLog(self.run_dir, enabled=self.ctx.is_main, resume_step=self.step if resumed else None)
         self.clock = RunClock(self.ctx, self.elapsed_before)
         start = time.time()
         budget = cfg.train.time_budget_minutes * 60 if cfg.train.time_budget_minutes else None
         max_steps = cfg.train.max_steps
+        self.last_save = self.clock.agreed
         # a finished run, resumed, or one whose budget the runs it resumes already spent
-        stop = (max_steps is not None and self.step >= max_steps) or self._budget_spent(budget)
+        stop = (max_steps is not None and self.step >= max_steps) or self._agree(budget)
         window = ThroughputWindow()
         per_epoch = len(self.batcher)
         handlers = catch_signals(self._on_signal)
         if self.ctx.is_main:
             tqdm.write(self.describe_batch())
         for epoch in range(self.epoch, cfg.train.max_epochs):
-            if stop or self.stop_signal is not None:
+            if stop or self.stopping:
                 break
             first = self.batch_index if epoch == self.epoch else 0
             batches = prefetch(self.collate(b, self.train_split.src_ids, self.train_split.tgt_ids)
@@ -179,21 +189,26 @@ class Trainer:
                               "elapsed_s": round(time.time() - start, 1)}
                     self.log.write("train", self.step, record)
                     bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
-                if self.stop_signal is not None:  # the launcher's grace period: keep the work, then stop
-                    self.save_position(epoch, i + 1)
+                stop = self._agree(budget) or (max_steps is not None and self.step >= max_steps)
+                if self.stopping:  # the launcher's grace period: keep the work, then stop
+                    self.save_position(epoch, i + 1, f"signal {self.stop_signal or 'on another rank'}")
                     break
-                stop = self._budget_spent(budget) or (max_steps is not None and self.step >= max_steps)
                 if (cfg.train.eval_every and self.step % cfg.train.eval_every == 0) or stop:
                     with window.paused():  # validation time is not training throughput
                         self.validate_and_save(epoch, i + 1)
+                        self.last_save = self.clock.agreed
+                elif self._save_due():
+                    with window.paused():
+                        self.save_position(epoch, i + 1, "train.save_every_*")
                 if stop:
                     break
             bar.close()
-            if self.stop_signal is not None:
+            if self.stopping:
                 break
             if not stop and (not cfg.train.eval_every or self.step % cfg.train.eval_every):
                 with window.paused():
                     self.validate_and_save(epoch + 1, 0)
+                    self.last_save = self.clock.agreed
         if handlers is not None:
             catch_signals(None, handlers)
         self.log.close()
@@ -222,6 +237,11 @@ def train(cfg: RunConfig, corpus: Optional[Corpus] = None) -> Dict[str, object]:
     world = world_size_from_env()
     plan = make_plan(cfg, world, backend)  # layout errors before anything compiles
     check_precision(cfg, backend)
+    if plan.mode == "semi_auto":
+        raise ConfigError("parallel.mode=semi_auto: mindrun's sharded checkpoints do not cover MindSpore's "
+                          "auto-parallel layout yet (it would need MindSpore's strategy files and "
+                          "transform_checkpoints); train with parallel.mode=hybrid (the default), which shards "
+                          "the same way")
     ctx = init_parallel(plan, backend)
     if ctx.is_main and plan.caveat:
         tqdm.write(f"warning: {plan.caveat}")
@@ -233,6 +253,7 @@ def train(cfg: RunConfig, corpus: Optional[Corpus] = None) -> Dict[str, object]:
     seed_everything(cfg.train.seed)
     run_dir = cfg.run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
+    check_shared_storage(run_dir / "checkpoints", ctx.rank, plan.world_size)  # multi-node: shared, or stop now
     corpus = corpus or prepare(cfg.data)
     check_vocabulary(plan, len(corpus.tgt_vocab))
     if ctx.is_main:

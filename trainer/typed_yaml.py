@@ -26,7 +26,15 @@ def _coerce(key: str, tp, value):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None:
             return None
-        return _coerce(key, args[0], value)
+        errors = []
+        for arg in args:  # the first type that takes the value
+            try:
+                return _coerce(key, arg, value)
+            except ConfigError as exc:
+                errors.append(exc)
+        if len(errors) == 1:
+            raise errors[0]
+        raise ConfigError(f"{key} must be one of {' or '.join(_type_name(a) for a in args)}, got {value!r}")
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{key} must be a mapping of its fields, got {type(value).__name__}")

@@ -63,6 +63,22 @@ def _restore_names(cell: nn.Cell) -> None:
         getattr(cell, attr).name = name
 
 
+_AXES = {"column": {"weight": 0, "bias": 0}, "row": {"weight": 1}, "vocab": {"embedding_table": 0},
+          "vocab_rows": {"weight": 0}}
+
+
+def split_axes(model: nn.Cell) -> Dict[str, int]:
+    """Parameter name -> the axis the layout splits it along (whatever the model-parallel size,
+    1 included): what a checkpoint records so that it can be resharded to any size."""
+    axes: Dict[str, int] = {}
+    for path, cell in model.cells_and_names():
+        for attr, axis in _AXES.get(_kind(path), {}).items():
+            param = getattr(cell, attr, None)
+            if param is not None:
+                axes[param.name] = axis
+    return axes
+
+
 def apply_hybrid(model: nn.Cell, group: str, rank: int, size: int, all_gather: bool = True) -> Applied:
     """Split `model` in place for tensor parallelism over `group` (this process is `rank` of `size`).
 

@@ -29,7 +29,8 @@ from mindspore import nn, ops  # noqa: E402
 from model import Transformer  # noqa: E402
 from model.config import ModelConfig  # noqa: E402
 from model.tokens import PAD  # noqa: E402
-from trainer.build import assemble_step, reseed_dropout  # noqa: E402
+from trainer.build import assemble_step  # noqa: E402
+from model.dropout import shard_dropout, step_key  # noqa: E402
 from trainer.config import PrecisionConfig  # noqa: E402
 from trainer.data.batching import Batch, collate  # noqa: E402
 from trainer.data.packing import PackedBatcher, collate_packed, side_lengths  # noqa: E402
@@ -84,7 +85,8 @@ def build(ctx=None, k=1, precision=PrecisionConfig(), speedups=None, optimizer="
 
 
 def snapshot(cells):
-    return {p.name: p.asnumpy().copy() for cell in cells for p in cell.get_parameters()}
+    """Every parameter's value but the dropout key (which each call sets: model/dropout.py)."""
+    return {p.name: p.asnumpy().copy() for cell in cells for p in cell.get_parameters() if p.name != "dropout_key"}
 
 
 def accumulation_gap(micro_batches, ctx=None, speedups=None):
@@ -156,7 +158,8 @@ def dropout_digest(ctx, dp_rank, seed=1):
     weights = float(sum(np.abs(p.asnumpy()).sum() for p in model.trainable_params()))
     if ctx is not None:
         parallelize(model, ctx)
-        reseed_dropout(model, seed, dp_rank)
+        shard_dropout(model, dp_rank)  # as build_training does: this rank's rows' masks
+    model.dropout_key.set_data(ms.Tensor(step_key(seed, 0), ms.int32))
     model.set_train(True)
     src, tin, _ = padded_micro_batches(seed=7, k=1)[0]
     out = model(ms.Tensor(src), ms.Tensor(tin)).asnumpy()

@@ -5,7 +5,8 @@ MindSpore's CPU kernels for a few gradients are slow, so on the CPU the build pa
 
 - `cpu_backward`: Dense bias and LayerNorm gradients written out, attention's softmax
   backward (backward.py); with `cpu_kernels`, LayerNorm forward/backward, the softmax
-  backward and the clipping norm's sum of squares as C++ kernels (kernels/, grad_norm.py);
+  backward, the clipping norm's sum of squares and the dropout masks (model/dropout.py's
+  counter hash, same bits) as C++ kernels (kernels/, grad_norm.py, dropout.py);
 - `fused_loss`: the output projection and label-smoothed loss as one Cell whose backward
   never builds the logits' gradient, padded target rows dropped first (loss.py); where a
   parallel layout splits the projection, the loss alone with its backward written out.
@@ -21,6 +22,7 @@ import mindspore as ms
 from mindspore import nn
 
 from trainer.cpu.backward import use_cpu_backward
+from trainer.cpu.dropout import use_compiled_masks
 from trainer.cpu.grad_norm import CompiledSumOfSquares
 from trainer.cpu import kernels
 from trainer.cpu.loss import FusedProjectionLoss, WrittenOutCrossEntropy
@@ -44,9 +46,11 @@ class CpuSpeedups:
 
 
 def accelerate(model: nn.Cell, speedups: Optional[CpuSpeedups]) -> nn.Cell:
-    """Swap the model's bias, LayerNorm and softmax backwards in place (a no-op without speed-ups)."""
+    """Swap the model's bias, LayerNorm and softmax backwards and its dropout masks in place
+    (a no-op without speed-ups)."""
     if speedups is not None and speedups.backward:
         use_cpu_backward(model, speedups.kernel_dir)
+        use_compiled_masks(model, speedups.kernel_dir)
     return model
 
 

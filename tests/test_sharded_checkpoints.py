@@ -1,0 +1,185 @@
+"""Sharded checkpoints (trainer/ckpt): commit, verification, retention, resharding, the ckpt tools.
+
+Fast: a two-layer model and Adam, no training. Jobs that save and resume under real layouts are in
+test_parallel_jobs.py; kill -9 trials in test_kill_trials.py and bench/kill_trials.py.
+"""
+import json
+import os
+import stat
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import mindspore as ms
+from mindspore import nn
+
+from trainer.checkpoint import CheckpointError
+from trainer.ckpt import manifest as mf
+from trainer.ckpt.layout import ShardLayout
+from trainer.ckpt.store import CheckpointStore, load_tensors
+from trainer.ckpt.tools import inspect, merge, open_verified, reshard
+
+AXES = {"a.weight": 0, "a.bias": 0, "b.weight": 1}  # column- then row-split, as model/parallel lays out
+
+
+class Two(nn.Cell):
+    def __init__(self, d_in=4, d_hidden=6, d_out=3):
+        super().__init__()
+        self.a, self.b = nn.Dense(d_in, d_hidden), nn.Dense(d_hidden, d_out)
+
+
+def optimizer_of(model, seed=0):
+    """Adam with every tensor (weights, moments, counters) set to distinct random values."""
+    opt = nn.Adam(model.trainable_params(), learning_rate=ms.Tensor(0.0, ms.float32))
+    rng = np.random.default_rng(seed)
+    for p in opt.get_parameters():
+        data = rng.normal(size=p.shape) if p.dtype == ms.float32 else rng.integers(1, 100, size=p.shape)
+        p.set_data(ms.Tensor(np.asarray(data), p.dtype))
+    return opt
+
+
+def state(opt):
+    return {p.name: p.asnumpy().copy() for p in opt.get_parameters()}
+
+
+def store(root, **kw):
+    return CheckpointStore(root, ShardLayout(split_axes=AXES), warn=kw.pop("warn", lambda _: None), **kw)
+
+
+def save(st, step, opt, best=False):
+    return st.save(step, opt, {"step": step, "epoch": 0, "batch_index": step}, {"model": {"n_heads": 2}},
+                   best=best)
+
+
+def test_a_saved_state_loads_back_whole_with_private_modes_and_pointers(tmp_path):
+    os.umask(0o022)
+    opt = optimizer_of(Two())
+    directory = save(store(tmp_path / "ck"), 5, opt, best=True)
+    manifest = mf.read(directory)
+    assert manifest["position"]["step"] == 5 and mf.verify(directory, manifest) is None
+    assert set(manifest["tensors"]) == set(state(opt))
+    assert manifest["tensors"]["moment1.a.weight"] == {"shape": [6, 4], "dtype": "float32", "kind": "optimizer",
+                                                      "split_axis": 0, "parts": [{"file": "shard-mp00-of-01.safetensors"}]}
+    for path in (tmp_path / "ck", directory):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o750
+    for path in directory.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o640, path
+    assert [p.name for p in directory.iterdir() if p.name.startswith(".")] == []  # no temporary left
+    for pointer in ("latest", "last", "best"):
+        assert (tmp_path / "ck" / pointer).resolve() == directory.resolve()
+    fresh = optimizer_of(Two(), seed=1)
+    found = store(tmp_path / "ck").newest_verified()
+    load_tensors(list(fresh.get_parameters()), ShardLayout(split_axes=AXES), *found)
+    for name, value in state(opt).items():
+        np.testing.assert_array_equal(state(fresh)[name], value, err_msg=name)
+    assert state(fresh)["learning_rate"].shape == ()  # 0-d stays 0-d
+
+
+def test_a_flipped_byte_a_truncated_manifest_and_a_missing_shard_fall_back_with_a_warning(tmp_path):
+    warnings = []
+    st = store(tmp_path, warn=warnings.append, keep_last=5)
+    for step in (1, 2, 3, 4):
+        save(st, step, optimizer_of(Two(), seed=step))
+    shard = tmp_path / "step_4" / "shard-mp00-of-01.safetensors"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    shard.write_bytes(bytes(data))
+    manifest = tmp_path / "step_3" / "manifest.json"
+    manifest.write_text(manifest.read_text()[:200])
+    os.unlink(tmp_path / "step_2" / "shard-mp00-of-01.safetensors")
+    directory, found = st.newest_verified()
+    assert directory.name == "step_1" and found["step"] == 1
+    assert "step_4" in warnings[0] and "SHA-256" in warnings[0] and "shard-mp00-of-01" in warnings[0]
+    assert "step_3" in warnings[1] and "truncated" in warnings[1]
+    assert "step_2" in warnings[2] and "missing" in warnings[2]
+    with pytest.raises(CheckpointError, match="SHA-256"):
+        open_verified(tmp_path / "step_4")
+
+
+def test_another_model_shape_is_an_error_listing_what_differs(tmp_path):
+    directory = save(store(tmp_path), 1, optimizer_of(Two()))
+    other = optimizer_of(Two(d_hidden=8))
+    with pytest.raises(CheckpointError, match=r"another model shape \(9 tensors differ\)") as err:
+        load_tensors(list(other.get_parameters()), ShardLayout(split_axes=AXES), directory, mf.read(directory))
+    assert "a.weight: checkpoint [6, 4], this model [8, 4]" in str(err.value)
+
+
+def test_retention_keeps_the_newest_complete_and_the_best(tmp_path):
+    st = store(tmp_path, keep_last=2)
+    for step in range(1, 7):
+        save(st, step, optimizer_of(Two()), best=step == 2)
+    (tmp_path / "step_7").mkdir()  # a save in progress (no manifest yet): left alone
+    st.prune()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("step_")) == [
+        "step_2", "step_5", "step_6", "step_7"]
+    assert os.readlink(tmp_path / "best") == "step_2" and os.readlink(tmp_path / "latest") == "step_6"
+
+
+def test_resharding_splits_and_joins_weights_and_moments(tmp_path):
+    opt = optimizer_of(Two())
+    full = state(opt)
+    split = reshard(save(store(tmp_path), 1, opt), model_parallel=2, out=tmp_path / "mp2")
+    manifest = mf.read(split)
+    assert manifest["layout"]["model_parallel"] == 2 and len(manifest["files"]) == 2
+    for rank in (0, 1):  # each rank of a model-parallel 2 layout reads its slices
+        layout = ShardLayout(rank, 2, split_axes=AXES)
+        local = Two(d_hidden=3)  # a's rows and b's columns halved
+        local_opt = optimizer_of(local, seed=9)
+        local.b.bias.set_data(ms.Tensor(np.zeros(3, np.float32)))
+        load_tensors(list(local_opt.get_parameters()), layout, split, manifest)
+        got = state(local_opt)
+        np.testing.assert_array_equal(got["a.weight"], full["a.weight"][rank * 3:(rank + 1) * 3])
+        np.testing.assert_array_equal(got["moment2.b.weight"], full["moment2.b.weight"][:, rank * 3:(rank + 1) * 3])
+        np.testing.assert_array_equal(got["b.bias"], full["b.bias"])  # replicated
+    joined = optimizer_of(Two(), seed=3)  # and back to one rank
+    load_tensors(list(joined.get_parameters()), ShardLayout(split_axes=AXES), split, manifest)
+    for name, value in full.items():
+        np.testing.assert_array_equal(state(joined)[name], value, err_msg=name)
+    with pytest.raises(CheckpointError, match="does not split over model_parallel=4"):
+        reshard(split, model_parallel=4, out=tmp_path / "mp4")
+
+
+def test_merge_writes_one_mindspore_checkpoint_of_the_weights(tmp_path):
+    opt = optimizer_of(Two())
+    split = reshard(save(store(tmp_path / "ck"), 1, opt), model_parallel=2, out=tmp_path / "mp2")
+    out = merge(split, tmp_path / "full.ckpt")
+    params = ms.load_checkpoint(str(out))
+    assert set(params) == {"a.weight", "a.bias", "b.weight", "b.bias"}
+    np.testing.assert_array_equal(params["b.weight"].asnumpy(), state(opt)["b.weight"])
+    info = inspect(split)
+    assert info["verified"] and info["step"] == 1 and info["kinds"]["weight"]["split"] == 3
+
+
+def test_the_ckpt_command_inspects_and_reports_a_corrupt_checkpoint(tmp_path):
+    directory = save(store(tmp_path), 7, optimizer_of(Two()))
+    run = [sys.executable, "-m", "trainer", "ckpt", "inspect"]
+    proc = subprocess.run([*run, str(tmp_path), "--json"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout)["step"] == 7
+    (directory / "shard-mp00-of-01.safetensors").write_bytes(b"x")
+    proc = subprocess.run([*run, str(directory)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "verified: NO" in proc.stdout and "1 bytes" in proc.stdout
+    proc = subprocess.run([sys.executable, "-m", "trainer", "ckpt", "reshard", str(directory), "--parallel", "dp=2,mp=x"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "dp=N,mp=M" in proc.stderr
+
+
+def test_a_checkpoint_directory_other_ranks_cannot_see_is_an_error_at_start(tmp_path, monkeypatch):
+    """Rank 0 of a 2-rank job finds no probe from rank 1 (node-local storage on another node)."""
+    from trainer.ckpt import store as store_module
+
+    calls = []
+
+    def fake_sum(array, world_size):  # rank 1 wrote its probe elsewhere: its token never appears here
+        calls.append(array.copy())
+        if len(calls) == 1:
+            array = array.copy()
+            array[1] = 12345.0
+        return array
+
+    monkeypatch.setattr(store_module, "_sum_over_ranks", fake_sum)
+    with pytest.raises(CheckpointError, match=r"cannot see the files of 1 ranks \(ranks \[1\]\).*shared"):
+        store_module.check_shared_storage(tmp_path / "ck", rank=0, world_size=2)
+    assert not any(p.name.startswith(".storage-probe") for p in (tmp_path / "ck").iterdir())  # cleaned up
