@@ -7,7 +7,8 @@ the notebook's word vocabularies as in bench/throughput, standalone on this CPU)
 time of a training step, of a save (trainer/ckpt's commit protocol: shard, fsync, hash,
 manifest, pointers), and of a resume's load (hash every file, then read every tensor back
 into the optimizer), and the checkpoint's size. A save happens at every validation
-(train.eval_every, 500 steps by default), so its cost per step is save / eval_every.
+(train.eval_every steps, or once an epoch when that is 0), so its share of training time
+is save / (step x that interval).
 Results: bench/out/checkpoint/result.json and a Markdown table.
 """
 import argparse
@@ -18,6 +19,19 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+
+def epoch_updates(pairs, max_tokens: int, length: int) -> int:
+    """Packed batches in one epoch of the training pairs (the save interval of a recipe that
+    validates once an epoch)."""
+    import numpy as np
+
+    from trainer.data.packing import PackedBatcher
+
+    s_len = np.array([len(s) for s, _ in pairs])
+    t_len = np.array([len(t) + 1 for _, t in pairs])
+    keep = (s_len <= length) & (t_len <= length)
+    return len(PackedBatcher(s_len[keep], t_len[keep], length, max_tokens, seed=0).epoch(0))
 
 
 def measure(recipe: str, data_dir: str, rounds: int, scratch: Path) -> dict:
@@ -35,7 +49,9 @@ def measure(recipe: str, data_dir: str, rounds: int, scratch: Path) -> dict:
     cfg = load_config(recipe, ["model.share_embeddings=false"])
     backend = select_backend()
     built = build_training(cfg, ParallelContext(make_plan(cfg, 1, backend), backend), *COURSE_VOCABS)
-    batches = real_packed(course_pairs(data_dir), cfg.data.max_tokens, PACK_LENGTH, MINDRUN_PAD, rounds + 1)
+    pairs = course_pairs(data_dir)
+    batches = real_packed(pairs, cfg.data.max_tokens, PACK_LENGTH, MINDRUN_PAD, rounds + 1)
+    interval = cfg.train.eval_every or epoch_updates(pairs, cfg.data.max_tokens, PACK_LENGTH)
     built.step.update([batches[0][0]], 1, 1e-4)  # compiles
     steps = []
     for i in range(rounds):
@@ -59,8 +75,9 @@ def measure(recipe: str, data_dir: str, rounds: int, scratch: Path) -> dict:
     shutil.rmtree(root, ignore_errors=True)
     return {"recipe": recipe, "parameters": params, "max_tokens": cfg.data.max_tokens, "step_s": step,
             "save_s": save, "load_s": load, "size_mb": size / 2 ** 20, "save_per_step": save / step,
-            "load_per_step": load / step, "eval_every": cfg.train.eval_every,
-            "save_share_at_default_interval": save / (step * cfg.train.eval_every),
+            "load_per_step": load / step, "save_interval_steps": interval,
+            "save_interval": f"train.eval_every={cfg.train.eval_every}" if cfg.train.eval_every else "an epoch",
+            "save_share_at_default_interval": save / (step * interval),
             "raw": {"step_s": steps, "save_s": saves, "load_s": loads}}
 
 
@@ -82,12 +99,13 @@ def main() -> int:
     (out / "result.json").write_text(json.dumps(record, indent=1))
     print(f"\n{record['machine']}, {record['date']}, medians of {args.rounds}\n")
     print("| recipe | parameters | step (s) | save (s) | load (s) | size (MB) | save / step | load / step "
-          "| save per step at eval_every |")
+          "| save's share at the default interval |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r['recipe']} | {r['parameters'] / 1e6:.1f} M | {r['step_s']:.2f} | {r['save_s']:.2f} | "
               f"{r['load_s']:.2f} | {r['size_mb']:.0f} | {r['save_per_step']:.2f}x | {r['load_per_step']:.2f}x | "
-              f"{100 * r['save_share_at_default_interval']:.2f} % ({r['eval_every']}) |")
+              f"{100 * r['save_share_at_default_interval']:.2f} % ({r['save_interval']}, "
+              f"{r['save_interval_steps']} steps) |")
     return 0
 
 

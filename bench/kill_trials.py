@@ -37,7 +37,8 @@ def command(data_dir: Path, run: Path, logs: Path, layout: str, max_steps: int, 
     par = {"dp2": "parallel.mode=data_parallel", "mp2": "parallel.model_parallel=2"}[layout]
     cmd = [sys.executable, "-m", "launcher", "--worker_num", "2", "--local_worker_num", "2", "--master_port", "0",
            "--log_dir", str(logs), "-m", "trainer", "train", "--config", "tiny", "--data-dir", str(data_dir)]
-    for s in (f"train.out_dir={run}", f"train.max_steps={max_steps}", "train.log_every=1", "train.eval_every=1000",
+    for s in (f"train.out_dir={run}", f"train.max_steps={max_steps}", "train.max_epochs=100000", "train.log_every=1",
+              "train.eval_every=1000",
               "train.save_every_steps=2", "train.keep_last=3", "model.dropout=0.1", "data.buckets=[64]",
               "eval.max_len_b=2", "data.valid_limit=8", par, *sets):
         cmd += ["--set", s]
@@ -64,6 +65,16 @@ def saving_now(run: Path) -> bool:
     root = run / "checkpoints"
     return root.is_dir() and any(p.name.startswith("step_") and not (p / "manifest.json").exists()
                                  for p in root.iterdir())
+
+
+def committed_steps(run: Path):
+    """Steps whose manifest exists (committed), newest first, without verifying."""
+    root = run / "checkpoints"
+    if not root.is_dir():
+        return []
+    return sorted((int(p.name[5:]) for p in root.iterdir()
+                   if p.name.startswith("step_") and p.name[5:].isdigit() and (p / "manifest.json").exists()),
+                  reverse=True)
 
 
 def committed_any(run: Path) -> bool:
@@ -97,7 +108,7 @@ def worker_pids(launcher_pid: int):
 
 
 def trial(index: int, data_dir: Path, out: Path, victim: str, layout: str, at_save: bool, delay: float,
-          max_steps: int = 60) -> Dict:
+          max_steps: int = 2000) -> Dict:
     """One kill and one resume; returns the trial's record (ok: whether every check held)."""
     run, logs = out / f"trial_{index}", out / f"trial_{index}_logs"
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
@@ -119,9 +130,11 @@ def trial(index: int, data_dir: Path, out: Path, victim: str, layout: str, at_sa
             break
         time.sleep(0.002 if at_save else 0.05)
     killed_in_save = killed_in_save or saving_now(run)
-    complete_before = complete_steps(run)
+    killed_at = time.time()
+    complete_before = committed_steps(run)  # cheap (no hashing): the kill follows at once
     target: Optional[int] = None
-    if job.poll() is None:
+    killed = job.poll() is None  # else it ended first (a failure of the trial, not of the resume)
+    if killed:
         workers = worker_pids(job.pid)
         target = job.pid if victim == "launcher" or not workers else random.choice(workers)
         os.kill(target, signal.SIGKILL)
@@ -146,11 +159,12 @@ def trial(index: int, data_dir: Path, out: Path, victim: str, layout: str, at_sa
     resumed_from = int(found.group(2)) if found else 0
     after = logged_steps(run)
     continued = after[-2:] == [newest + 1, newest + 2]
-    record = {"trial": index, "layout": layout, "victim": victim, "killed_after_s": round(time.time() - start, 1),
+    record = {"trial": index, "layout": layout, "victim": victim, "killed": killed,
+              "killed_after_s": round(killed_at - start, 1),
               "killed_in_save": killed_in_save, "last_logged_step": max(before, default=0),
               "complete_checkpoints": complete, "complete_before_kill": complete_before,
               "resumed_from": resumed_from, "resume_rc": proc.returncode, "continued": continued}
-    record["ok"] = (proc.returncode == 0 and resumed_from == newest and continued
+    record["ok"] = (killed and proc.returncode == 0 and resumed_from == newest and continued
                     and newest >= (complete_before[0] if complete_before else 0))
     if not record["ok"]:
         record["resume_log_tail"] = log[-2000:]

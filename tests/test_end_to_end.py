@@ -72,6 +72,10 @@ def test_translate_cli(trained):
     assert proc.returncode == 0, proc.stderr[-2000:]
     outputs = proc.stdout.splitlines()
     assert len(outputs) == 3 and all(o.strip() for o in outputs)
+    merged = run_cli("ckpt", "merge", str(out / "checkpoints" / "best"), str(out / "checkpoints" / "merged.ckpt"))
+    assert merged.returncode == 0, merged.stderr[-2000:]
+    again = run_cli("translate", "--checkpoint", str(out / "checkpoints" / "merged.ckpt"), "--beam", "1", stdin=lines)
+    assert again.returncode == 0 and again.stdout.splitlines() == outputs, again.stderr[-2000:]
 
 
 def test_same_seed_same_loss_curve(data_dir, tmp_path):
@@ -166,8 +170,11 @@ def test_a_restarted_worker_resumes_by_itself(data_dir, tmp_path, monkeypatch):
 
 
 def test_the_time_budget_counts_the_runs_a_resume_continues(data_dir, tmp_path):
-    """A checkpoint carries the training seconds so far; a resume whose budget they already spend trains no more."""
-    train(tiny(data_dir, tmp_path, "train.max_steps=3", "train.log_every=1", "train.eval_every=100"))
+    """A checkpoint carries the training seconds so far; a resume whose budget they already spend trains no more.
+    (The first run also saves by the clock: train.save_every_minutes.)"""
+    train(tiny(data_dir, tmp_path, "train.max_steps=3", "train.log_every=1", "train.eval_every=100",
+               "train.save_every_minutes=0.0001", "train.keep_last=10"))
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("step_*")) == ["step_1", "step_2", "step_3"]
     manifest = json.loads((tmp_path / "checkpoints" / "latest" / "manifest.json").read_text())
     spent = manifest["position"]["elapsed_s"]
     assert spent > 0

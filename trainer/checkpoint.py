@@ -42,6 +42,8 @@ def load_into(cell, path: Path, strict: bool = True) -> Dict:
     names = {p.name for p in cell.get_parameters()}
     meta = {k[len(META):]: v for k, v in params.items() if k.startswith(META)}
     not_loaded, _ = ms.load_param_into_net(cell, {k: v for k, v in params.items() if k in names})
+    trained = {p.name for p in cell.trainable_params()}
+    not_loaded = [n for n in not_loaded if n in trained]  # state set every call (the dropout key) is no weight
     if strict and not_loaded:
         raise CheckpointError(f"{path} lacks {len(not_loaded)} parameters of this model, "
                               f"e.g. {sorted(not_loaded)[:3]}: it was saved from a different model or config")
