@@ -100,20 +100,24 @@ def resumed_exactly(straight, resumed, rtol=0.0):
         assert got == want
 
 
+def straight_job(data_dir, tmp_path_factory, name, setting, plan):
+    """A 2-worker job of the module's settings under `setting`, checked to run the `plan` it was given."""
+    out = tmp_path_factory.mktemp(name)
+    run = launched(data_dir, out, 2, setting)
+    assert plan in (out / "logs" / "worker_0.log").read_text()
+    return run
+
+
 @pytest.fixture(scope="module")
 def data_parallel(data_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("dp2")
-    run = launched(data_dir, out, 2, "parallel.mode=data_parallel")
-    assert "data_parallel 2 x model_parallel 1" in (out / "logs" / "worker_0.log").read_text()
-    return run
+    return straight_job(data_dir, tmp_path_factory, "dp2", "parallel.mode=data_parallel",
+                        "data_parallel 2 x model_parallel 1")
 
 
 @pytest.fixture(scope="module")
 def model_parallel(data_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("mp2")
-    run = launched(data_dir, out, 2, "parallel.model_parallel=2")
-    assert "hybrid: data_parallel 1 x model_parallel 2" in (out / "logs" / "worker_0.log").read_text()
-    return run
+    return straight_job(data_dir, tmp_path_factory, "mp2", "parallel.model_parallel=2",
+                        "hybrid: data_parallel 1 x model_parallel 2")
 
 
 def test_data_parallel_matches_standalone(standalone, data_parallel):

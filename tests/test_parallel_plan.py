@@ -222,3 +222,11 @@ def test_the_seam_under_semi_auto_sets_only_strategies(monkeypatch):
     wrapped = step.train_step
     assert isinstance(wrapped, auto_parallel.AutoParallel) and wrapped._full_batch
     assert wrapped._parallel_mode == "semi_auto" and wrapped._enable_parallel_optimizer  # optimizer_shard
+
+
+def test_training_refuses_semi_auto_until_its_checkpoints_exist():
+    from trainer.parallel.plan import check_trainable
+
+    check_trainable(make_plan(cfg("parallel.model_parallel=2"), 8, "Ascend"))  # hybrid: fine
+    with pytest.raises(ConfigError, match="semi_auto: mindrun's sharded checkpoints .* parallel.mode=hybrid"):
+        check_trainable(make_plan(cfg("parallel.mode=semi_auto", "parallel.model_parallel=2"), 8, "Ascend"))

@@ -16,7 +16,7 @@ from tqdm import tqdm
 from model.tokens import PAD
 from trainer.build import build_training, speedups_note
 from trainer.ckpt.store import check_shared_storage
-from trainer.config import ConfigError, RunConfig
+from trainer.config import RunConfig
 from trainer.data.batching import TokenBatcher, collate
 from trainer.data.packing import PackedBatcher, collate_packed, side_lengths
 from trainer.dataset import Corpus, Split, prepare
@@ -25,7 +25,7 @@ from trainer.metrics import MetricsLog
 from trainer.parallel.clock import RunClock
 from trainer.parallel.context import (ParallelContext, init_parallel, is_scheduler, select_backend,
                                       world_size_from_env)
-from trainer.parallel.plan import check_vocabulary, make_plan
+from trainer.parallel.plan import check_trainable, check_vocabulary, make_plan
 from trainer.precision import check_precision, precision_caveat
 from trainer.saving import RunCheckpoints
 from trainer.schedule import learning_rate
@@ -237,11 +237,7 @@ def train(cfg: RunConfig, corpus: Optional[Corpus] = None) -> Dict[str, object]:
     world = world_size_from_env()
     plan = make_plan(cfg, world, backend)  # layout errors before anything compiles
     check_precision(cfg, backend)
-    if plan.mode == "semi_auto":
-        raise ConfigError("parallel.mode=semi_auto: mindrun's sharded checkpoints do not cover MindSpore's "
-                          "auto-parallel layout yet (it would need MindSpore's strategy files and "
-                          "transform_checkpoints); train with parallel.mode=hybrid (the default), which shards "
-                          "the same way")
+    check_trainable(plan)
     ctx = init_parallel(plan, backend)
     if ctx.is_main and plan.caveat:
         tqdm.write(f"warning: {plan.caveat}")

@@ -115,6 +115,16 @@ def _check_vocab_split(vocab: int, mp: int, which: str) -> None:
                           f"to a multiple of {mp}")
 
 
+def check_trainable(plan: Plan) -> None:
+    """ConfigError for a layout `mindrun train` cannot checkpoint: semi_auto, whose parameters
+    MindSpore lays out itself (trainer/ckpt covers the explicit layouts only)."""
+    if plan.mode == "semi_auto":
+        raise ConfigError("parallel.mode=semi_auto: mindrun's sharded checkpoints do not cover MindSpore's "
+                          "auto-parallel layout yet (it would need MindSpore's strategy files and "
+                          "transform_checkpoints); train with parallel.mode=hybrid (the default), which shards "
+                          "the same way")
+
+
 def check_vocabulary(plan: Plan, vocab_size: int) -> None:
     """The real vocabulary (known once the tokenizer exists) against the plan's model-parallel split."""
     if plan.model_parallel > 1:
