@@ -4,7 +4,7 @@ MindSpore's Dropout keeps its random state inside the kernel, where no checkpoin
 it, and the generator-based dropout (mint) does not run on the CPU. Here the mask of a call
 is a counter-based hash (murmur3's finaliser) of the element's index, offset by a base
 made from a per-call key (a Parameter the train step assigns from the host: a function of
-seed, data-parallel rank, optimizer step and micro-batch) and the site's own salt:
+the seed, the optimizer step and the micro-batch, `step_key`) and the site's own salt:
 
     h = fmix32(index * 0x9E3779B1 + key + salt * 0x6C8E9CF5)    keep the element iff h mod 2^24 < keep * 2^24
 
@@ -13,7 +13,7 @@ The index is the element's index in the *global* batch: a data-parallel rank hol
 so a data-parallel run draws exactly the standalone run's masks, row for row, and replicas
 still draw different masks (they hold different rows). So the masks of step N are the same
 whether the run got there straight or resumed, with any number of data-parallel ranks, and a
-checkpoint needs no RNG state beyond the step. `counter_mask` computes the hash with
+checkpoint needs no RNG state beyond the step. `CounterMask` computes the hash with
 MindSpore ops (any backend); trainer/cpu swaps in a C++ kernel that computes the same bits
 (bench/HISTORY.md: the ops version costs about three MindSpore Dropouts).
 """
@@ -84,7 +84,7 @@ class Dropout(nn.Cell):
     """Inverted dropout with counter-based masks; identity in eval mode or at p == 0.
 
     `bind_dropout_key(model)` gives every site its salt and the shared key Parameter;
-    an unbound site in training mode is an error at compile time (its key is None).
+    an unbound site in training mode fails to compile (it has no key).
     """
 
     def __init__(self, p: float):
