@@ -109,9 +109,14 @@ class Dropout(nn.Cell):
         return x * (mask * self.scale).astype(x.dtype)
 
 
+def dropout_sites(model: nn.Cell):
+    """Every Dropout of `model`, in model order."""
+    return [cell for _, cell in model.cells_and_names() if isinstance(cell, Dropout)]
+
+
 def shard_dropout(model: nn.Cell, dp_rank: int) -> int:
     """Make `model`'s masks those of rows [dp_rank * n, (dp_rank + 1) * n) of the global batch; returns the sites."""
-    sites = [cell for _, cell in model.cells_and_names() if isinstance(cell, Dropout)]
+    sites = dropout_sites(model)
     for cell in sites:
         cell.shard = dp_rank
     return len(sites)
@@ -124,10 +129,7 @@ def bind_dropout_key(model: nn.Cell) -> Parameter:
     (`step_key`), so masks follow from the run's position alone.
     """
     key = Parameter(Tensor(0, ms.int32), name="dropout_key", requires_grad=False)
-    salt = 0
-    for _, cell in model.cells_and_names():
-        if isinstance(cell, Dropout):
-            salt += 1
-            cell.salt_offset = salt * _SALT & 0xFFFFFFFF
-            cell.key = key  # the same Parameter in every site (MindSpore keeps one, by identity)
+    for salt, cell in enumerate(dropout_sites(model), start=1):
+        cell.salt_offset = salt * _SALT & 0xFFFFFFFF
+        cell.key = key  # the same Parameter in every site (MindSpore keeps one, by identity)
     return key

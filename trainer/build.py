@@ -79,9 +79,8 @@ def build_training(cfg: RunConfig, ctx: ParallelContext, src_vocab_size: int, tg
     model = _model(cfg, src_vocab_size, tgt_vocab_size, speedups)  # same init on every rank
     axes = split_axes(model)  # the layout table's axes, recorded even when nothing is split
     parallel = parallelize(model, ctx)
-    plan = ctx.plan
-    split = axes if parallel.shard_axis else {}
-    if parallel.shard_axis and set(parallel.shard_axis) != set(axes):
+    plan, split = ctx.plan, bool(parallel.shard_axis)
+    if split and set(parallel.shard_axis) != set(axes):
         raise RuntimeError(f"the layout split {sorted(set(parallel.shard_axis) ^ set(axes))[:4]} unlike its table")
     if parallel.dp_group is not None:  # masks of this rank's rows of the global batch (model/dropout.py)
         shard_dropout(model, ctx.dp_rank)

@@ -78,7 +78,7 @@ def _ckpt(args) -> int:
 
     if args.action == "inspect":
         info = tools.inspect(args.dir)
-        print(tools.summary_json(info) if args.json else tools.describe(info))
+        print(json.dumps(info, indent=1) if args.json else tools.describe(info))
         return 0 if info["verified"] else 1
     if args.action == "merge":
         print(f"wrote {tools.merge(args.dir, args.out)}")

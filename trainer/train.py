@@ -92,6 +92,7 @@ class Trainer:
         val["seconds"] = round(time.time() - t0, 2)
         self.log.write("valid", self.step, {"epoch": round(self.step / len(self.batcher), 2), **val})
         self.checkpoints.after_validation(self.step, val, self._position(epoch, batch_index))
+        self.last_save = self.clock.agreed
         c = self.checkpoints
         tqdm.write(f"step {self.step} epoch {epoch}: valid loss {val['loss']:.3f} ppl {val['ppl']:.2f} "
                    f"BLEU {val['bleu']:.2f} (best {c.best_metric} {c.best_value:.3f} at step {c.best['step']})")
@@ -196,7 +197,6 @@ class Trainer:
                 if (cfg.train.eval_every and self.step % cfg.train.eval_every == 0) or stop:
                     with window.paused():  # validation time is not training throughput
                         self.validate_and_save(epoch, i + 1)
-                        self.last_save = self.clock.agreed
                 elif self._save_due():
                     with window.paused():
                         self.save_position(epoch, i + 1, "train.save_every_*")
@@ -208,7 +208,6 @@ class Trainer:
             if not stop and (not cfg.train.eval_every or self.step % cfg.train.eval_every):
                 with window.paused():
                     self.validate_and_save(epoch + 1, 0)
-                    self.last_save = self.clock.agreed
         if handlers is not None:
             catch_signals(None, handlers)
         self.log.close()

@@ -62,6 +62,15 @@ class ShardLayout:
             shape[self.axis(name)] *= self.mp_size
         return shape
 
+    def parts(self, name: str, global_shape: Sequence[int]) -> List[Dict]:
+        """The manifest's parts of tensor `name` under this layout: one file and [start, stop) along
+        the split axis per model-parallel rank, or the whole tensor in rank 0's file."""
+        if not self.is_split(name):
+            return [{"file": self.file_name(0)}]
+        length = global_shape[self.axis(name)]
+        return [{"file": self.file_name(r), **dict(zip(("start", "stop"), chunk(length, self.mp_size, r)))}
+                for r in range(self.mp_size)]
+
     def local_range(self, name: str, global_shape: Sequence[int]) -> Optional[Tuple[int, int]]:
         """[start, stop) along the split axis that this rank holds, or None when it holds all of it."""
         if not self.is_split(name):

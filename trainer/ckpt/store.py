@@ -26,7 +26,7 @@ import numpy as np
 from launcher.atomic import _fsync, atomic_path, write_text
 from trainer.checkpoint import CheckpointError
 from trainer.ckpt import manifest as mf
-from trainer.ckpt.layout import ShardLayout, chunk
+from trainer.ckpt.layout import ShardLayout
 
 DIR_MODE, FILE_MODE = 0o750, 0o640  # nobody but the owner's group reads a run's weights
 _STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -78,6 +78,15 @@ def make_private_dir(path: Path) -> Path:
         with contextlib.suppress(OSError):
             os.chmod(p, DIR_MODE)
     return path
+
+
+def write_shard_file(path: Path, arrays: Dict[str, np.ndarray]) -> Tuple[str, int]:
+    """Write named arrays as one safetensors file atomically (0640); returns its SHA-256 and size."""
+    from safetensors.numpy import save_file
+
+    with atomic_path(path, mode=FILE_MODE) as tmp:
+        save_file({name: _contiguous(a) for name, a in arrays.items()}, str(tmp), metadata={"format": mf.FORMAT})
+    return mf.sha256_of(path), path.stat().st_size
 
 
 def _point(root: Path, name: str, target: str) -> None:
@@ -237,29 +246,17 @@ class CheckpointStore:
         return state
 
     def _write_shard(self, directory: Path, optimizer) -> Tuple[str, int]:
-        from safetensors.numpy import save_file
-
         make_private_dir(directory)
-        arrays = {p.name: _contiguous(p.asnumpy()) for p in self._state(optimizer)
-                  if self.layout.owns(p.name)}
-        path = directory / self.layout.file_name()
-        with atomic_path(path, mode=FILE_MODE) as tmp:
-            save_file(arrays, str(tmp), metadata={"format": mf.FORMAT})
-        return mf.sha256_of(path), path.stat().st_size
+        arrays = {p.name: p.asnumpy() for p in self._state(optimizer) if self.layout.owns(p.name)}
+        return write_shard_file(directory / self.layout.file_name(), arrays)
 
     def _tensors(self, optimizer) -> Dict:
         weights = {p.name for p in optimizer.parameters}
         tensors = {}
         for p in self._state(optimizer):
             shape = self.layout.global_shape(p.name, p.shape)
-            axis = self.layout.axis(p.name)
-            if self.layout.is_split(p.name):
-                parts = [{"file": self.layout.file_name(r), **dict(zip(("start", "stop"), chunk(
-                    shape[axis], self.layout.mp_size, r)))} for r in range(self.layout.mp_size)]
-            else:
-                parts = [{"file": self.layout.file_name(0)}]
             tensors[p.name] = mf.tensor_entry(shape, _dtype(p), "weight" if p.name in weights else "optimizer",
-                                              axis, parts)
+                                              self.layout.axis(p.name), self.layout.parts(p.name, shape))
         return tensors
 
     # -- retention ---------------------------------------------------------------------------
@@ -306,7 +303,7 @@ class CheckpointStore:
     def agree_on_resume(self) -> Optional[Tuple[Path, Dict]]:
         """Every rank: the checkpoint rank 0 found (newest_verified), or None. Rank 0 alone hashes the files."""
         found = self.newest_verified() if self.is_main else None
-        chosen = np.array([found[1]["step"] + 1 if found else 0], np.float32) if self.is_main else np.zeros(1, np.float32)
+        chosen = np.array([found[1]["step"] + 1 if found else 0], np.float32)  # 0: none (and on other ranks)
         step = int(_sum_over_ranks(chosen, self.world_size)[0]) - 1
         if step < 0:
             return None

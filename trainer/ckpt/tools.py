@@ -1,5 +1,4 @@
 """`mindrun ckpt inspect | merge | reshard`, and full weights of a step directory for inference."""
-import json
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
@@ -7,9 +6,9 @@ import numpy as np
 
 from launcher.atomic import atomic_path, write_text
 from trainer.ckpt import manifest as mf
-from trainer.ckpt.layout import ShardLayout, chunk
-from trainer.ckpt.store import (FILE_MODE, CheckpointError, ShardReader, _contiguous, load_tensors,
-                                make_private_dir, resolve)
+from trainer.ckpt.layout import ShardLayout
+from trainer.ckpt.store import (FILE_MODE, CheckpointError, ShardReader, load_tensors, make_private_dir, resolve,
+                                write_shard_file)
 
 
 def open_verified(path: Path) -> Tuple[Path, Dict]:
@@ -17,10 +16,7 @@ def open_verified(path: Path) -> Tuple[Path, Dict]:
     directory = resolve(path)
     if not directory.is_dir():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        manifest = mf.read(directory)
-    except mf.ManifestError as exc:
-        raise CheckpointError(str(exc)) from None
+    manifest = mf.read(directory)  # ManifestError is a CheckpointError
     problem = mf.verify(directory, manifest)
     if problem:
         raise CheckpointError(f"{directory}: {problem}")
@@ -86,8 +82,6 @@ def merge(path: Path, out: Path) -> Path:
 
 def reshard(path: Path, model_parallel: int, data_parallel: int = 1, out: Optional[Path] = None) -> Path:
     """A copy of a checkpoint split for another layout (what resume does on load, written out)."""
-    from safetensors.numpy import save_file
-
     directory, manifest = open_verified(path)
     heads = manifest.get("config", {}).get("model", {}).get("n_heads")
     if heads and heads % model_parallel:
@@ -103,30 +97,20 @@ def reshard(path: Path, model_parallel: int, data_parallel: int = 1, out: Option
     make_private_dir(out)
     axes = {n: e["split_axis"] for n, e in tensors.items() if e["split_axis"] is not None}
     reader = ShardReader(directory, manifest)
-    files, new_tensors = {}, {}
+    files = {}
     for r in range(model_parallel):
         layout = ShardLayout(r, model_parallel, 0, data_parallel, axes)
         arrays = {}
         for name, e in tensors.items():
             if layout.is_split(name):
-                start, stop = chunk(e["shape"][e["split_axis"]], model_parallel, r)
-                arrays[name] = _contiguous(reader.read(name, e["split_axis"], start, stop))
+                arrays[name] = reader.read(name, e["split_axis"], *layout.local_range(name, e["shape"]))
             elif r == 0:
                 arrays[name] = reader.read(name)
-        target = out / layout.file_name()
-        with atomic_path(target, mode=FILE_MODE) as tmp:
-            save_file(arrays, str(tmp), metadata={"format": mf.FORMAT})
-        files[target.name] = {"sha256": mf.sha256_of(target), "size": target.stat().st_size, "model_parallel_rank": r}
+        sha256, size = write_shard_file(out / layout.file_name(), arrays)
+        files[layout.file_name()] = {"sha256": sha256, "size": size, "model_parallel_rank": r}
     reader.close()
-    for name, e in tensors.items():
-        layout = ShardLayout(0, model_parallel, split_axes=axes)
-        if layout.is_split(name):
-            parts = [{"file": layout.file_name(r), **dict(zip(("start", "stop"),
-                                                              chunk(e["shape"][e["split_axis"]], model_parallel, r)))}
-                     for r in range(model_parallel)]
-        else:
-            parts = [{"file": layout.file_name(0)}]
-        new_tensors[name] = {**e, "parts": parts}
+    layout = ShardLayout(0, model_parallel, split_axes=axes)
+    new_tensors = {name: {**e, "parts": layout.parts(name, e["shape"])} for name, e in tensors.items()}
     new = {**manifest, "layout": {**manifest["layout"], "data_parallel": data_parallel,
                                   "model_parallel": model_parallel, "resharded_from": str(directory)},
            "files": files, "tensors": new_tensors}
@@ -148,6 +132,3 @@ def load_weights(model, path: Path) -> Dict:
                  kinds=("weight",))
     return manifest["position"]
 
-
-def summary_json(info: Dict) -> str:
-    return json.dumps(info, indent=1)

@@ -4,7 +4,7 @@ from typing import Optional
 import mindspore as ms
 from mindspore import Tensor, nn, ops
 
-from model.dropout import Dropout
+from model.dropout import dropout_sites
 from trainer.cpu import kernels as cpu_kernels
 
 
@@ -26,7 +26,7 @@ def use_compiled_masks(model: nn.Cell, kernel_dir: Optional[str]) -> int:
     library = cpu_kernels.library("dropout_mask", str(kernel_dir)) if kernel_dir else None
     if library is None:
         return 0
-    sites = [cell for _, cell in model.cells_and_names() if isinstance(cell, Dropout)]
+    sites = dropout_sites(model)
     for cell in sites:
         cell.mask = CompiledMask(cell.threshold, library)
     return len(sites)
