@@ -1,8 +1,21 @@
-"""`--bind_core`: give each local worker its own CPU cores, NUMA node by NUMA node."""
+"""`--bind_core` / `--bind_numa`: which CPUs (and NUMA memory) each local process may use.
+
+Both options take msrun's forms: True/False, or a dict (JSON on the command line, or a .json file)
+such as {"device0": ["0-7"], "device1": ["8-15"], "scheduler": ["16"]}; for --bind_numa the lists
+name NUMA nodes. True spreads the local workers over the NUMA nodes, each on its own cores.
+CPUs are pinned with sched_setaffinity; NUMA memory through `numactl --membind` (as msrun does).
+"""
+import json
 import os
 import re
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Set
+from typing import Dict, List, Optional, Set, Union
+
+from launcher.errors import LaunchError
+
+Binding = Union[bool, Dict[str, List[int]]]
 
 NODE_ROOT = Path("/sys/devices/system/node")
 
@@ -58,3 +71,95 @@ def plan(workers: int, available: Optional[Set[int]] = None,
         count = (n + 1) * workers // len(groups) - n * workers // len(groups)
         result.extend(_split(cpus, count) if count else [])
     return result
+
+
+def parse_binding(value, option: str) -> Binding:
+    """--bind_core/--bind_numa as given (bool, 'True', a JSON dict or a .json file) -> bool or
+    {"device<i>" | "scheduler": [ids]}; LaunchError naming the option and the bad part."""
+    if isinstance(value, bool) or value is None:
+        return bool(value)
+    if isinstance(value, dict):
+        raw = value
+    else:
+        text = str(value).strip()
+        if text.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+            return text.lower() in ("true", "1", "yes", "on")
+        if text.lower().endswith(".json"):
+            try:
+                text = Path(text).read_text()
+            except OSError as exc:
+                raise LaunchError(f"{option} {value}: cannot read the file: {exc.strerror}") from None
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise LaunchError(f"{option} must be True, False or a JSON object like "
+                              f"'{{\"device0\": [\"0-3\"]}}'; {value!r} is neither ({exc.msg})") from None
+    if not isinstance(raw, dict):
+        raise LaunchError(f"{option} must be True, False or a JSON object, got {type(raw).__name__}")
+    if any(k in raw for k in ("bind_config", "bind_cpu", "bind_memory")):
+        raise LaunchError(f"{option}: msrun's bind_config files are not supported by mindrun; give "
+                          f"{{\"device0\": [\"0-3\"], ...}} instead")
+    out: Dict[str, List[int]] = {}
+    for key, items in raw.items():
+        if not re.fullmatch(r"device[0-9]+|scheduler", str(key)):
+            raise LaunchError(f"{option}: key {key!r} must be 'scheduler' or 'deviceN' (N: local worker index)")
+        if not isinstance(items, list) or not all(isinstance(i, str) and re.fullmatch(
+                r"[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*", re.sub(r"\s+", "", i)) for i in items):
+            raise LaunchError(f"{option}: {key} must be a list of strings like \"0-3\" or \"4,6\", got {items!r}")
+        out[str(key)] = sorted({n for i in items for n in parse_cpulist(re.sub(r"\s+", "", i))})
+    return out
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where one process runs: the CPUs it may use (None: anywhere) and a command prefix for NUMA memory."""
+
+    cpus: Optional[List[int]] = None
+    prefix: tuple = ()
+
+
+def placements(workers: int, bind_core: Binding, bind_numa: Binding,
+               nodes: Optional[Dict[int, List[int]]] = None, available: Optional[Set[int]] = None,
+               numactl: Optional[str] = None) -> Dict[str, Placement]:
+    """{"device<i>": Placement, "scheduler": Placement} for the given options; LaunchError when a
+    dict names a CPU or NUMA node this process may not use."""
+    available = set(os.sched_getaffinity(0)) if available is None else set(available)
+    nodes = numa_nodes() if nodes is None else nodes
+    numactl = shutil.which("numactl") if numactl is None else numactl
+    keys = [f"device{i}" for i in range(workers)] + ["scheduler"]
+    cpus: Dict[str, Optional[List[int]]] = dict.fromkeys(keys)
+    mems: Dict[str, Optional[List[int]]] = dict.fromkeys(keys)
+    if bind_numa is True and len(nodes) >= 1:
+        order = list(nodes)
+        for i in range(workers):
+            mems[f"device{i}"] = [order[i * len(order) // workers]]
+    elif isinstance(bind_numa, dict):
+        for key, ids in bind_numa.items():
+            unknown = [n for n in ids if n not in nodes]
+            if unknown:
+                raise LaunchError(f"--bind_numa: {key} names NUMA node(s) {unknown}; this machine has "
+                                  f"{sorted(nodes) or 'none'}")
+            mems[key] = ids
+    for key, ids in mems.items():
+        if ids is not None:
+            cpus[key] = sorted({c for n in ids for c in nodes[n]} & available)
+    if bind_core is True:
+        for i, group in enumerate(plan(workers, available, nodes)):
+            numa = cpus[f"device{i}"]
+            cpus[f"device{i}"] = sorted(set(group) & set(numa)) or group if numa else group
+    elif isinstance(bind_core, dict):
+        for key, ids in bind_core.items():
+            outside = sorted(set(ids) - available)
+            if outside:
+                raise LaunchError(f"--bind_core: {key} names CPU(s) {outside} that this process may not use "
+                                  f"(allowed: {_cpulist(sorted(available))})")
+            cpus[key] = ids
+    prefix: Dict[str, tuple] = dict.fromkeys(keys, ())
+    for key, ids in mems.items():
+        if ids is not None and numactl:
+            prefix[key] = (numactl, f"--membind={','.join(map(str, ids))}")
+    return {k: Placement(cpus[k], prefix[k]) for k in keys}
+
+
+def _cpulist(cpus: List[int]) -> str:
+    return ",".join(map(str, cpus))

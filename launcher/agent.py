@@ -7,7 +7,12 @@ States of a worker group, as in torchrun's elastic agent:
                     -> INTERRUPTED (SIGINT/SIGTERM to the launcher) -> exit 128 + signal
 
 Every child runs in its own session (so its whole process tree can be signalled) and gets
-SIGKILL from the kernel if the launcher itself dies (PR_SET_PDEATHSIG): no orphans.
+SIGKILL from the kernel if the launcher itself dies (PR_SET_PDEATHSIG); the reaper
+(`launcher.watchdog`) kills what they started, whatever the depth: no orphans.
+
+Registration backstop: a local worker that has not connected to the scheduler within
+--cluster_time_out (+ start-up allowance) fails the job; "connected" is read from the worker's
+sockets (`launcher.registration`), never from MindSpore's log text, whose level the user sets.
 """
 import ctypes
 import enum
@@ -20,17 +25,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from launcher import affinity, environment
+from launcher import affinity, environment, watchdog
 from launcher.ranks import Worker
+from launcher.registration import ConnectionWatch, describe_missing
 from launcher.spec import LaunchSpec
 
 POLL_S = 0.05
+REGISTRATION_CHECK_S = 0.5
 SCHEDULER_EXIT_WAIT_S = 30.0
 LAST_LINES = 20
-REGISTERED = b"Cluster is successfully initialized"
 # MindSpore's own MS_TOPO_TIMEOUT counts from init(); the launcher's backstop also allows for
-# interpreter start-up and imports before init(), and catches workers that hang before it.
+# interpreter start-up and imports before init() (up to this, and no more than the timeout itself),
+# and catches workers that hang before it.
 STARTUP_ALLOWANCE_S = 20.0
+MIN_ALLOWANCE_S = 5.0
+TOPOLOGY_FAILURES = ("Topology build timed out", "Failed to initialize distributed job cluster")
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _PR_SET_PDEATHSIG = 1
@@ -54,8 +63,9 @@ class Process:
     env: Dict[str, str]
     cwd: Optional[Path]  # None: the launcher's working directory
     log: Path
-    cpus: Optional[List[int]]  # --bind_core: the CPUs it may run on
+    cpus: Optional[List[int]]  # --bind_core/--bind_numa: the CPUs it may run on
     worker: Optional[Worker] = None  # None for the scheduler
+    prefix: tuple = ()  # --bind_numa: numactl --membind=N before the command
 
 
 @dataclass
@@ -74,6 +84,7 @@ class Outcome:
     code: int = 0
     child: Optional[Child] = None
     how: str = ""
+    advice: str = ""  # said after the child's last log lines
 
 
 def say(message: str) -> None:
@@ -147,7 +158,8 @@ class Agent:
         self.children: List[Child] = []
         self.tails: List[_Tail] = []
         self.signal_received: Optional[int] = None
-        self.cpus = affinity.plan(spec.local_worker_num) if spec.bind_core else None
+        self.places = affinity.placements(spec.local_worker_num, spec.bind_core, spec.bind_numa)
+        self.watchdog: Optional[watchdog.Watchdog] = None
 
     # ---- what to start -------------------------------------------------------------------
     def plan(self, restart: int = 0) -> List[Process]:
@@ -155,19 +167,29 @@ class Agent:
         spec, out = self.spec, []
         command = list(spec.command)
         if spec.launch_mode == "dynamic" and spec.run_scheduler:
+            place = self.places["scheduler"]
             out.append(Process("scheduler", -1, command, environment.scheduler_env(spec, self.base_env, restart),
-                               None, spec.log_dir / "scheduler.log", None))
+                               None, spec.log_dir / "scheduler.log", place.cpus, prefix=place.prefix))
         if spec.launch_mode == "dynamic" and not spec.run_workers:
             return out
         for w in self.workers:
-            cpus = self.cpus[w.local_rank] if self.cpus else None
+            place = self.places[f"device{w.local_rank}"]
             if spec.launch_mode == "dynamic":
-                env, cwd = environment.worker_env(spec, w, self.base_env, restart), None
+                env = environment.worker_env(spec, w, self.base_env, restart)
             else:
                 env = environment.ranktable_env(spec, w, self.rank_table, self.base_env, restart)
-                cwd = spec.log_dir / f"rank_{w.rank}"
-            out.append(Process(w.name, w.key, command, env, cwd, spec.log_dir / f"worker_{w.key}.log", cpus, w))
+            # Like msrun, workers run in the launcher's directory, so relative paths mean the same in both modes.
+            out.append(Process(w.name, w.key, command, env, None, spec.log_name(w.key), place.cpus, w,
+                               place.prefix))
         return out
+
+    def sources_table(self) -> List[str]:
+        """Each setting of the launch, its value and where it came from (--dry_run)."""
+        spec = self.spec
+        rows = [(name, getattr(spec, name), where) for name, where in spec.sources.items()]
+        width = max((len(r[0]) for r in rows), default=0)
+        vwidth = max((len(str(r[1])) for r in rows), default=0)
+        return [f"  {n:<{width}}  {str(v):<{vwidth}}  {w}" for n, v, w in rows]
 
     def dry_run(self) -> int:
         """Print every process's command, directory and launcher-set environment; start nothing."""
@@ -175,11 +197,14 @@ class Agent:
             say(note)
         if self.cleared:
             say(f"would clear inherited variables: {', '.join(self.cleared)}")
+        print("settings (value and where it came from)")
+        for line in self.sources_table():
+            print(line)
         for proc in self.plan():
             shown = {k: v for k, v in proc.env.items() if self.base_env.get(k) != v or k in environment.SHOWN}
             unset = sorted(k for k in self.base_env if k not in proc.env)
             print(f"{proc.name}:")
-            print(f"  command: {' '.join(proc.command)}")
+            print(f"  command: {' '.join(proc.prefix + tuple(proc.command))}")
             print(f"  cwd: {proc.cwd or os.getcwd()}")
             print(f"  log: {proc.log}")
             if proc.cpus is not None:
@@ -210,10 +235,12 @@ class Agent:
                 if cpus:
                     os.sched_setaffinity(0, cpus)
 
-            popen = subprocess.Popen(proc.command, env=proc.env, cwd=proc.cwd, stdin=subprocess.DEVNULL,
+            popen = subprocess.Popen(list(proc.prefix) + proc.command, env=proc.env, cwd=proc.cwd, stdin=subprocess.DEVNULL,
                                      stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                      preexec_fn=child_setup)
         child = Child(proc.name, proc.key, popen, proc.log)
+        if self.watchdog is not None:
+            self.watchdog.watch(popen.pid)
         tail = self.spec.tail_ranks
         if proc.key >= 0 and (tail is None or proc.key in tail):
             self.tails.append(_Tail(proc.log, f"[{proc.name}]", start))
@@ -256,33 +283,25 @@ class Agent:
         for tail in self.tails:
             tail.pump(final)
 
-    def _registered(self, scheduler: Child) -> bool:
-        try:
-            with open(scheduler.log, "rb") as handle:
-                return REGISTERED in handle.read()
-        except OSError:
-            return False
+    def _not_formed(self) -> str:
+        return (f"MindSpore's cluster did not form within --cluster_time_out {self.spec.cluster_time_out} s: not "
+                f"all {self.spec.worker_num} workers reached the scheduler at {self.spec.master_addr}:"
+                f"{self.spec.master_port}. Start the other nodes' launchers with the same --master_addr/"
+                f"--master_port and --worker_num, or raise --cluster_time_out")
 
-    def _count_registered(self, scheduler: Child) -> int:
-        try:
-            return scheduler.log.read_bytes().count(b" is registered")
-        except OSError:
-            return 0
-
-    def _not_registered(self) -> str:
-        scheduler = next((c for c in self.children if c.key == -1), None)
-        count = f"only {self._count_registered(scheduler)} of" if scheduler is not None else "not all"
-        return (f"{count} {self.spec.worker_num} workers registered with the scheduler at "
-                f"{self.spec.master_addr}:{self.spec.master_port} within --cluster_time_out "
-                f"{self.spec.cluster_time_out} s. Start the other nodes' launchers with the same "
-                f"--master_addr/--master_port and --worker_num, or raise --cluster_time_out")
+    def _watch(self) -> Optional[ConnectionWatch]:
+        spec = self.spec
+        if spec.launch_mode != "dynamic" or spec.sim_level is not None or spec.cluster_time_out < 0:
+            return None
+        return ConnectionWatch(spec.master_addr, spec.master_port)
 
     def monitor(self) -> Outcome:
         """Watch the group until it succeeds, one process fails, time runs out or a signal arrives."""
         started = time.monotonic()
         scheduler = next((c for c in self.children if c.key == -1), None)
         workers = [c for c in self.children if c.key >= 0]
-        registered = scheduler is None
+        watch = self._watch() if workers else None
+        allowance = min(STARTUP_ALLOWANCE_S, max(MIN_ALLOWANCE_S, float(self.spec.cluster_time_out)))
         next_check = 0.0
         while True:
             self._pump()
@@ -308,11 +327,18 @@ class Agent:
             if not workers and scheduler is not None and scheduler.popen.poll() == 0:
                 return Outcome(State.SUCCEEDED)
             now = time.monotonic()
-            if not registered and now >= next_check:
-                next_check = now + 0.5
-                registered = self._registered(scheduler) or scheduler.popen.poll() is not None
-                if not registered and now - started > self.spec.cluster_time_out + STARTUP_ALLOWANCE_S:
-                    return Outcome(State.FAILED, 1, scheduler, self._not_registered())
+            if watch is not None and now >= next_check:
+                next_check = now + REGISTRATION_CHECK_S
+                watch.update(workers)
+                missing = watch.missing(workers)
+                if not missing:
+                    watch = None  # every local worker reached the scheduler: nothing more to check
+                elif now - started > self.spec.cluster_time_out + allowance:
+                    names = [c.name for c in workers if c.key in missing]
+                    late = next(c for c in workers if c.key in missing)
+                    return Outcome(State.FAILED, 1, late, "never connected to the scheduler", describe_missing(
+                        names, len(workers), self.spec.master_addr, self.spec.master_port,
+                        self.spec.cluster_time_out, watch.unreadable))
             time.sleep(POLL_S)
 
     def report(self, outcome: Outcome) -> None:
@@ -324,9 +350,10 @@ class Agent:
                 say(f"last {len(lines)} lines of {child.log}:")
                 for line in lines:
                     print(f"    {line}", file=sys.stderr)
-            if any("Topology build timed out" in line or "Failed to initialize distributed job cluster" in line
-                   for line in lines):
-                say(self._not_registered())
+            if outcome.advice:
+                say(outcome.advice)
+            elif any(t in line for t in TOPOLOGY_FAILURES for line in lines):
+                say(self._not_formed())
         elif outcome.state is State.INTERRUPTED:
             say(f"received {outcome.how}: stopped all processes (exit {outcome.code})")
 
@@ -339,6 +366,7 @@ class Agent:
         if self.cleared:
             say(f"cleared inherited variables: {', '.join(self.cleared)}")
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+        self.watchdog = watchdog.start()
         try:
             restart = 0
             while True:
@@ -360,5 +388,6 @@ class Agent:
                     continue
                 return outcome.code
         finally:
+            self.watchdog.close()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)

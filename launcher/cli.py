@@ -31,9 +31,16 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected True or False, got {text!r}")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with its errors on one line (no usage block), exit code 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def launch_parser() -> argparse.ArgumentParser:
     """Options of `mindrun launch` (msrun's names first, then mindrun's own)."""
-    p = argparse.ArgumentParser(prog="mindrun launch", description="Start one worker process per device, "
+    p = OneLineParser(prog="mindrun launch", description="Start one worker process per device, "
                                 "msrun-style, and supervise them.")
     ms = p.add_argument_group("msrun options (same names and meanings)")
     ms.add_argument("--worker_num", type=int, help="workers in the whole job (msrun default 8)")
@@ -44,9 +51,18 @@ def launch_parser() -> argparse.ArgumentParser:
     ms.add_argument("--log_dir", help="per-rank logs: scheduler.log, worker_{rank}.log (default mindrun_logs)")
     ms.add_argument("--join", type=_bool, default=True,
                     help="accepted for msrun scripts; mindrun always waits for and supervises its workers")
-    ms.add_argument("--cluster_time_out", type=int, help="seconds for all workers to register (default 600)")
-    ms.add_argument("--bind_core", type=_bool, help="pin each local worker to its own cores (NUMA-aware)")
+    ms.add_argument("--cluster_time_out", type=int, help="seconds for all workers to register (default 600; "
+                    "-1 = wait forever)")
+    ms.add_argument("--bind_core", help="True: pin each local worker to its own cores (NUMA-aware); or a dict "
+                    "like '{\"device0\": [\"0-3\"], \"scheduler\": [\"8\"]}' (JSON, or a .json file)")
+    ms.add_argument("--bind_numa", help="True: each local worker's CPUs and memory on one NUMA node "
+                    "(memory through numactl); or a dict of NUMA nodes like '{\"device0\": [\"0\"]}'")
+    ms.add_argument("--sim_level", type=int, choices=[0, 1, 2, 3], help="MindSpore's simulation (dry-run "
+                    "compile without devices): exported as MS_SIMULATION_LEVEL; no scheduler is started")
+    ms.add_argument("--sim_rank_id", type=int, help="with --sim_level: start only this rank (RANK_ID)")
     ms.add_argument("--rank_table_file", help="HCCL rank table (exported as RANK_TABLE_FILE)")
+    ms.add_argument("--worker_log_name", help="worker log name before _<rank>.log (default worker); {ip} and "
+                    "{hostname} are replaced by this node's")
     ms.add_argument("--tail_worker_log", help="ranks echoed to the console, e.g. 0,1; -1 = all (default: "
                     "this node's first rank)")
     own = p.add_argument_group("mindrun options")
@@ -74,7 +90,8 @@ def _cli_dict(ns: argparse.Namespace) -> dict:
         args, script = [script] + args, None
     return {"worker_num": ns.worker_num, "local_worker_num": ns.local_worker_num, "master_addr": ns.master_addr,
             "master_port": ns.master_port, "node_rank": ns.node_rank, "log_dir": ns.log_dir,
-            "cluster_time_out": ns.cluster_time_out, "bind_core": ns.bind_core,
+            "cluster_time_out": ns.cluster_time_out, "bind_core": ns.bind_core, "bind_numa": ns.bind_numa,
+            "sim_level": ns.sim_level, "sim_rank_id": ns.sim_rank_id, "worker_log_name": ns.worker_log_name,
             "rank_table_file": ns.rank_table_file, "launch_mode": ns.launch_mode, "cluster": ns.cluster,
             "max_restarts": ns.max_restarts, "grace_period": ns.grace_period, "dry_run": ns.dry_run,
             "tail_worker_log": ns.tail_worker_log, "visible_devices": ns.visible_devices, "script": script,
@@ -106,6 +123,11 @@ def launch_main(argv: Optional[List[str]] = None) -> int:
             from launcher import ranktable_job
 
             path, table = ranktable_job.prepare(spec)
+            if spec.dry_run and not spec.rank_table_file:
+                from launcher.ranktable import dumps
+
+                print(f"rank table (--dry_run: not written to {path}) =")
+                print(dumps(table))
             return Agent(spec, ranks.table_workers(spec, table, path), rank_table=path).run()
         return Agent(spec, ranks.dynamic_workers(spec)).run()
     except LaunchError as exc:
@@ -120,8 +142,9 @@ def ranktable_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="action", required=True)
     g = sub.add_parser("generate", help="write a rank table for this node or for a cluster file")
     g.add_argument("--cluster", help="cluster file: one server per node, device IPs from it or from hccn")
-    g.add_argument("--devices", default="0-7", help="this node's devices, e.g. 0-7 or 0,1,2,3 (no --cluster)")
-    g.add_argument("--server_id", help="this node's address (default: its hostname's address)")
+    g.add_argument("--devices", help="this node's devices, e.g. 0-7 or 0,1,2,3 (no --cluster; default: the NPUs "
+                   "'npu-smi info' lists, else those with an address in the hccn.conf file)")
+    g.add_argument("--server_id", help="this node's address (default: its hostname's address, unless loopback)")
     g.add_argument("--device_ip_source", choices=["auto", "hccn_tool", "hccn_conf"],
                    help="auto (default; a cluster file's own setting with --cluster): hccn_tool when on PATH, "
                    "else the hccn.conf file")
@@ -149,9 +172,15 @@ def ranktable_main(argv: Optional[List[str]] = None) -> int:
                 servers = ranktable_job.cluster_servers(load_cluster(ns.cluster), source=ns.device_ip_source,
                                                         hccn_conf=ns.hccn_conf)
             else:
-                servers = ranktable_job.this_host_servers(devices.parse_device_list(ns.devices), ns.server_id,
-                                                          ns.device_ip_source or "auto",
-                                                          ns.hccn_conf or devices.HCCN_CONF)
+                hccn_conf = ns.hccn_conf or devices.HCCN_CONF
+                if ns.devices:
+                    ids = devices.parse_device_list(ns.devices, "--devices")
+                else:
+                    ids, found_in = ranktable_job.default_devices(hccn_conf)
+                    print(f"[mindrun] devices {devices.format_device_list(ids)} from {found_in}; "
+                          f"pass --devices to choose", file=sys.stderr, flush=True)
+                servers = ranktable_job.this_host_servers(ids, ns.server_id, ns.device_ip_source or "auto",
+                                                          hccn_conf, loopback_ok=False)
             table = ranktable.build(servers)
             ranktable.write(table, ns.output)
             print(f"wrote {ns.output}: {len(table['server_list'])} server(s), {ranktable.world_size(table)} devices")

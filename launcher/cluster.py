@@ -14,6 +14,7 @@ import yaml
 
 from launcher.discovery import is_local
 from launcher.errors import LaunchError
+from launcher.ranktable import address_problem
 
 BACKENDS = ("cpu", "gpu", "ascend")
 LAUNCH_MODES = ("dynamic", "ranktable")
@@ -90,6 +91,10 @@ def _check_ip(value: Any, key: str, src: str) -> str:
     except ValueError:
         raise LaunchError(f"{src}: '{key}' = {value!r} is not an IP address "
                           f"(an NPU without a configured RoCE address shows as '-.-.-.-')") from None
+    problem = address_problem(str(value), device=True)
+    if problem:
+        raise LaunchError(f"{src}: '{key}' = {value!r} {problem}; give the NPU's RoCE address "
+                          f"('hccn_tool -i N -ip -g')")
     return str(value)
 
 
@@ -186,6 +191,44 @@ def this_node(cfg: ClusterConfig, node_rank: int = -1) -> Optional[int]:
     return mine[0] if len(mine) == 1 else None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the later one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        first: Dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                earlier = first.setdefault(key, key_node)
+            except TypeError:  # an unhashable key: the base class reports it
+                continue
+            if earlier is not key_node:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key '{key}' on lines {earlier.start_mark.line + 1} and "
+                    f"{key_node.start_mark.line + 1} of one mapping (the later would silently win); keep one",
+                    key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+
+def _yaml_error(path: Path, text: str, exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+    context_mark = getattr(exc, "context_mark", None)
+    if getattr(exc, "context", None) and context_mark is not None and mark is not None \
+            and context_mark.line != mark.line:
+        problem += f" ({' '.join(exc.context.split())} on line {context_mark.line + 1})"
+    if isinstance(exc, yaml.reader.ReaderError):
+        before = text[:exc.position]
+        line, column = before.count("\n") + 1, exc.position - (before.rfind("\n") + 1) + 1
+        code = exc.character if isinstance(exc.character, int) else ord(exc.character[:1] or "\0")
+        return f"{path}:{line}:{column}: not valid YAML: character U+{code:04X} is not allowed; remove it"
+    if mark is None:
+        return f"{path}: not valid YAML: {problem}"
+    return f"{path}:{mark.line + 1}:{mark.column + 1}: not valid YAML: {problem}"
+
+
 def load_cluster(path) -> ClusterConfig:
     """Read and validate a cluster YAML file; LaunchError on any problem, naming the file."""
     path = Path(path)
@@ -193,12 +236,19 @@ def load_cluster(path) -> ClusterConfig:
         here = Path(__file__).resolve().parent.parent / "cluster_configs" / path.name
         if here.is_file() and path.parent == Path("."):
             path = here
+        elif path.is_dir():
+            raise LaunchError(f"cluster file {path} is a directory; pass a cluster YAML file (cluster_configs/*.yaml)")
         else:
             raise LaunchError(f"cluster file {path} does not exist")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise LaunchError(f"{path}: not valid YAML: {exc}") from None
+        text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise LaunchError(f"{path}: not UTF-8 text") from None
+    except OSError as exc:
+        raise LaunchError(f"cluster file {path} cannot be read ({exc.strerror or exc}); "
+                          f"check its permissions") from None
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as exc:
+        raise LaunchError(_yaml_error(path, text, exc)) from None
     return parse_cluster(raw, str(path))

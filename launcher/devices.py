@@ -7,7 +7,7 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from launcher.errors import LaunchError
 
@@ -79,18 +79,43 @@ def link_state(device_id: int, tool: str = HCCN_TOOL) -> str:
 
 
 def ips_from_hccn_conf(path: str = HCCN_CONF) -> Dict[int, str]:
-    """Read `address_N=IP` lines of an hccn.conf; LaunchError if the file has none."""
+    """Read `address_N=IP` lines of an hccn.conf; LaunchError if the file has none or gives a device two."""
     file = Path(path)
+    if file.is_dir():
+        raise LaunchError(f"{path} is a directory, not an hccn.conf file; pass the file (e.g. /etc/hccn.conf)")
     if not file.is_file():
         raise LaunchError(f"{path} does not exist; pass device IPs in the cluster file or use hccn_tool")
+    try:
+        text = file.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise LaunchError(f"{path} cannot be read ({exc.strerror or exc}); check its permissions") from None
     ips: Dict[int, str] = {}
-    for line in file.read_text(encoding="utf-8", errors="replace").splitlines():
-        match = re.fullmatch(r"\s*address_(\d+)\s*=\s*(\S+)\s*", line)
-        if match:
-            ips[int(match.group(1))] = match.group(2)
+    lines: Dict[int, Tuple[int, str]] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        match = re.fullmatch(r"\s*address_([0-9]+)\s*=\s*(\S+)\s*", line)
+        if not match:
+            continue
+        device, ip = int(match.group(1)), match.group(2)
+        if device in ips and ips[device] != ip:
+            first, first_text = lines[device]
+            raise LaunchError(f"{path}: device {device} has two addresses, line {first} '{first_text}' and line "
+                              f"{number} '{line.strip()}'; keep the one its NPU really uses")
+        ips[device] = ip
+        lines.setdefault(device, (number, line.strip()))
     if not ips:
         raise LaunchError(f"{path} has no 'address_N=IP' lines: the NPUs' RoCE addresses are not configured")
     return ips
+
+
+def format_device_list(ids: Sequence[int]) -> str:
+    """[0, 1, 2, 3, 6] -> '0-3,6' (what parse_device_list reads back)."""
+    out: List[List[int]] = []
+    for i in sorted(ids):
+        if out and out[-1][1] == i - 1:
+            out[-1][1] = i
+        else:
+            out.append([i, i])
+    return ",".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in out)
 
 
 def lookup_ips(device_ids: Sequence[int], configured: Optional[Mapping[int, str]] = None, source: str = "auto",

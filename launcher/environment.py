@@ -55,6 +55,9 @@ def _device(env: Dict[str, str], worker: Worker) -> Dict[str, str]:
 
 
 def _dynamic(spec: LaunchSpec, env: Dict[str, str], role: str) -> Dict[str, str]:
+    if spec.sim_level is not None:  # msrun: simulation sets no role and no scheduler address
+        env.update({"MS_WORKER_NUM": str(spec.worker_num), "MS_SIMULATION_LEVEL": str(spec.sim_level)})
+        return env
     env.update({"MS_ROLE": role, "MS_SCHED_HOST": spec.master_addr, "MS_SCHED_PORT": str(spec.master_port),
                 "MS_WORKER_NUM": str(spec.worker_num), "MS_TOPO_TIMEOUT": str(spec.cluster_time_out)})
     return env

@@ -18,6 +18,7 @@ warning (`order_warning`). `device_ip` may be left out when the table has a sing
 import copy
 import ipaddress
 import json
+import re
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -103,19 +104,34 @@ def _number(obj: Dict, key: str, where: str, required: bool = True) -> Optional[
     if key not in obj and not required:
         return None
     value = _string(obj, key, where)
-    if not value.isdigit():
-        raise LaunchError(f"{where}: {key} must be a number in a string, got {value!r}")
+    if not re.fullmatch(r"[0-9]+", value):
+        raise LaunchError(f"{where}: {key} must be a number in a string (ASCII digits 0-9, e.g. \"0\"), "
+                          f"got {value!r}")
     return value
 
 
-def _address(obj: Dict, key: str, where: str, hint: str = "") -> Optional[str]:
+def address_problem(value: str, device: bool = False) -> Optional[str]:
+    """Why `value` cannot be a rank table's (device=True: an NPU's RoCE) address, or None when it can."""
+    try:
+        ip = ipaddress.ip_address(value)
+    except ValueError:
+        return "is not a valid address"
+    if ip.is_unspecified:
+        return "is the unspecified address (any interface), not a reachable one"
+    if ip.is_multicast:
+        return "is a multicast address, not a host's"
+    if device and ip.is_loopback:
+        return "is a loopback address, which no other NPU can reach"
+    return None
+
+
+def _address(obj: Dict, key: str, where: str, hint: str = "", device: bool = False) -> Optional[str]:
     if key not in obj:
         return None
     value = _string(obj, key, where)
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        raise LaunchError(f"{where}: {key} {value!r} is not a valid address{hint}") from None
+    problem = address_problem(value, device)
+    if problem:
+        raise LaunchError(f"{where}: {key} {value!r} {problem}{hint}")
     return value
 
 
@@ -131,7 +147,7 @@ def validate(table, src: str, world_size: Optional[int] = None) -> None:
     servers = table.get("server_list")
     if not isinstance(servers, list) or not servers:
         raise LaunchError(f"{src}: 'server_list' must be a non-empty list")
-    count = _string(table, "server_count", src)
+    count = _number(table, "server_count", src)
     if count != str(len(servers)):
         raise LaunchError(f"{src}: server_count is \"{count}\" but server_list has {len(servers)} servers")
     ips: Dict[str, str] = {}
@@ -141,6 +157,9 @@ def validate(table, src: str, world_size: Optional[int] = None) -> None:
         if not isinstance(server, dict):
             raise LaunchError(f"{src}: server_list[{s}] must be an object")
         sid = _string(server, "server_id", f"{src}: server_list[{s}]")
+        if not sid.strip():
+            raise LaunchError(f"{src}: server_list[{s}]: server_id is empty; set it to the server's address "
+                              f"(or name, in 1.2 tables)")
         if sid in ids:
             raise LaunchError(f"{_where(src, sid)}: server_id appears twice in server_list")
         ids.append(sid)
@@ -157,9 +176,9 @@ def validate(table, src: str, world_size: Optional[int] = None) -> None:
                 raise LaunchError(f"{_where(src, sid)}: device[{d}] must be an object")
             did = _number(device, "device_id", f"{_where(src, sid)} device[{d}]")
             where = _where(src, sid, did)
-            if did in device_ids:
+            if int(did) in device_ids:
                 raise LaunchError(f"{where}: device_id {did} appears twice on this server")
-            device_ids.add(did)
+            device_ids.add(int(did))
             _device_ip(device, where, f"server {sid} device {did}", len(servers), ips)
             rank = _number(device, "rank_id", where)
             if int(rank) in ranks:
@@ -169,7 +188,7 @@ def validate(table, src: str, world_size: Optional[int] = None) -> None:
                 _number(device, "super_device_id", where)
             for key in ("device_port", "backup_device_port", "host_port"):
                 _number(device, key, where, required=False)
-            _address(device, "backup_device_ip", where)
+            _address(device, "backup_device_ip", where, device=True)
     if sorted(ranks) != list(range(len(ranks))):
         missing = sorted(set(range(len(ranks))) - set(ranks))
         raise LaunchError(f"{src}: rank ids must be 0..{len(ranks) - 1} without gaps; missing {missing}")
@@ -185,7 +204,7 @@ def _device_ip(device: Dict, where: str, label: str, server_count: int, ips: Dic
     if "device_ip" not in device:
         raise LaunchError(f"{where}: 'device_ip' is missing (required when the table has several servers)")
     ip = _address(device, "device_ip", where, f" (an NPU whose RoCE address is unset shows as '-.-.-.-'; "
-                                              f"check 'hccn_tool -i {device['device_id']} -ip -g')")
+                                              f"check 'hccn_tool -i {device['device_id']} -ip -g')", device=True)
     if ip in ips:
         raise LaunchError(f"{where}: device_ip {ip} is also used by {ips[ip]}")
     ips[ip] = label
@@ -242,12 +261,16 @@ def order_warning(table: Dict, src: str) -> Optional[str]:
 def load(path) -> Dict:
     """Read and validate a rank table file; LaunchError names the file on bad JSON."""
     path = Path(path)
+    if path.is_dir():
+        raise LaunchError(f"rank table {path} is a directory, not a rank table file; pass the JSON file itself")
     if not path.is_file():
         raise LaunchError(f"rank table {path} does not exist")
     try:
         table = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise LaunchError(f"{path}: not valid JSON: {exc}") from None
+    except OSError as exc:
+        raise LaunchError(f"rank table {path} cannot be read ({exc.strerror or exc}); check its permissions") from None
     validate(table, str(path))
     return table
 

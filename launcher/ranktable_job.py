@@ -2,6 +2,9 @@
 
 Used by `mindrun launch --launch_mode ranktable`, `mindrun ranktable generate` and `mindrun doctor`.
 """
+import ipaddress
+import os
+import shutil
 import socket
 import sys
 from pathlib import Path
@@ -35,10 +38,50 @@ def cluster_servers(cluster: ClusterConfig, node_rank: int = -1, source: Optiona
 
 
 def this_host_servers(device_ids: Sequence[int], server_id: Optional[str] = None, source: str = "auto",
-                      hccn_conf: str = devices.HCCN_CONF) -> List[ranktable.Server]:
+                      hccn_conf: str = devices.HCCN_CONF, loopback_ok: bool = True) -> List[ranktable.Server]:
     """One server: this machine (its hostname's address unless `server_id`), IPs from hccn."""
     ips = devices.lookup_ips(device_ids, None, source, hccn_conf)
-    return [(server_id or resolve(socket.gethostname()), [(d, ips[d]) for d in device_ids])]
+    return [(server_id or this_host_address(loopback_ok), [(d, ips[d]) for d in device_ids])]
+
+
+def _routable_addresses() -> List[str]:
+    try:
+        import psutil
+
+        ips = {ipaddress.ip_address(a.address.split("%")[0]) for addrs in psutil.net_if_addrs().values()
+               for a in addrs if a.family in (socket.AF_INET, socket.AF_INET6)}
+    except Exception:  # psutil missing or an odd interface: no suggestion
+        return []
+    usable = [ip for ip in ips if not (ip.is_loopback or ip.is_link_local or ip.is_unspecified or ip.is_multicast)]
+    return [str(ip) for ip in sorted(usable, key=lambda ip: (ip.version, ip))]
+
+
+def this_host_address(loopback_ok: bool = True) -> str:
+    """The address this host's name resolves to; LaunchError when it is loopback and `loopback_ok` is False
+    (other servers could not reach it), suggesting this host's routable addresses for --server_id."""
+    name = socket.gethostname()
+    address = resolve(name)
+    if loopback_ok or not ipaddress.ip_address(address.split("%")[0]).is_loopback:
+        return address
+    found = _routable_addresses()
+    hint = f", e.g. --server_id {found[0]} (this host has {', '.join(found)})" if found else ""
+    raise LaunchError(f"this host's name '{name}' resolves to {address}, a loopback address other servers cannot "
+                      f"reach; pass --server_id with this server's address{hint}")
+
+
+def default_devices(hccn_conf: str = devices.HCCN_CONF) -> Tuple[List[int], str]:
+    """This machine's NPUs when --devices is not given, and where they came from: the NPUs `npu-smi info`
+    lists, else the devices with an address in hccn.conf; LaunchError when neither names any."""
+    from launcher.doctor import NPU_SMI, query_npus
+
+    npus, _ = query_npus()
+    if npus:
+        return sorted(npus), f"'{NPU_SMI} info'"
+    if Path(hccn_conf).exists():
+        return sorted(devices.ips_from_hccn_conf(hccn_conf)), hccn_conf
+    smi = f"{NPU_SMI} is not on PATH" if shutil.which(NPU_SMI) is None else f"'{NPU_SMI} info' lists no NPU"
+    raise LaunchError(f"no --devices given and none found ({smi} and {hccn_conf} does not exist); "
+                      f"pass --devices, e.g. --devices 0-7")
 
 
 def build_for_spec(spec: LaunchSpec) -> Dict:
@@ -58,14 +101,17 @@ def warn(message: Optional[str]) -> None:
 
 
 def prepare(spec: LaunchSpec) -> Tuple[str, Dict]:
-    """The rank table path the workers get and the table: the given file as written, or one built and
-    written atomically to <log_dir>/rank_table.json."""
+    """The rank table path the workers get and the table: the given file as written, or one built,
+    validated and written atomically to <log_dir>/rank_table.json (not written under --dry_run)."""
     if spec.rank_table_file:
         table = ranktable.load(spec.rank_table_file)
         path = str(Path(spec.rank_table_file).resolve())
         warn(ranktable.order_warning(table, path))
-    else:
-        table = build_for_spec(spec)
-        path = str(ranktable.write(table, spec.log_dir / "rank_table.json").resolve())
-    ranktable.validate(table, path, world_size=spec.worker_num)
-    return path, table
+        ranktable.validate(table, path, world_size=spec.worker_num)
+        return path, table
+    table = build_for_spec(spec)
+    target = spec.log_dir / "rank_table.json"
+    ranktable.validate(table, str(target), world_size=spec.worker_num)
+    if spec.dry_run:
+        return str(Path(os.path.abspath(target))), table
+    return str(ranktable.write(table, target).resolve()), table

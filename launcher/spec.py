@@ -1,16 +1,21 @@
 """LaunchSpec: every setting of one launch, resolved from defaults, cluster file, environment and CLI.
 
 Precedence, lowest first: msrun's defaults, the `--cluster` file, what Slurm or the Ascend
-Operator put in the environment, then options given on the command line.
+Operator put in the environment, then options given on the command line. When the command line
+(or a cluster file) describes the whole job, the environment's job variables are ignored, and the
+launcher says so: a shell's leftover MS_NODE_RANK must not send a single-node job to a remote
+scheduler. Each setting remembers where it came from (`LaunchSpec.sources`).
 """
 import os
+import shlex
 import shutil
+import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from launcher import devices, ranks
+from launcher import affinity, devices, ranks
 from launcher.cluster import ClusterConfig, load_cluster, this_node
 from launcher.discovery import Discovered, from_environment, is_local, resolve as resolve_host
 from launcher.errors import LaunchError
@@ -19,6 +24,13 @@ from launcher.errors import LaunchError
 DEFAULTS = {"worker_num": 8, "local_worker_num": 8, "master_addr": "127.0.0.1", "master_port": 8118,
             "node_rank": -1, "log_dir": "", "cluster_time_out": 600, "bind_core": False,
             "rank_table_file": "", "launch_mode": "dynamic"}
+# The job variables each environment source provides, per setting (for the sources table).
+ENV_VARIABLES = {"ascend-operator": {"node_rank": "MS_NODE_RANK", "master_addr": "MS_SCHED_HOST",
+                                     "master_port": "MS_SCHED_PORT", "worker_num": "MS_WORKER_NUM",
+                                     "local_worker_num": "MS_LOCAL_WORKER"},
+                 "slurm": {"node_rank": "SLURM_NODEID", "master_addr": "SLURM_JOB_NODELIST",
+                           "worker_num": "SLURM_JOB_NUM_NODES x --local_worker_num"}}
+VIRTUAL_FILESYSTEMS = ("/proc", "/sys", "/dev")
 
 
 @dataclass
@@ -32,8 +44,8 @@ class LaunchSpec:
     master_addr: str
     master_port: int
     log_dir: Path
-    cluster_time_out: int
-    bind_core: bool
+    cluster_time_out: int  # negative: wait forever
+    bind_core: affinity.Binding
     launch_mode: str  # dynamic | ranktable
     rank_table_file: str
     run_scheduler: bool
@@ -49,6 +61,14 @@ class LaunchSpec:
     notes: List[str] = field(default_factory=list)  # decisions worth telling the user
     only_local: Optional[int] = None  # mpirun mode: this process runs only this local worker
     fixed_rank: Optional[int] = None  # mpirun mode: the MPI rank is the worker's rank
+    bind_numa: affinity.Binding = False
+    sim_level: Optional[int] = None  # MindSpore's simulation (MS_SIMULATION_LEVEL): no scheduler, no devices
+    worker_log_name: str = "worker"  # worker logs: <log_dir>/<worker_log_name>_<rank>.log
+    sources: Dict[str, str] = field(default_factory=dict)  # setting -> where its value came from
+
+    def log_name(self, key: int) -> Path:
+        """The log file of the worker with this rank (or local index while the rank is unknown)."""
+        return self.log_dir / f"{self.worker_log_name}_{key}.log"
 
 
 def worker_command(script: Optional[str], module: Optional[str], args: List[str]) -> List[str]:
@@ -60,19 +80,71 @@ def worker_command(script: Optional[str], module: Optional[str], args: List[str]
     if script in ("python", "python3"):  # msrun's form: `msrun ... python script.py`
         return [sys.executable] + args
     path = Path(script)
+    if path.is_dir():
+        raise LaunchError(f"script {script} is a directory; give a .py file or program, or -m MODULE")
     if path.suffix == ".py" or not os.access(path, os.X_OK):
         if not path.is_file():
+            found = shutil.which(script) if os.sep not in script else None
+            if found:
+                return [found] + args
             raise LaunchError(f"script {script} does not exist")
         return [sys.executable, str(path.resolve())] + args
-    found = shutil.which(script) or str(path.resolve())
-    return [found] + args
+    found = shutil.which(script) if os.sep not in script else None
+    program = found or str(path.resolve())
+    _check_interpreter(program)
+    return [program] + args
 
 
-def _pick(name: str, cli: Dict, found: Dict, cfg: Dict):
-    for layer in (cli, found, cfg):
-        if layer.get(name) is not None:
-            return layer[name]
-    return DEFAULTS[name]
+def _check_interpreter(program: str) -> None:
+    """A script's #! interpreter must exist: exec would fail in every worker with a bare ENOENT."""
+    try:
+        with open(program, "rb") as handle:
+            first = handle.readline(256)
+    except OSError as exc:
+        raise LaunchError(f"script {program} cannot be read: {exc.strerror}") from None
+    if not first.startswith(b"#!"):
+        return
+    words = shlex.split(first[2:].decode("utf-8", "replace").strip())
+    if not words:
+        raise LaunchError(f"script {program}: its #! line names no interpreter")
+    interpreter = words[0]
+    if Path(interpreter).name == "env" and len(words) > 1:
+        named = next((w for w in words[1:] if not w.startswith("-")), None)
+        if named and not shutil.which(named):
+            raise LaunchError(f"script {program}: its interpreter '{named}' (#!{' '.join(words)}) is not on "
+                              f"PATH; install it or fix the #! line")
+        return
+    if not os.access(interpreter, os.X_OK) or Path(interpreter).is_dir():
+        raise LaunchError(f"script {program}: its interpreter {interpreter} (#! line) does not exist or is "
+                          f"not executable; install it or fix the #! line")
+
+
+class _Layers:
+    """The layers a setting may come from, highest first, remembering which one gave each value."""
+
+    def __init__(self, cli: Dict, found: Dict, cfg: Dict, found_names: Dict[str, str], cfg_name: str):
+        self.layers = [(cli, lambda n: "command line"), (found, lambda n: found_names.get(n, "environment")),
+                       (cfg, lambda n: cfg_name)]
+        self.sources: Dict[str, str] = {}
+
+    def pick(self, name: str):
+        for layer, where in self.layers:
+            if layer.get(name) is not None:
+                self.sources[name] = where(name)
+                return layer[name]
+        self.sources[name] = "default"
+        return DEFAULTS[name]
+
+
+def describes_job(cli: Dict) -> bool:
+    """True when the command line alone says the job's shape: a cluster file, or the worker counts (and,
+    across nodes, this node's rank and the scheduler's address)."""
+    if cli.get("cluster"):
+        return True
+    if cli.get("worker_num") is None or cli.get("local_worker_num") is None:
+        return False
+    return cli["worker_num"] == cli["local_worker_num"] or (cli.get("node_rank") is not None
+                                                          and cli.get("master_addr") is not None)
 
 
 def resolve(cli: Dict, env: Optional[Dict[str, str]] = None) -> LaunchSpec:
@@ -80,6 +152,10 @@ def resolve(cli: Dict, env: Optional[Dict[str, str]] = None) -> LaunchSpec:
     env = dict(os.environ if env is None else env)
     cluster = load_cluster(cli["cluster"]) if cli.get("cluster") else None
     disc = from_environment(env)
+    ignored: List[str] = []
+    if disc.source and describes_job(cli):
+        ignored = sorted(v for v in ENV_VARIABLES.get(disc.source, {}).values() if v.split()[0] in env)
+        disc = Discovered()
     chosen = (sorted(devices.parse_device_list(cli["visible_devices"], "--visible_devices"))
               if cli.get("visible_devices") else None)
     visible = chosen or devices.inherited_visible(env)
@@ -95,10 +171,13 @@ def resolve(cli: Dict, env: Optional[Dict[str, str]] = None) -> LaunchSpec:
              "worker_num": disc.worker_num, "local_worker_num": disc.local_worker_num}
     if cli.get("local_worker_num") is not None and cli.get("worker_num") is None and disc.nnodes:
         found["worker_num"] = disc.nnodes * cli["local_worker_num"]
+    found_names = {k: f"environment {v} ({disc.source})" for k, v in ENV_VARIABLES.get(disc.source, {}).items()}
+    layers = _Layers(cli, found, cfg, found_names, str(cluster.source) if cluster else
+                     "environment ASCEND_RT_VISIBLE_DEVICES" if visible and not chosen else "--visible_devices")
 
-    worker_num = _pick("worker_num", cli, found, cfg)
-    local = _pick("local_worker_num", cli, found, cfg)
-    node_rank = _pick("node_rank", cli, found, cfg)
+    worker_num = layers.pick("worker_num")
+    local = layers.pick("local_worker_num")
+    node_rank = layers.pick("node_rank")
     if cluster and node_rank == -1 and cli.get("node_rank") is None:
         node_rank = _node_rank_from_cluster(cluster)
     if cluster and node_rank >= 0:
@@ -106,42 +185,137 @@ def resolve(cli: Dict, env: Optional[Dict[str, str]] = None) -> LaunchSpec:
             raise LaunchError(f"--node_rank {node_rank} but {cluster.source} has {len(cluster.nodes)} nodes")
         if cli.get("local_worker_num") is None:
             local = cluster.nodes[node_rank].devices
+            layers.sources["local_worker_num"] = f"{cluster.source} (node {node_rank})"
     if cluster and chosen and cli.get("local_worker_num") is None:  # --visible_devices narrows the file's nodes
         local = len(chosen)
         if cli.get("worker_num") is None:
             worker_num = len(cluster.nodes) * local
-    launch_mode = _pick("launch_mode", cli, found, cfg)
+    launch_mode = layers.pick("launch_mode")
+    sim_level = cli.get("sim_level")
+    if sim_level is None and env.get("MS_SIMULATION_LEVEL", "").strip():
+        try:
+            sim_level = int(env["MS_SIMULATION_LEVEL"])
+        except ValueError:
+            raise LaunchError(f"environment variable MS_SIMULATION_LEVEL={env['MS_SIMULATION_LEVEL']!r} must be "
+                              f"0..3 (MindSpore's simulation level); unset it or pass --sim_level") from None
+        layers.sources["sim_level"] = "environment MS_SIMULATION_LEVEL"
+    elif sim_level is not None:
+        layers.sources["sim_level"] = "command line"
     spec = LaunchSpec(
         command=worker_command(cli.get("script"), cli.get("module"), list(cli.get("args") or [])),
         worker_num=worker_num, local_worker_num=local, node_rank=node_rank,
-        master_addr=str(_pick("master_addr", cli, found, cfg)), master_port=_pick("master_port", cli, found, cfg),
-        log_dir=Path(_pick("log_dir", cli, found, cfg) or "mindrun_logs"),
-        cluster_time_out=_pick("cluster_time_out", cli, found, cfg),
-        bind_core=bool(_pick("bind_core", cli, found, cfg)),
-        launch_mode=launch_mode, rank_table_file=_pick("rank_table_file", cli, found, cfg),
+        master_addr=str(layers.pick("master_addr")), master_port=layers.pick("master_port"),
+        log_dir=Path(layers.pick("log_dir") or "mindrun_logs"),
+        cluster_time_out=layers.pick("cluster_time_out"),
+        bind_core=affinity.parse_binding(layers.pick("bind_core"), "--bind_core"),
+        bind_numa=affinity.parse_binding(cli.get("bind_numa"), "--bind_numa"), sim_level=sim_level,
+        worker_log_name=_log_name(cli.get("worker_log_name")),
+        launch_mode=launch_mode, rank_table_file=layers.pick("rank_table_file"),
         run_scheduler=False, max_restarts=cli.get("max_restarts") or 0,
         grace_period=cli.get("grace_period") if cli.get("grace_period") is not None else 15.0,
         dry_run=bool(cli.get("dry_run")), visible_devices=visible,
         backend=cluster.backend if cluster else ("ascend" if launch_mode == "ranktable" else None),
         cluster=cluster)
+    spec.sources = dict(layers.sources)
     _check(spec)
+    if spec.sim_level is not None:
+        _simulate(spec, cli.get("sim_rank_id"))
+    elif cli.get("sim_rank_id") is not None:
+        raise LaunchError("--sim_rank_id needs --sim_level (MindSpore's simulation)")
     spec.device_ids = _device_ids(spec, chosen)
     spec.tail_ranks = _tail(cli.get("tail_worker_log"), spec)
+    if spec.bind_numa and not shutil.which("numactl"):
+        spec.notes.append("--bind_numa: numactl is not installed, so only CPUs are bound to NUMA nodes "
+                          "(memory is not)")
     if spec.launch_mode == "dynamic":
-        spec.run_scheduler = _runs_scheduler(spec, disc)
+        spec.run_scheduler = _runs_scheduler(spec, disc) and spec.sim_level is None
         spec.run_workers = not disc.scheduler_only
         if spec.master_port == 0:
-            if spec.worker_num != spec.local_worker_num:
-                raise LaunchError("--master_port 0 (pick a free port) works on a single node only: the other "
-                                  "nodes cannot learn the port; give a fixed --master_port")
-            from launcher.ports import free_port
-
-            spec.master_port = free_port(spec.master_addr)
-            spec.notes.append(f"picked free master port {spec.master_port}")
+            _pick_master_port(spec)
         spec.master_addr = resolve_host(spec.master_addr)
-    if disc.source:
-        spec.notes.append(f"job shape read from {disc.source} environment")
+    check_log_dir(spec.log_dir, create=not spec.dry_run)
+    if ignored:
+        spec.notes.append(f"ignored {', '.join(ignored)} from the environment: the command line describes the "
+                          f"whole job (unset them to silence this)")
+    for name, where in spec.sources.items():
+        if where.startswith("environment"):
+            spec.notes.append(f"{name} = {getattr(spec, name)} from {where}")
     return spec
+
+
+def _pick_master_port(spec: LaunchSpec) -> None:
+    """--master_port 0: a free port on this machine, which must then be the scheduler's."""
+    if spec.worker_num != spec.local_worker_num:
+        raise LaunchError("--master_port 0 (pick a free port) works on a single node only: the other "
+                          "nodes cannot learn the port; give a fixed --master_port")
+    address = resolve_host(spec.master_addr)
+    if not is_local(address):
+        raise LaunchError(f"--master_port 0 picks a free port on this machine, but --master_addr "
+                          f"{spec.master_addr} ({address}) is not this machine; give a local address or a fixed "
+                          f"--master_port")
+    from launcher.ports import free_port
+
+    try:
+        spec.master_port = free_port(address)
+    except OSError as exc:
+        raise LaunchError(f"--master_port 0: cannot open a port on {spec.master_addr} ({address}): "
+                          f"{exc.strerror or exc}") from None
+    spec.sources["master_port"] = "picked (--master_port 0)"
+    spec.notes.append(f"picked free master port {spec.master_port}")
+
+
+def _simulate(spec: LaunchSpec, sim_rank_id: Optional[int]) -> None:
+    """msrun's --sim_level: no scheduler; with --sim_rank_id only that rank runs on this node."""
+    if sim_rank_id is None:
+        return
+    if not 0 <= sim_rank_id < spec.worker_num:
+        raise LaunchError(f"--sim_rank_id must be 0..{spec.worker_num - 1} (--worker_num {spec.worker_num}), "
+                          f"got {sim_rank_id}")
+    spec.fixed_rank, spec.local_worker_num = sim_rank_id, 1
+    spec.notes.append(f"simulation level {spec.sim_level}: only rank {sim_rank_id} runs")
+
+
+def _log_name(name: Optional[str]) -> str:
+    """--worker_log_name with {ip} and {hostname} filled in (msrun's placeholders)."""
+    if not name:
+        return "worker"
+    host = socket.gethostname()
+    try:
+        address = socket.gethostbyname(host)
+    except OSError:
+        address = "127.0.0.1"
+    text = name.replace("{ip}", address).replace("{hostname}", host)
+    if os.sep in text or text in (".", ".."):
+        raise LaunchError(f"--worker_log_name {name!r} must be a file name without '{os.sep}'; use --log_dir "
+                          f"for the directory")
+    return text
+
+
+def check_log_dir(path: Path, create: bool) -> None:
+    """--log_dir must be a writable directory (or creatable); with `create`, make it and prove a write."""
+    shown = f"--log_dir {path}"
+    resolved = Path(os.path.abspath(path))
+    for virtual in map(Path, VIRTUAL_FILESYSTEMS):
+        if resolved == virtual or virtual in resolved.parents:
+            raise LaunchError(f"{shown} is under {virtual}, a kernel filesystem; give a directory on disk")
+    if resolved.exists() and not resolved.is_dir():
+        raise LaunchError(f"{shown} is a file, not a directory; give a directory for the logs")
+    existing = resolved
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise LaunchError(f"{shown}: {existing} is a file, so the directory cannot be created there")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise LaunchError(f"{shown}: {existing} is not writable by this user; give another directory")
+    if not create:
+        return
+    try:
+        resolved.mkdir(parents=True, exist_ok=True)
+        probe = resolved / f".mindrun-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise LaunchError(f"{shown}: cannot write there ({exc.strerror or exc}); give another directory") from None
 
 
 def _device_ids(spec: LaunchSpec, chosen: Optional[List[int]]) -> List[int]:
@@ -186,10 +360,16 @@ def _check(spec: LaunchSpec) -> None:
                           f"(worker_num {spec.worker_num} / local_worker_num {spec.local_worker_num})")
     if not 0 <= spec.master_port <= 65535:
         raise LaunchError(f"--master_port must be 0..65535, got {spec.master_port}")
-    if spec.cluster_time_out < 1:
-        raise LaunchError(f"--cluster_time_out must be at least 1 second, got {spec.cluster_time_out}")
+    if spec.cluster_time_out == 0:
+        raise LaunchError("--cluster_time_out must be at least 1 second, or -1 to wait forever; got 0")
+    if spec.grace_period < 0:
+        raise LaunchError(f"--grace_period must be 0 or more seconds (between SIGTERM and SIGKILL), "
+                          f"got {spec.grace_period:g}")
     if spec.max_restarts < 0:
         raise LaunchError(f"--max_restarts must be 0 or more, got {spec.max_restarts}")
+    if spec.rank_table_file and not Path(spec.rank_table_file).is_file():
+        state = "is a directory, not a rank table file" if Path(spec.rank_table_file).is_dir() else "does not exist"
+        raise LaunchError(f"--rank_table_file {spec.rank_table_file} {state}")
     if spec.launch_mode not in ("dynamic", "ranktable"):
         raise LaunchError(f"--launch_mode must be dynamic or ranktable, got {spec.launch_mode!r}")
 

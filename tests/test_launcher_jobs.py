@@ -144,7 +144,8 @@ def test_workers_that_never_register_end_the_job(tmp_path):
                   str(free_port()), "--cluster_time_out", "5", "--grace_period", "2", "--log_dir", str(tmp_path),
                   str(SCRIPTS / "allreduce.py"), timeout=120)
     assert proc.returncode != 0
-    assert "of 2 workers registered with the scheduler" in proc.stderr and "--cluster_time_out 5 s" in proc.stderr
+    assert "not all 2 workers reached the scheduler" in proc.stderr and "--cluster_time_out 5 s" in proc.stderr
+    assert "registered" not in proc.stderr  # no count read from MindSpore's log text
     assert time.monotonic() - start < 40
 
 
@@ -215,7 +216,7 @@ def test_mpirun_builds_the_rank_table_over_mpi(tmp_path):
     assert sorted((e["RANK_ID"], e["DEVICE_ID"]) for e in seen.values()) == [("0", "0"), ("1", "1")]
     assert all(e["RANK_TABLE_FILE"] == str((tmp_path / "logs" / "rank_table.json").resolve()) for e in seen.values())
     assert all("MS_ROLE" not in e for e in seen.values())
-    assert sorted(Path(e["_cwd"]).name for e in seen.values()) == ["rank_0", "rank_1"]
+    assert {e["_cwd"] for e in seen.values()} == {os.getcwd()}  # the launcher's directory, as msrun
     # under mpirun the launcher has OMPI_*/PMIX_*; rank-table workers must not (MindSpore would bypass the table)
     assert [k for e in seen.values() for k in e if k.startswith(("OMPI_", "PMIX_", "PMI_"))] == []
     assert all(e["MINDRUN_DEVICE_TARGET"] == "Ascend" for e in seen.values())

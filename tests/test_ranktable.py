@@ -30,9 +30,9 @@ def test_one_node_of_eight_matches_golden(tmp_path, fake_hccn):
 
 def test_two_nodes_of_eight_merge_in_server_id_order(tmp_path, fake_hccn):
     a, b, merged = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "all.json"
-    assert mindrun("generate", "--server_id", "10.0.0.2", "-o", str(a), env=dict(fake_hccn, FAKE_HCCN_NET="102")
+    assert mindrun("generate", "--devices", "0-7", "--server_id", "10.0.0.2", "-o", str(a), env=dict(fake_hccn, FAKE_HCCN_NET="102")
                    ).returncode == 0
-    assert mindrun("generate", "--server_id", "10.0.0.10", "-o", str(b), env=dict(fake_hccn, FAKE_HCCN_NET="110")
+    assert mindrun("generate", "--devices", "0-7", "--server_id", "10.0.0.10", "-o", str(b), env=dict(fake_hccn, FAKE_HCCN_NET="110")
                    ).returncode == 0
     proc = mindrun("merge", str(a), str(b), "-o", str(merged))
     assert proc.returncode == 0, proc.stderr
@@ -110,18 +110,21 @@ def test_bad_json_and_wrong_device_count_exit_2(tmp_path):
 
 
 def test_rank_table_mode_dry_run_gives_each_worker_its_table_rank_and_device(tmp_path, fake_hccn):
-    logs = tmp_path / "logs"
+    logs, work = tmp_path / "logs", tmp_path / "work"
+    work.mkdir()
     proc = subprocess.run([sys.executable, "-m", "launcher", "--launch_mode", "ranktable", "--worker_num", "2",
                            "--local_worker_num", "2", "--log_dir", str(logs), "--dry_run",
                            str(HERE / "launch_scripts" / "print_env.py")], capture_output=True, text=True,
-                          timeout=60, env=fake_hccn)
+                          timeout=60, env=fake_hccn, cwd=work)
     assert proc.returncode == 0, proc.stderr
     assert "scheduler" not in proc.stdout and "MS_ROLE" not in proc.stdout
-    table = ranktable.load(logs / "rank_table.json")
+    assert not logs.exists() and not any(work.iterdir())  # --dry_run writes nothing
+    shown = proc.stdout.split(f"rank table (--dry_run: not written to {logs / 'rank_table.json'}) =\n")[1]
+    table = json.JSONDecoder().raw_decode(shown)[0]
     assert [d["device_ip"] for d in table["server_list"][0]["device"]] == ["192.168.100.101", "192.168.100.102"]
-    assert f"RANK_TABLE_FILE={(logs / 'rank_table.json').resolve()}" in proc.stdout
+    assert f"RANK_TABLE_FILE={logs / 'rank_table.json'}" in proc.stdout
     assert "DEVICE_ID=1" in proc.stdout and "RANK_ID=1" in proc.stdout
-    assert f"cwd: {logs / 'rank_1'}" in proc.stdout
+    assert f"cwd: {work}" in proc.stdout  # like msrun: the launcher's directory, not <log_dir>/rank_N
 
 
 def test_rank_table_mode_takes_a_given_table_and_finds_this_node(tmp_path):
