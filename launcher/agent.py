@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from launcher import affinity, environment, watchdog
+from launcher.console import Console, hidden_summary
 from launcher.ranks import Worker
 from launcher.registration import ConnectionWatch, describe_missing
 from launcher.spec import LaunchSpec
@@ -87,9 +88,15 @@ class Outcome:
     advice: str = ""  # said after the child's last log lines
 
 
+_console: Optional[Console] = None  # the running agent's console, so messages do not break its status lines
+
+
 def say(message: str) -> None:
     """A launcher message on stderr, marked as ours."""
-    print(f"[mindrun] {message}", file=sys.stderr, flush=True)
+    if _console is not None:
+        _console.say(f"[mindrun] {message}")
+    else:
+        print(f"[mindrun] {message}", file=sys.stderr, flush=True)
 
 
 def exit_code(returncode: int) -> int:
@@ -119,16 +126,18 @@ def last_lines(path: Path, count: int = LAST_LINES) -> List[str]:
 
 
 class _Tail:
-    """Copies new lines of one log file to the console with a prefix."""
+    """Feeds new lines of one log file to the console: finished lines, and progress-bar frames
+    (text after a carriage return in the line being written)."""
 
-    def __init__(self, path: Path, prefix: str, start: int):
+    def __init__(self, path: Path, prefix: str, start: int, console: Console):
         self.path, self.prefix, self.offset, self.partial = path, prefix, start, b""
+        self.console = console
 
     def pump(self, final: bool = False) -> None:
         try:
             with open(self.path, "rb") as handle:
                 handle.seek(self.offset)
-                data = handle.read()
+                data = handle.read(4 << 20)
         except OSError:
             return
         self.offset += len(data)
@@ -137,10 +146,14 @@ class _Tail:
         if final and self.partial:
             lines.append(self.partial)
             self.partial = b""
-        for line in lines:
-            sys.stdout.write(f"{self.prefix} {line.decode('utf-8', 'replace')}\n")
-        if lines:
-            sys.stdout.flush()
+        for raw in lines:
+            frames = [f for f in raw.decode("utf-8", "replace").split("\r") if f.strip()]
+            self.console.line(self.prefix, frames[-1] if frames else "", self.path.name)
+        if b"\r" in self.partial:
+            frames = [f for f in self.partial.decode("utf-8", "replace").split("\r") if f.strip()]
+            if frames:
+                self.console.progress(self.prefix, frames[-1])
+            self.partial = self.partial[self.partial.rfind(b"\r"):]  # keep the frame being written only
 
 
 class Agent:
@@ -159,6 +172,7 @@ class Agent:
         self.tails: List[_Tail] = []
         self.signal_received: Optional[int] = None
         self.places = affinity.placements(spec.local_worker_num, spec.bind_core, spec.bind_numa)
+        self.console = Console(show_ms_logs=spec.show_ms_logs, interval=spec.progress_interval)
         self.watchdog: Optional[watchdog.Watchdog] = None
 
     # ---- what to start -------------------------------------------------------------------
@@ -243,7 +257,7 @@ class Agent:
             self.watchdog.watch(popen.pid)
         tail = self.spec.tail_ranks
         if proc.key >= 0 and (tail is None or proc.key in tail):
-            self.tails.append(_Tail(proc.log, f"[{proc.name}]", start))
+            self.tails.append(_Tail(proc.log, f"[{proc.name}]", start, self.console))
         return child
 
     def _start(self, restart: int) -> None:
@@ -282,6 +296,16 @@ class Agent:
     def _pump(self, final: bool = False) -> None:
         for tail in self.tails:
             tail.pump(final)
+        self.console.tick()
+
+    def _hidden_counts(self) -> None:
+        """How many MindSpore lines each log holds that the console did not show."""
+        if self.spec.show_ms_logs:
+            return
+        logs = [c.log for c in self.children]
+        summary = hidden_summary(logs)
+        if summary:
+            say(f"MindSpore's own log lines stay in the logs ({summary}); --show_ms_logs or GLOG_v shows them")
 
     def _not_formed(self) -> str:
         return (f"MindSpore's cluster did not form within --cluster_time_out {self.spec.cluster_time_out} s: not "
@@ -367,6 +391,8 @@ class Agent:
             say(f"cleared inherited variables: {', '.join(self.cleared)}")
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
         self.watchdog = watchdog.start()
+        global _console
+        _console = self.console
         try:
             restart = 0
             while True:
@@ -378,9 +404,13 @@ class Agent:
                 outcome = self.monitor()
                 if outcome.state is State.SUCCEEDED:
                     self.stop(0)
+                    self.console.close()
+                    self._hidden_counts()
                     say("all processes exited successfully")
                     return 0
                 self.stop(self.spec.grace_period)
+                self.console.close()
+                self._hidden_counts()
                 self.report(outcome)
                 if outcome.state is State.FAILED and restart < self.spec.max_restarts:
                     restart += 1
@@ -388,6 +418,8 @@ class Agent:
                     continue
                 return outcome.code
         finally:
+            self.console.close()
+            _console = None
             self.watchdog.close()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)

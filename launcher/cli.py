@@ -77,6 +77,10 @@ def launch_parser() -> argparse.ArgumentParser:
     own.add_argument("--mpi", action="store_true", help="running under mpirun: ranks come from mpi4py "
                      "(detected automatically from OMPI_/PMI_ variables)")
     own.add_argument("--dry_run", action="store_true", help="print each process's command and environment")
+    own.add_argument("--show_ms_logs", action="store_true", help="also show MindSpore's own INFO/WARNING log "
+                     "lines on the console (they are always in the log files; GLOG_v set does the same)")
+    own.add_argument("--progress_interval", type=float, help="seconds between progress lines when the console "
+                     "is not a terminal (default 30; on a terminal the lines update in place)")
     p.add_argument("-m", dest="module", help="run a Python module (like python -m)")
     p.add_argument("script", nargs="?", help="training script (.py) or program")
     p.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the script")
@@ -94,7 +98,8 @@ def _cli_dict(ns: argparse.Namespace) -> dict:
             "sim_level": ns.sim_level, "sim_rank_id": ns.sim_rank_id, "worker_log_name": ns.worker_log_name,
             "rank_table_file": ns.rank_table_file, "launch_mode": ns.launch_mode, "cluster": ns.cluster,
             "max_restarts": ns.max_restarts, "grace_period": ns.grace_period, "dry_run": ns.dry_run,
-            "tail_worker_log": ns.tail_worker_log, "visible_devices": ns.visible_devices, "script": script,
+            "tail_worker_log": ns.tail_worker_log, "show_ms_logs": ns.show_ms_logs,
+            "progress_interval": ns.progress_interval, "visible_devices": ns.visible_devices, "script": script,
             "module": ns.module, "args": args}
 
 

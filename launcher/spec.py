@@ -65,6 +65,8 @@ class LaunchSpec:
     sim_level: Optional[int] = None  # MindSpore's simulation (MS_SIMULATION_LEVEL): no scheduler, no devices
     worker_log_name: str = "worker"  # worker logs: <log_dir>/<worker_log_name>_<rank>.log
     sources: Dict[str, str] = field(default_factory=dict)  # setting -> where its value came from
+    show_ms_logs: bool = False  # MindSpore's INFO/WARNING lines on the console too (GLOG_v set: True)
+    progress_interval: float = 30.0  # seconds between progress lines when the console is not a terminal
 
     def log_name(self, key: int) -> Path:
         """The log file of the worker with this rank (or local index while the rank is unknown)."""
@@ -210,6 +212,8 @@ def resolve(cli: Dict, env: Optional[Dict[str, str]] = None) -> LaunchSpec:
         bind_core=affinity.parse_binding(layers.pick("bind_core"), "--bind_core"),
         bind_numa=affinity.parse_binding(cli.get("bind_numa"), "--bind_numa"), sim_level=sim_level,
         worker_log_name=_log_name(cli.get("worker_log_name")),
+        show_ms_logs=bool(cli.get("show_ms_logs")) or bool(env.get("GLOG_v", "").strip()),
+        progress_interval=cli.get("progress_interval") if cli.get("progress_interval") is not None else 30.0,
         launch_mode=launch_mode, rank_table_file=layers.pick("rank_table_file"),
         run_scheduler=False, max_restarts=cli.get("max_restarts") or 0,
         grace_period=cli.get("grace_period") if cli.get("grace_period") is not None else 15.0,
@@ -362,6 +366,8 @@ def _check(spec: LaunchSpec) -> None:
         raise LaunchError(f"--master_port must be 0..65535, got {spec.master_port}")
     if spec.cluster_time_out == 0:
         raise LaunchError("--cluster_time_out must be at least 1 second, or -1 to wait forever; got 0")
+    if not spec.progress_interval > 0:
+        raise LaunchError(f"--progress_interval must be more than 0 seconds, got {spec.progress_interval:g}")
     if spec.grace_period < 0:
         raise LaunchError(f"--grace_period must be 0 or more seconds (between SIGTERM and SIGKILL), "
                           f"got {spec.grace_period:g}")

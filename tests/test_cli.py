@@ -17,9 +17,9 @@ def surface():
 def test_cli_surface_does_not_drift():
     assert surface() == {
         "train": sorted(["--config", "--data-dir", "--set", "--resume", "-h", "--help"]),
-        "evaluate": sorted(["--checkpoint", "--beam", "--length-penalty", "--batch-size", "--split", "--data-dir",
-                            "--output", "-h", "--help"]),
-        "translate": sorted(["--checkpoint", "--beam", "--length-penalty", "--batch-size", "-h", "--help"]),
+        "evaluate": sorted(["--checkpoint", "--beam", "--length-penalty", "--batch-size", "--average", "--split",
+                            "--data-dir", "--output", "-h", "--help"]),
+        "translate": sorted(["--checkpoint", "--beam", "--length-penalty", "--batch-size", "--average", "-h", "--help"]),
         "plan": sorted(["--config", "--set", "--world-size", "--backend", "--vocab-size", "-h", "--help"]),
         "ckpt": ["--help", "-h"],  # inspect | merge | reshard, frozen below
         "launch": [],  # handed to launcher.cli, frozen below
@@ -55,7 +55,7 @@ def test_launch_accepts_every_msrun_option():
     assert "--worker_num" in theirs and "--sim_level" in theirs, theirs  # the help text was read
     assert [o for o in theirs if o not in ours] == []
     own = {"--cluster", "--launch_mode", "--visible_devices", "--max_restarts", "--grace_period", "--mpi",
-           "--dry_run", "-m"}
+           "--dry_run", "--show_ms_logs", "--progress_interval", "-m"}
     assert ours - set(theirs) == own
     sub = next(a for a in ranktable_parser()._actions if a.dest == "action")
     assert sorted(sub.choices) == ["generate", "merge", "validate"]

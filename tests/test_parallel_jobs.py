@@ -5,9 +5,10 @@ Tiny model, dropout 0.1 (masks by global batch row: every layout draws the stand
 model/dropout.py), one bucket shape, 6 steps, a sharded checkpoint at step 3; each job is
 compared with one standalone run, and resumed runs with the run they continue.
 """
-import shutil
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -60,17 +61,23 @@ def standalone(data_dir, tmp_path_factory):
     return out
 
 
-def launched(data_dir, out, workers, *sets, run=None):
+def launch_job(data_dir, out, workers, *sets, run=None, launcher_args=()):
+    """(run directory, finished process) of a launched `mindrun train` job (stdout/stderr are pipes)."""
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
+    env.pop("GLOG_v", None)  # GLOG_v set would bring MindSpore's log lines back to the console
     run = run or out / "run"
     args = [sys.executable, "-m", "launcher", "--worker_num", str(workers), "--local_worker_num", str(workers),
-            "--master_port", "0", "--log_dir", str(out / "logs"), "-m", "trainer", "train",
+            "--master_port", "0", "--log_dir", str(out / "logs"), *launcher_args, "-m", "trainer", "train",
             *settings(data_dir, run)]
     for s in sets:
         args += ["--set", s]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    return run
+    return run, proc
+
+
+def launched(data_dir, out, workers, *sets, run=None):
+    return launch_job(data_dir, out, workers, *sets, run=run)[0]
 
 
 def same_run(standalone, parallel):
@@ -187,10 +194,13 @@ def test_data_and_model_parallel_2x2_matches_standalone(standalone, data_dir, tm
 
 
 def test_time_budget_stops_every_rank_at_the_same_step_with_the_rate_annealed(data_dir, tmp_path):
-    """Ranks read one clock (AllGather, then max), so a budget cannot end them a step apart (a hang)."""
-    run = launched(data_dir, tmp_path, 2, "parallel.mode=data_parallel", "train.max_steps=null",
-                   "train.max_epochs=100000", "train.time_budget_minutes=0.75", "optim.schedule=cosine",
-                   "optim.min_lr=0.0", "data.valid_limit=8")
+    """Ranks read one clock (AllGather, then max), so a budget cannot end them a step apart (a hang).
+    The same job's console (stdout not a terminal) is what a person watching it gets."""
+    run, proc = launch_job(data_dir, tmp_path, 2, "parallel.mode=data_parallel", "train.max_steps=null",
+                           "train.max_epochs=100000", "train.time_budget_minutes=0.75", "optim.schedule=cosine",
+                           "optim.min_lr=0.0", "data.valid_limit=8", "train.progress=true",
+                           launcher_args=("--progress_interval", "4"))
+    watched_console(proc, tmp_path / "logs")
     last_valid = []
     for rank in (0, 1):
         lines = (tmp_path / "logs" / f"worker_{rank}.log").read_text().splitlines()
@@ -203,3 +213,19 @@ def test_time_budget_stops_every_rank_at_the_same_step_with_the_rate_annealed(da
     meta = json.loads((run / "summary.json").read_text())
     # rank 0's own seconds; the shared clock (the maximum) may be a rank that started a few seconds earlier
     assert 0.75 * 60 - 15 <= meta["train_seconds"] < 0.75 * 60 + 60
+
+
+def watched_console(proc, logs):
+    """Live progress lines, no frame dumps, MindSpore's chatter counted instead of shown, a human end."""
+    out = proc.stdout.splitlines()
+    progress = [i for i, line in enumerate(out) if line.startswith("[rank 0] epoch ") and "%|" in line]
+    end = next(i for i, line in enumerate(out) if line.startswith("[rank 0] training finished:"))
+    assert len(progress) >= 3 and progress[0] < end, proc.stdout[-3000:]  # during the run, at an interval
+    assert max(len(line) for line in out + proc.stderr.splitlines()) <= 500
+    assert not [line for line in out if "\r" in line]
+    ms_lines = re.compile(r"\[(WARNING|INFO|DEBUG)\] [A-Z][A-Z0-9_]*\(\d+[,:]")
+    assert not [line for line in out + proc.stderr.splitlines() if ms_lines.search(line)]
+    assert any(line.startswith("[rank 0] best validation:") for line in out)
+    counted = re.search(r"MindSpore's own log lines stay in the logs \((.*)\)", proc.stderr)
+    assert counted and re.search(r"worker_0\.log \d+ warnings", counted.group(1)), proc.stderr[-2000:]
+    assert ms_lines.search((logs / "worker_0.log").read_text())  # the log file keeps them

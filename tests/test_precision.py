@@ -287,7 +287,7 @@ def test_tensor_parallel_accumulation_matches_one_batch(tmp_path):
 def _train(data_dir, out, *sets):
     args = [sys.executable, "-m", "trainer", "train", "--config", "tiny", "--data-dir", str(data_dir),
             "--set", f"train.out_dir={out}", "--set", "data.train_limit=120", "--set", "data.valid_limit=8",
-            "--set", "eval.max_len_b=2"]
+            "--set", "eval.max_len_b=2", "--set", "data.buckets=[64]"]  # one compiled shape
     for s in sets:
         args += ["--set", s]
     return subprocess.run(args, capture_output=True, text=True, timeout=600)

@@ -117,6 +117,27 @@ def test_retention_keeps_the_newest_complete_and_the_best(tmp_path):
     assert os.readlink(tmp_path / "best") == "step_2" and os.readlink(tmp_path / "latest") == "step_6"
 
 
+def test_averaging_takes_the_mean_of_the_checkpoint_and_those_kept_before_it(tmp_path):
+    from trainer.ckpt.tools import averaging_window, load_averaged_weights
+
+    st = store(tmp_path, keep_last=3)
+    model, weights = Two(), []
+    for step in range(1, 5):
+        opt = optimizer_of(model, seed=step)
+        weights.append({p.name: p.asnumpy().astype(np.float64) for p in model.trainable_params()})
+        save(st, step, opt)
+    (tmp_path / "step_5").mkdir()  # a save in progress: never averaged
+    window = averaging_window(tmp_path / "latest", 3)
+    assert [d.name for d in window] == ["step_4", "step_3", "step_2"]
+    assert [d.name for d in averaging_window(tmp_path / "step_3", 2)] == ["step_3", "step_2"]
+    position = load_averaged_weights(model, window)
+    assert position["step"] == 4 and position["averaged"] == ["step_4", "step_3", "step_2"]
+    for p in model.trainable_params():
+        np.testing.assert_allclose(p.asnumpy(), np.mean([w[p.name] for w in weights[1:]], axis=0), rtol=1e-6)
+    with pytest.raises(CheckpointError, match=r"--average 4: .* keeps 3 complete checkpoint\(s\) up to step 4"):
+        averaging_window(tmp_path, 4)
+
+
 def test_resharding_splits_and_joins_weights_and_moments(tmp_path):
     opt = optimizer_of(Two())
     full = state(opt)

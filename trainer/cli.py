@@ -18,7 +18,10 @@ def _train(args) -> int:
     if args.resume or int(os.environ.get("MINDRUN_RESTART_COUNT", "0") or 0) > 0:
         overrides.append("train.resume=auto")
     summary = train(load_config(args.config, overrides))
-    print(json.dumps(summary))
+    from trainer.summary import describe
+
+    for line in describe(summary):
+        print(line, flush=True)
     signum = summary.get("interrupted_by_signal")
     return 128 + int(signum) if signum else 0
 
@@ -27,7 +30,7 @@ def _evaluate(args) -> int:
     from trainer.evaluate import evaluate, print_scores
 
     result = evaluate(args.checkpoint, args.split, args.beam, args.length_penalty, args.batch_size,
-                      args.data_dir, args.output)
+                      args.data_dir, args.output, average=args.average)
     print_scores(result)
     return 0
 
@@ -35,7 +38,8 @@ def _evaluate(args) -> int:
 def _translate(args) -> int:
     from trainer.evaluate import translate_stream
 
-    translate_stream(args.checkpoint, sys.stdin, sys.stdout, args.beam, args.length_penalty, args.batch_size)
+    translate_stream(args.checkpoint, sys.stdin, sys.stdout, args.beam, args.length_penalty, args.batch_size,
+                     args.average)
     return 0
 
 
@@ -95,11 +99,47 @@ def _decoding_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--beam", type=int, help="beam size (1 = greedy); default from the run's config")
     p.add_argument("--length-penalty", type=float, help="fairseq-style length penalty exponent")
     p.add_argument("--batch-size", type=int, help="sentences per decoding batch")
+    p.add_argument("--average", type=int, default=1, metavar="N",
+                   help="use the mean weights of the checkpoint and the N-1 kept before it (fairseq's checkpoint "
+                        "averaging; needs train.keep_last >= N)")
+
+
+def versions() -> str:
+    """mindrun's, MindSpore's and Python's versions, and the device MindSpore would use here."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        mindrun = version("mindrun")
+    except PackageNotFoundError:
+        mindrun = "unknown (not installed)"
+    try:
+        import mindspore
+
+        ms_version = mindspore.__version__
+        from trainer.parallel.context import select_backend
+
+        device = select_backend()
+    except Exception as exc:  # a broken MindSpore install is exactly what --version should reveal
+        ms_version, device = f"not importable ({type(exc).__name__}: {exc})", "unknown"
+    return (f"mindrun {mindrun}\nMindSpore {ms_version}\nPython {platform.python_version()} "
+            f"({platform.python_implementation()}, {platform.machine()})\ndevice target: {device}")
+
+
+class _Version(argparse.Action):
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, help="print mindrun's, MindSpore's and Python's versions "
+                         "and the device MindSpore would use, then exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(versions())
+        parser.exit(0)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The full command-line surface (frozen by a test)."""
     parser = argparse.ArgumentParser(prog="mindrun", description="Transformer training on MindSpore.")
+    parser.add_argument("--version", action=_Version)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a model from a recipe")

@@ -15,9 +15,11 @@ from trainer.translation import Translator
 
 
 def _translator(checkpoint_path: Path, beam: Optional[int], length_penalty: Optional[float],
-                batch_size: Optional[int]):
+                batch_size: Optional[int], average: int = 1):
     ms.set_context(mode=ms.GRAPH_MODE)
-    cfg, model, src_vocab, tgt_vocab = load_for_inference(checkpoint_path)
+    if average < 1:
+        raise ConfigError(f"--average must be >= 1 (checkpoints to average), got {average}")
+    cfg, model, src_vocab, tgt_vocab = load_for_inference(checkpoint_path, average)
     ev = cfg.eval
     beam = ev.beam if beam is None else beam
     batch_size = ev.batch_size if batch_size is None else batch_size
@@ -32,9 +34,10 @@ def _translator(checkpoint_path: Path, beam: Optional[int], length_penalty: Opti
 def evaluate(checkpoint_path: Path, split: str = "test", beam: Optional[int] = None,
              length_penalty: Optional[float] = None, batch_size: Optional[int] = None,
              data_dir: Optional[str] = None, output: Optional[Path] = None,
-             progress: bool = True) -> Dict[str, object]:
-    """Translate a Multi30k split with the checkpoint and score it with sacreBLEU."""
-    cfg, translator = _translator(checkpoint_path, beam, length_penalty, batch_size)
+             progress: bool = True, average: int = 1) -> Dict[str, object]:
+    """Translate a Multi30k split with the checkpoint (or the mean of it and the `average` - 1 kept
+    before it) and score it with sacreBLEU."""
+    cfg, translator = _translator(checkpoint_path, beam, length_penalty, batch_size, average)
     root = multi30k.locate(data_dir or cfg.data.dir, cfg.data.cache_dir)
     pairs = multi30k.read_split(root, split, cfg.data.src_lang, cfg.data.tgt_lang)
     t0 = time.time()
@@ -43,7 +46,8 @@ def evaluate(checkpoint_path: Path, split: str = "test", beam: Optional[int] = N
     if output:
         Path(output).write_text("\n".join(hyps) + "\n", encoding="utf-8")
     result = score(hyps, [t for _, t in pairs])
-    result.update({"split": split, "checkpoint": str(checkpoint_path), "beam": translator.generator.beam,
+    result.update({"split": split, "checkpoint": str(checkpoint_path), "averaged": average,
+                   "beam": translator.generator.beam,
                    "length_penalty": translator.generator.length_penalty,
                    "decode_seconds": round(seconds, 1),
                    "sentences_per_s": round(len(pairs) / max(seconds, 1e-9), 1)})
@@ -51,12 +55,13 @@ def evaluate(checkpoint_path: Path, split: str = "test", beam: Optional[int] = N
 
 
 def translate_stream(checkpoint_path: Path, stdin: TextIO, stdout: TextIO, beam: Optional[int] = None,
-                     length_penalty: Optional[float] = None, batch_size: Optional[int] = None) -> int:
+                     length_penalty: Optional[float] = None, batch_size: Optional[int] = None,
+                     average: int = 1) -> int:
     """Read source lines from `stdin`, write one translation per line to `stdout`; return the count.
 
     Lines are read in chunks of the batch size, so output starts before input ends.
     """
-    _, translator = _translator(checkpoint_path, beam, length_penalty, batch_size)
+    _, translator = _translator(checkpoint_path, beam, length_penalty, batch_size, average)
     count, chunk = 0, []
     for line in stdin:
         chunk.append(line.rstrip("\n"))

@@ -13,7 +13,7 @@ import yaml
 from model import Transformer
 from trainer.build import build_model
 from trainer.ckpt.store import resolve
-from trainer.ckpt.tools import load_weights
+from trainer.ckpt.tools import averaging_window, load_averaged_weights, load_weights
 from trainer.config import RunConfig, config_from_dict
 from trainer.data.tokenizer import load_vocabs
 from trainer.parallel.context import select_backend
@@ -32,13 +32,17 @@ def run_dir_of(checkpoint_path: Path) -> Path:
     return run
 
 
-def load_for_inference(checkpoint_path: Path) -> Tuple[RunConfig, Transformer, object, object]:
+def load_for_inference(checkpoint_path: Path, average: int = 1) -> Tuple[RunConfig, Transformer, object, object]:
     """(config, model with weights, source vocab, target vocab) from a checkpoint (step directory,
-    pointer, checkpoints root, or merged .ckpt file)."""
+    pointer, checkpoints root, or merged .ckpt file); with `average` > 1, the mean weights of that
+    checkpoint and the average - 1 kept before it."""
     run = run_dir_of(checkpoint_path)
     cfg = config_from_dict(yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")))
     src_vocab, tgt_vocab = load_vocabs(run / "vocab")
     model = build_model(cfg, len(src_vocab), len(tgt_vocab), select_backend())
-    load_weights(model, checkpoint_path)
+    if average > 1:
+        load_averaged_weights(model, averaging_window(checkpoint_path, average))
+    else:
+        load_weights(model, checkpoint_path)
     model.set_train(False)
     return cfg, model, src_vocab, tgt_vocab

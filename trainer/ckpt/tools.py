@@ -1,6 +1,6 @@
 """`mindrun ckpt inspect | merge | reshard`, and full weights of a step directory for inference."""
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -8,7 +8,7 @@ from launcher.atomic import atomic_path, write_text
 from trainer.ckpt import manifest as mf
 from trainer.ckpt.layout import ShardLayout
 from trainer.ckpt.store import (FILE_MODE, CheckpointError, ShardReader, load_tensors, make_private_dir, resolve,
-                                write_shard_file)
+                                step_dirs, write_shard_file)
 
 
 def open_verified(path: Path) -> Tuple[Path, Dict]:
@@ -132,3 +132,35 @@ def load_weights(model, path: Path) -> Dict:
                  kinds=("weight",))
     return manifest["position"]
 
+
+def averaging_window(path: Path, count: int) -> List[Path]:
+    """The step directory `path` names (a step directory, pointer or root) and the count - 1 complete ones
+    before it, newest first (fairseq's checkpoint averaging); CheckpointError when fewer are kept."""
+    newest = resolve(path)
+    if not (newest / mf.MANIFEST).is_file():
+        raise CheckpointError(f"{path}: --average needs a step directory, pointer or checkpoints root, not a file")
+    step = mf.read(newest)["step"]
+    complete = [d for s, d in step_dirs(newest.parent) if s <= step and (d / mf.MANIFEST).is_file()]
+    if len(complete) < count:
+        raise CheckpointError(f"--average {count}: {newest.parent} keeps {len(complete)} complete checkpoint(s) up "
+                              f"to step {step} ({', '.join(d.name for d in complete)}); train with "
+                              f"train.keep_last >= {count} or average fewer")
+    return complete[:count]
+
+
+def load_averaged_weights(model, directories: List[Path]) -> Dict:
+    """Load the element-wise mean of the weights of several checkpoints into `model` (accumulated in
+    float64); returns the newest one's position."""
+    params = list(model.trainable_params())
+    sums = None
+    position: Dict = {}
+    for directory in directories:
+        found = load_weights(model, directory)
+        position = position or found
+        values = [p.asnumpy().astype(np.float64) for p in params]
+        sums = values if sums is None else [a + b for a, b in zip(sums, values)]
+    import mindspore as ms
+
+    for param, total in zip(params, sums):
+        param.set_data(ms.Tensor((total / len(directories)).astype(param.asnumpy().dtype)))
+    return dict(position, averaged=[d.name for d in directories])

@@ -1,0 +1,162 @@
+"""What the launcher's console shows of the workers' logs: the job's output and live progress.
+
+Worker logs keep every byte. The console gets, from each tailed rank:
+
+- the job's own lines, each cut to MAX_LINE characters;
+- progress bars (tqdm redraws a line with carriage returns): on a terminal, one line per tailed
+  rank redrawn in place under the output; elsewhere (a file, CI, a scheduler's log) the newest
+  frame of each rank every `interval` seconds, never one line per frame;
+- MindSpore's own log lines only at ERROR and above, unless asked (`--show_ms_logs`, or GLOG_v
+  set by the user); at the end, how many lines of each level every log holds.
+"""
+import re
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, TextIO
+
+# MindSpore's C++ ("[WARNING] DEVICE(123,7f..,python):2026-...") and Python ("[WARNING] ME(123:140..,
+# MainProcess):...") loggers share this head.
+MS_LINE = re.compile(r"^\[(DEBUG|INFO|WARNING|ERROR|CRITICAL)\] [A-Z][A-Z0-9_]*\(\d+[,:]")
+HIDDEN_LEVELS = ("DEBUG", "INFO", "WARNING")
+MAX_LINE = 400
+REDRAW_S = 0.2
+
+
+def ms_level(line: str) -> Optional[str]:
+    """MindSpore's level of a log line ("WARNING"...), or None for anything else."""
+    match = MS_LINE.match(line)
+    return match.group(1) if match else None
+
+
+def count_levels(path: Path) -> Counter:
+    """How many MindSpore log lines of each level a log file holds."""
+    counts: Counter = Counter()
+    try:
+        with open(path, "rb") as handle:
+            for raw in handle:
+                if raw.startswith(b"["):
+                    level = ms_level(raw.decode("utf-8", "replace"))
+                    if level:
+                        counts[level] += 1
+    except OSError:
+        pass
+    return counts
+
+
+def hidden_summary(paths: Iterable[Path]) -> Optional[str]:
+    """'worker_0.log 41 warnings, 3 info; ...' for the logs whose MindSpore lines the console hid."""
+    parts = []
+    for path in paths:
+        counts = count_levels(path)
+        shown = [f"{counts[level]} {level.lower()}{'s' if level == 'WARNING' and counts[level] != 1 else ''}"
+                 for level in ("WARNING", "INFO", "DEBUG") if counts[level]]
+        if shown:
+            parts.append(f"{path.name} {', '.join(shown)}")
+    return "; ".join(parts) if parts else None
+
+
+def clip(text: str, where: str = "") -> str:
+    """One console line of at most MAX_LINE characters (the log file keeps the rest)."""
+    if len(text) <= MAX_LINE:
+        return text
+    return f"{text[:MAX_LINE]}... ({len(text) - MAX_LINE} more characters in {where or 'the log'})"
+
+
+class Console:
+    """Writes tailed lines and keeps each rank's newest progress frame; one per launcher."""
+
+    def __init__(self, stream: TextIO = sys.stdout, show_ms_logs: bool = False, interval: float = 30.0,
+                 terminal: Optional[bool] = None):
+        self.stream = stream
+        self.show_ms_logs = show_ms_logs
+        self.interval = interval
+        self.terminal = stream.isatty() if terminal is None else terminal
+        self.frames: Dict[str, str] = {}  # prefix -> newest progress frame
+        self.changed: Dict[str, bool] = {}
+        self.drawn = 0  # status lines on screen (terminal)
+        self.last_draw = 0.0
+        self.last_report = time.monotonic()
+
+    # ---- input ---------------------------------------------------------------------------
+    def line(self, prefix: str, text: str, log: str = "") -> None:
+        """A finished line of a tailed log (the last frame, if the line was a progress bar)."""
+        level = ms_level(text)
+        if level in HIDDEN_LEVELS and not self.show_ms_logs:
+            return
+        self._clear()
+        self.stream.write(f"{prefix} {clip(text.rstrip(), log)}\n")
+        if prefix in self.frames and text.strip() == self.frames[prefix].strip():
+            self.changed[prefix] = False  # the bar's last frame was just printed as a line
+        self._draw(force=True)
+
+    def progress(self, prefix: str, frame: str) -> None:
+        """The newest frame of a tailed rank's progress bar."""
+        frame = frame.strip()
+        if frame and frame != self.frames.get(prefix):
+            self.frames[prefix] = frame
+            self.changed[prefix] = True
+
+    def say(self, text: str, stream: TextIO = sys.stderr) -> None:
+        """A launcher message, printed without breaking the status lines."""
+        self._clear()
+        print(text, file=stream, flush=True)
+        self._draw(force=True)
+
+    # ---- output ----------------------------------------------------------------------------
+    def tick(self) -> None:
+        """Called from the launcher's loop: redraw (terminal) or report progress every `interval` s."""
+        if self.terminal:
+            self._draw()
+            return
+        now = time.monotonic()
+        if now - self.last_report < self.interval:
+            return
+        self.last_report = now
+        for prefix, frame in self.frames.items():
+            if self.changed.get(prefix):
+                self.stream.write(f"{prefix} {clip(frame)}\n")
+                self.changed[prefix] = False
+        self.stream.flush()
+
+    def close(self) -> None:
+        """Leave the terminal clean (the status lines removed)."""
+        self._clear()
+        self.frames.clear()
+
+    def _status(self) -> List[str]:
+        return [f"{prefix} {frame}" for prefix, frame in self.frames.items()]
+
+    def _clear(self) -> None:
+        if self.terminal and self.drawn:
+            self.stream.write(f"\x1b[{self.drawn}F\x1b[J")  # up to the first status line, erase below
+            self.drawn = 0
+
+    def _draw(self, force: bool = False) -> None:
+        if not self.terminal:
+            self.stream.flush()
+            return
+        now = time.monotonic()
+        if not force and now - self.last_draw < REDRAW_S:
+            return
+        if not force and not any(self.changed.values()):
+            return
+        self._clear()
+        width = _width(self.stream)
+        lines = [line[:width - 1] for line in self._status()]
+        for line in lines:
+            self.stream.write(line + "\n")
+        self.drawn = len(lines)
+        self.last_draw = now
+        self.changed = dict.fromkeys(self.changed, False)
+        self.stream.flush()
+
+
+def _width(stream: TextIO) -> int:
+    import os
+
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (OSError, ValueError, AttributeError):
+        return 120

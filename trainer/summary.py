@@ -1,0 +1,49 @@
+"""The few lines `mindrun train` prints at its end; the full record stays in <run>/summary.json."""
+from pathlib import Path
+from statistics import median
+from typing import Dict, List, Optional
+
+from trainer.metrics import read_metrics
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m {secs:02d}s" if hours else f"{minutes}m {secs:02d}s"
+
+
+def _pointer(path: Optional[str]) -> str:
+    if not path:
+        return "-"
+    p = Path(path)
+    return f"{p} -> {p.resolve().name}" if p.is_symlink() else str(p)
+
+
+def tokens_per_s(run_dir: Path) -> Optional[float]:
+    """Median training tokens/s of the logged windows (the first, which includes compiling, left out)."""
+    try:
+        rates = [r["tokens_per_s"] for r in read_metrics(Path(run_dir) / "metrics.jsonl", "train")]
+    except (OSError, ValueError, KeyError):
+        return None
+    rates = rates[1:] or rates
+    return median(rates) if rates else None
+
+
+def describe(summary: Dict) -> List[str]:
+    """Human lines for a training summary (as returned by trainer.train.train)."""
+    if summary.get("role") == "scheduler":
+        return []
+    run = Path(summary["run_dir"])
+    rate = tokens_per_s(run)
+    signal = summary.get("interrupted_by_signal")
+    how = f"stopped by signal {signal} (checkpoint saved)" if signal else "finished"
+    lines = [f"training {how}: {summary['steps']:,} steps, {summary['epochs']} epochs in "
+             f"{_duration(summary['train_seconds'])}" + (f", {rate:,.0f} tokens/s (median)" if rate else "")]
+    best = summary.get("best") or {}
+    if best:
+        scores = ", ".join(f"{k} {v:.2f}" for k, v in best.items() if k in ("bleu", "loss") and v is not None)
+        lines.append(f"best validation: {scores} at step {best.get('step'):,}")
+    lines.append(f"checkpoints: best {_pointer(summary.get('best_checkpoint'))}")
+    lines.append(f"             last {_pointer(summary.get('last_checkpoint'))}")
+    lines.append(f"summary: {run / 'summary.json'}; curves: tensorboard --logdir {run / 'tb'}")
+    return lines
