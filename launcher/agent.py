@@ -324,7 +324,9 @@ class Agent:
         started = time.monotonic()
         scheduler = next((c for c in self.children if c.key == -1), None)
         workers = [c for c in self.children if c.key >= 0]
-        watch = self._watch() if workers else None
+        # only beside a scheduler of ours: it alone tells a MindSpore cluster job (it lives as long as the
+        # workers) from a script that never joins one; elsewhere MindSpore's own MS_TOPO_TIMEOUT decides
+        watch = self._watch() if workers and scheduler is not None else None
         allowance = min(STARTUP_ALLOWANCE_S, max(MIN_ALLOWANCE_S, float(self.spec.cluster_time_out)))
         next_check = 0.0
         while True:
@@ -351,18 +353,24 @@ class Agent:
             if not workers and scheduler is not None and scheduler.popen.poll() == 0:
                 return Outcome(State.SUCCEEDED)
             now = time.monotonic()
+            if watch is not None and scheduler.popen.poll() is not None:
+                watch = None  # MindSpore's scheduler lives as long as its workers: this script is no cluster job
             if watch is not None and now >= next_check:
                 next_check = now + REGISTRATION_CHECK_S
                 watch.update(workers)
                 missing = watch.missing(workers)
-                if not missing:
+                if watch.unreadable:  # never fail a job on what we cannot see
+                    say("cannot read the workers' sockets (the kernel hides them); the registration backstop is "
+                        "off and MindSpore's own MS_TOPO_TIMEOUT ends a cluster that never forms")
+                    watch = None
+                elif not missing:
                     watch = None  # every local worker reached the scheduler: nothing more to check
                 elif now - started > self.spec.cluster_time_out + allowance:
                     names = [c.name for c in workers if c.key in missing]
                     late = next(c for c in workers if c.key in missing)
                     return Outcome(State.FAILED, 1, late, "never connected to the scheduler", describe_missing(
                         names, len(workers), self.spec.master_addr, self.spec.master_port,
-                        self.spec.cluster_time_out, watch.unreadable))
+                        self.spec.cluster_time_out))
             time.sleep(POLL_S)
 
     def report(self, outcome: Outcome) -> None:

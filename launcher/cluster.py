@@ -47,7 +47,9 @@ class ClusterConfig:
     launch_mode: str = "dynamic"  # dynamic (scheduler + workers) | ranktable (Ascend, no scheduler)
     device_ip_source: str = "config"  # where device_ip comes from: config | hccn_tool | hccn_conf
     hccn_conf: str = "/etc/hccn.conf"
-    device_memory_gib: Optional[float] = None  # per device; read by planners, not by the launcher
+    device_memory_gib: Optional[float] = None  # per device; read by `mindrun plan`, not by the launcher
+    device_peak_tflops: Optional[float] = None  # dense 16-bit peak per device: `mindrun plan`'s step estimates
+    link_gbytes_s: Optional[float] = None  # per-device collective bandwidth, GB/s: the same estimates
     cluster_time_out: int = 600  # seconds for every worker to register
     log_dir: Optional[str] = None
     bind_core: bool = False
@@ -138,6 +140,7 @@ def parse_cluster(raw: Any, src: str = "<memory>") -> ClusterConfig:
     cfg = ClusterConfig(nodes=[_node(n, i, src) for i, n in enumerate(nodes_raw)], source=src)
     kinds = {"name": str, "backend": str, "master_addr": str, "master_port": int, "launch_mode": str,
              "device_ip_source": str, "hccn_conf": str, "device_memory_gib": float,
+             "device_peak_tflops": float, "link_gbytes_s": float,
              "cluster_time_out": int, "log_dir": str, "bind_core": bool}
     for key, kind in kinds.items():
         if raw.get(key) is not None:

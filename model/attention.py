@@ -64,6 +64,15 @@ class MultiHeadAttention(nn.Cell):
         q = self.split_heads(self.w_q(query_input))
         return self.w_o(self.merge_heads(self.attention(q, k, v, bias)))
 
+    def cached(self, x, write, cache_k, cache_v, bias):
+        """Self-attention of one new position x [B, 1, d] over a key/value cache [B, H, T, dk]: its key and
+        value go into the slot `write` [1, 1, T, 1] marks (still zero, so adding stores them exactly), then
+        it attends to the slots `bias` leaves visible. Returns (output [B, 1, d], cache_k, cache_v)."""
+        k_new, v_new = self.project_kv(x)  # [B, H, 1, dk]
+        cache_k = cache_k + write * k_new
+        cache_v = cache_v + write * v_new
+        return self.attend(x, cache_k, cache_v, bias), cache_k, cache_v
+
     def construct(self, query_input, kv_input, bias):
         """query_input [B, Lq, d], kv_input [B, Lk, d], bias [B|1, 1, Lq|1, Lk] -> [B, Lq, d]."""
         k, v = self.project_kv(kv_input)

@@ -2,10 +2,14 @@
 from dataclasses import dataclass
 
 
+ARCHITECTURES = ("encoder_decoder", "decoder_only")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Sizes and switches of the encoder-decoder Transformer."""
 
+    arch: str = "encoder_decoder"  # encoder_decoder (model.Transformer) | decoder_only (model.decoder_only)
     encoder_layers: int = 3
     decoder_layers: int = 3
     d_model: int = 256
@@ -21,6 +25,8 @@ class ModelConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the field when a size is impossible."""
+        if self.arch not in ARCHITECTURES:
+            raise ValueError(f"model.arch must be one of {', '.join(ARCHITECTURES)}, got {self.arch!r}")
         for name in ("encoder_layers", "decoder_layers", "d_model", "n_heads", "d_ff", "max_positions"):
             if getattr(self, name) < 1:
                 raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")

@@ -12,7 +12,8 @@ def _add_norm(cfg: ModelConfig) -> AddNorm:
 
 
 class EncoderLayer(nn.Cell):
-    """Self-attention then FFN, each wrapped in a residual + LayerNorm."""
+    """Self-attention then FFN, each wrapped in a residual + LayerNorm: the encoder's layer, and, under
+    a causal bias, the decoder-only model's block (model/decoder_only.py)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -26,6 +27,13 @@ class EncoderLayer(nn.Cell):
         h = self.norm1.before(x)
         x = self.norm1.after(x, self.self_attn(h, h, src_bias))
         return self.norm2.after(x, self.ffn(self.norm2.before(x)))
+
+    def step(self, x, write, self_k, self_v, self_bias):
+        """One incremental decoding step of a causal stack (as DecoderLayer.step, without cross-attention)."""
+        h = self.norm1.before(x)
+        out, self_k, self_v = self.self_attn.cached(h, write, self_k, self_v, self_bias)
+        x = self.norm1.after(x, out)
+        return self.norm2.after(x, self.ffn(self.norm2.before(x))), self_k, self_v
 
 
 class DecoderLayer(nn.Cell):
@@ -56,10 +64,7 @@ class DecoderLayer(nn.Cell):
         Returns the output [B, 1, d] and the updated self-attention caches.
         """
         h = self.norm1.before(x)
-        k_new, v_new = self.self_attn.project_kv(h)  # [B, H, 1, dk]
-        # slot t is still zero, so adding write * k_new stores k_new exactly
-        self_k = self_k + write * k_new
-        self_v = self_v + write * v_new
-        x = self.norm1.after(x, self.self_attn.attend(h, self_k, self_v, self_bias))
+        out, self_k, self_v = self.self_attn.cached(h, write, self_k, self_v, self_bias)
+        x = self.norm1.after(x, out)
         x = self.norm2.after(x, self.cross_attn.attend(self.norm2.before(x), cross_k, cross_v, src_bias))
         return self.norm3.after(x, self.ffn(self.norm3.before(x))), self_k, self_v

@@ -39,3 +39,13 @@ def segment_mask(q_seg, k_seg, causal: bool = False):
 def mask_to_bias(mask, dtype=ms.float32):
     """Bool mask -> additive bias: 0 where allowed, NEG_INF where masked."""
     return ops.select(mask, ops.zeros(mask.shape, dtype), ops.fill(dtype, mask.shape, NEG_INF))
+
+
+def cache_slots(position, max_len: int, dtype):
+    """Incremental decoding at integer tensor `position` [] over a cache of `max_len` slots:
+    write [1, 1, T, 1] (1.0 at this position's slot, else 0.0) and the self-attention bias
+    [1, 1, 1, T] that hides the slots not written yet."""
+    slots = ops.arange(max_len, dtype=ms.int32).reshape(1, 1, max_len, 1)
+    write = ops.equal(slots, position).astype(dtype)
+    visible = ops.less_equal(slots.reshape(1, 1, 1, max_len), position)
+    return write, mask_to_bias(visible)

@@ -8,7 +8,7 @@ from mindspore.common.initializer import Normal
 from model.config import ModelConfig
 from model.dropout import bind_dropout_key
 from model.layers import DecoderLayer, EncoderLayer
-from model.masks import NEG_INF, causal_mask, mask_to_bias, padding_mask, segment_mask
+from model.masks import cache_slots, causal_mask, mask_to_bias, padding_mask, segment_mask
 from model.positional import PositionalEncoding
 
 
@@ -144,12 +144,7 @@ class Transformer(nn.Cell):
         token [B, 1] ids at integer `position` []; caches as from `start_decoding`.
         Returns log-probabilities [B, V] and the updated self-attention caches.
         """
-        max_len = self_k[0].shape[2]
-        slots = ops.arange(max_len, dtype=ms.int32).reshape(1, 1, max_len, 1)
-        write = ops.equal(slots, position).astype(self_k[0].dtype)  # [1, 1, T, 1]
-        visible = ops.less_equal(slots.reshape(1, 1, 1, max_len), position)
-        self_bias = ops.select(visible, ops.zeros(visible.shape, ms.float32),
-                               ops.fill(ms.float32, visible.shape, NEG_INF))
+        write, self_bias = cache_slots(position, self_k[0].shape[2], self_k[0].dtype)
         x = self.tgt_positions.at(self.tgt_embed(token) * self.embed_scale, position)
         new_k, new_v = (), ()
         for i, layer in enumerate(self.decoder):

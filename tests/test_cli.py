@@ -20,7 +20,7 @@ def test_cli_surface_does_not_drift():
         "evaluate": sorted(["--checkpoint", "--beam", "--length-penalty", "--batch-size", "--average", "--split",
                             "--data-dir", "--output", "-h", "--help"]),
         "translate": sorted(["--checkpoint", "--beam", "--length-penalty", "--batch-size", "--average", "-h", "--help"]),
-        "plan": sorted(["--config", "--set", "--world-size", "--backend", "--vocab-size", "-h", "--help"]),
+        "plan": sorted(["--config", "--set", "--world-size", "--backend", "--vocab-size", "--cluster", "-h", "--help"]),
         "ckpt": ["--help", "-h"],  # inspect | merge | reshard, frozen below
         "launch": [],  # handed to launcher.cli, frozen below
         "ranktable": [],

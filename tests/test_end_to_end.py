@@ -166,15 +166,16 @@ def test_sigterm_to_the_launcher_saves_last_checkpoint_then_resume_continues(dat
 def test_the_time_budget_counts_the_runs_a_resume_continues(data_dir, tmp_path):
     """A checkpoint carries the training seconds so far; a resume whose budget they already spend trains no more.
     (The first run also saves by the clock: train.save_every_minutes.)"""
+    quick = ("data.buckets=[64]", "data.valid_limit=8", "eval.max_len_b=2")  # one shape, a short validation
     train(tiny(data_dir, tmp_path, "train.max_steps=3", "train.log_every=1", "train.eval_every=100",
-               "train.save_every_minutes=0.0001", "train.keep_last=10"))
+               "train.save_every_minutes=0.0001", "train.keep_last=10", *quick))
     assert sorted(p.name for p in (tmp_path / "checkpoints").glob("step_*")) == ["step_1", "step_2", "step_3"]
     manifest = json.loads((tmp_path / "checkpoints" / "latest" / "manifest.json").read_text())
     spent = manifest["position"]["elapsed_s"]
     assert spent > 0
     summary = train(tiny(data_dir, tmp_path, "train.max_steps=10", "train.log_every=1", "train.eval_every=100",
-                         "train.resume=true", f"train.time_budget_minutes={spent / 60 / 2}"))
+                         "train.resume=true", f"train.time_budget_minutes={spent / 60 / 2}", *quick))
     assert summary["steps"] == 3
     summary = train(tiny(data_dir, tmp_path, "train.max_steps=5", "train.log_every=1", "train.eval_every=100",
-                         "train.resume=true", "train.time_budget_minutes=30"))
+                         "train.resume=true", "train.time_budget_minutes=30", *quick))
     assert summary["steps"] == 5

@@ -98,6 +98,24 @@ def test_connection_watch_sees_workers_that_hold_a_connection_to_the_scheduler()
         server.close()
 
 
+def test_hidden_sockets_turn_the_backstop_off_instead_of_failing_a_job(monkeypatch):
+    def hidden(self, kind="inet"):
+        raise psutil.AccessDenied(self.pid)
+
+    monkeypatch.setattr(psutil.Process, "net_connections", hidden)
+    idle = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        class W:
+            key, popen = 0, idle
+
+        watch = ConnectionWatch("127.0.0.1", free_port())
+        watch.update([W()])
+        assert watch.unreadable and watch.missing([W()]) == [0]  # the agent then drops the watch (agent.py)
+    finally:
+        idle.kill()
+        idle.wait()
+
+
 # ---- 2. no orphans after the launcher is SIGKILLed ---------------------------------------------------
 @pytest.mark.multiprocess
 def test_sigkilled_launcher_leaves_no_process_at_any_depth(tmp_path):

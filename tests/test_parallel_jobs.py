@@ -80,10 +80,19 @@ def launched(data_dir, out, workers, *sets, run=None):
     return launch_job(data_dir, out, workers, *sets, run=run)[0]
 
 
+def validations(out):
+    records = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in records if r["kind"] == "valid"]
+
+
 def same_run(standalone, parallel):
     ref, got = losses(standalone), losses(parallel)
     assert len(got) == STEPS
     np.testing.assert_allclose(got, ref, rtol=1e-4)
+    ref_valid, got_valid = validations(standalone), validations(parallel)  # split across dp ranks, then summed
+    assert [r["step"] for r in got_valid] == [r["step"] for r in ref_valid] and got_valid
+    np.testing.assert_allclose([r["loss"] for r in got_valid], [r["loss"] for r in ref_valid], rtol=1e-4)
+    assert [r["bleu"] for r in got_valid] == [r["bleu"] for r in ref_valid]
     a, b = weights(standalone), weights(parallel)
     assert set(b) and set(b) <= set(a)
     for name in b:
@@ -128,6 +137,9 @@ def model_parallel(data_dir, tmp_path_factory):
 
 
 def test_data_parallel_matches_standalone(standalone, data_parallel):
+    for rank in (0, 1):  # each data-parallel rank decoded half of the validation split
+        log = (data_parallel.parent / "logs" / f"worker_{rank}.log").read_text()
+        assert f"validation: data-parallel rank {rank} decodes 20 of 40 sentences" in log
     same_run(standalone, data_parallel)
 
 

@@ -44,25 +44,45 @@ def _translate(args) -> int:
 
 
 def _plan(args) -> int:
+    from mindspore.nn.utils import no_init_parameters
+
+    from launcher.cluster import load_cluster
+    from launcher.errors import LaunchError
+    from model.decoder_only import DecoderOnly
     from model.parallel.layout import TRANSFORMER_LAYOUT, semi_auto_plan
-    from trainer.config import load_config
-    from trainer.parallel.plan import make_plan
+    from model.tokens import PAD
     from trainer.build import build_model
+    from trainer.config import ConfigError, load_config
+    from trainer.parallel.plan import make_plan
+    from trainer.parallel.report import sizing_report
 
     cfg = load_config(args.config, args.set)
-    plan = make_plan(cfg, args.world_size, args.backend, vocab_size=args.vocab_size, for_execution=False)
+    try:
+        cluster = load_cluster(args.cluster) if args.cluster else None
+    except LaunchError as exc:
+        raise ConfigError(str(exc)) from None
+    world = args.world_size or (cluster.worker_num if cluster else 1)
+    plan = make_plan(cfg, world, args.backend, vocab_size=args.vocab_size, for_execution=False)
     print(f"plan: {plan.describe()}")
     if plan.caveat:
         print(f"warning: {plan.caveat}")
+    vocab = args.vocab_size or cfg.data.vocab_size
+    lines, problem = sizing_report(cfg, vocab, plan.data_parallel, plan.model_parallel, cluster)
+    for line in lines:
+        print(line)
     print("hybrid layout (model parallel, Megatron-style):")
     for pattern, kind in TRANSFORMER_LAYOUT:
         print(f"  {pattern:<14} {kind}")
-    vocab = args.vocab_size or cfg.data.vocab_size
-    model = build_model(cfg, vocab, vocab, args.backend)
+    with no_init_parameters():  # shapes only: a 7B model is not allocated to list its strategies
+        model = (DecoderOnly(cfg.model, vocab, PAD) if cfg.model.arch == "decoder_only"
+                 else build_model(cfg, vocab, vocab, args.backend))
     print(f"semi_auto shard() strategies (dp={plan.data_parallel}, mp={plan.model_parallel}), "
           f"used only with parallel.mode=semi_auto:")
     for path, op, strategy in semi_auto_plan(model, plan.data_parallel, plan.model_parallel):
         print(f"  {path:<44} {op:<12} {strategy}")
+    if problem:
+        print(f"mindrun plan: error: {problem}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -166,7 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="check a parallel layout and print every sharded operator's strategy")
     p.add_argument("--config", default="small", help="recipe name or YAML path")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
-    p.add_argument("--world-size", type=int, default=1, help="workers in the job")
+    p.add_argument("--world-size", type=int, help="workers in the job (default: the cluster file's, else 1)")
+    p.add_argument("--cluster", help="cluster file (cluster_configs/*.yaml): check the memory fit against its "
+                   "device_memory_gib and rank every layout for its devices")
     p.add_argument("--backend", default="Ascend", choices=["CPU", "GPU", "Ascend"], help="where it would run")
     p.add_argument("--vocab-size", type=int, help="the real vocabulary size (default: data.vocab_size)")
     p.set_defaults(func=_plan)

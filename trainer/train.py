@@ -53,7 +53,7 @@ class Trainer:
         self.model, self.parallel, self.optimizer, self.stepper = built.model, built.parallel, built.optimizer, built.step
         self.checkpoints = RunCheckpoints(self.run_dir / "checkpoints", cfg.to_dict(), cfg.train.best_metric,
                                           self.optimizer, built.layout, ctx, cfg.train.keep_last, tqdm.write)
-        self.validator = Validator(cfg, self.model, corpus)
+        self.validator = Validator(cfg, self.model, corpus, ctx)
         self.batcher, self.collate = training_batches(cfg, self.train_split)
         self.accumulation = cfg.train.gradient_accumulation_steps
         self.total_steps = cfg.train.max_steps or -(-len(self.batcher) // self.accumulation) * cfg.train.max_epochs

@@ -1,16 +1,24 @@
-"""Validation during training: loss and BLEU on the valid split (model selection never sees test)."""
+"""Validation during training: loss and BLEU on the valid split (model selection never sees test).
+
+Under data parallelism the split is shared out: data-parallel rank r of d decodes every d-th
+sentence in length order (so every rank gets a similar mix of lengths), the loss sums and the
+hypotheses' token ids are summed over the data-parallel group, and every rank scores the whole
+split (the same numbers everywhere, so every rank makes the same best-checkpoint decision).
+Tensor-parallel peers share a data-parallel rank, so they decode the same sentences together.
+"""
 import math
-from typing import Dict
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import mindspore as ms
-from mindspore import nn
+from mindspore import nn, ops
 
 from model.loss import LabelSmoothedCrossEntropy
 from model.tokens import PAD
 from trainer.config import RunConfig
 from trainer.data.batching import TokenBatcher, collate
 from trainer.dataset import Corpus, Split
+from trainer.parallel.context import ParallelContext
 from trainer.scoring import score
 from trainer.translation import Translator
 
@@ -29,12 +37,21 @@ class LossSums(nn.Cell):
 class Validator:
     """Validation loss, perplexity, BLEU and chrF of the model on the valid split."""
 
-    def __init__(self, cfg: RunConfig, model, corpus: Corpus):
+    def __init__(self, cfg: RunConfig, model, corpus: Corpus, ctx: Optional[ParallelContext] = None):
         self.cfg, self.model, self.corpus = cfg, model, corpus
         self.split: Split = corpus.splits["valid"]
         self.loss = LossSums(model, LabelSmoothedCrossEntropy(cfg.optim.label_smoothing, PAD))
-        self.batcher = TokenBatcher(self.split.lengths(), cfg.data.buckets, cfg.data.max_tokens,
+        shares = ctx.plan.data_parallel if ctx is not None and ctx.dp_group else 1
+        self.share = share_of(self.split.lengths(), ctx.dp_rank if shares > 1 else 0, shares)
+        self.sum = ops.AllReduce(ops.ReduceOp.SUM, ctx.dp_group) if shares > 1 else None
+        self.src_ids = [self.split.src_ids[i] for i in self.share]
+        self.tgt_ids = [self.split.tgt_ids[i] for i in self.share]
+        lengths = self.split.lengths()
+        self.batcher = TokenBatcher([lengths[i] for i in self.share], cfg.data.buckets, cfg.data.max_tokens,
                                     seed=0, shuffle=False)
+        if shares > 1:
+            print(f"validation: data-parallel rank {ctx.dp_rank} decodes {len(self.share)} of "
+                  f"{len(lengths)} sentences", flush=True)
         self.translator = Translator(model, corpus.src_vocab, corpus.tgt_vocab, cfg.data.buckets,
                                      cfg.eval.train_beam, cfg.eval.length_penalty, cfg.eval.max_len_a,
                                      cfg.eval.max_len_b, cfg.eval.batch_size)
@@ -44,13 +61,36 @@ class Validator:
         self.model.set_train(False)
         total = np.zeros(3)
         for batch in self.batcher.epoch(0):
-            arrays = collate(batch, self.split.src_ids, self.split.tgt_ids)
+            arrays = collate(batch, self.src_ids, self.tgt_ids)
             total += [float(x.asnumpy()) for x in self.loss(*map(ms.Tensor, arrays))]
-        hyps = self.translator.translate_ids(self.split.src_ids)
-        hyps = [self.corpus.tgt_vocab.decode(h) for h in hyps]
+        mine = self.translator.translate_ids(self.src_ids)
+        if self.sum is not None:
+            total = self.sum(ms.Tensor(total.astype(np.float32))).asnumpy().astype(np.float64)
+        hyps = [self.corpus.tgt_vocab.decode(h) for h in self._gather(mine)]
         refs = [t for _, t in self.split.pairs]
         scores = score(hyps, refs)
         self.model.set_train(True)
         n = max(total[2], 1.0)
         return {"loss": float(total[0] / n), "nll": float(total[1] / n), "ppl": math.exp(min(total[1] / n, 50)),
                 "bleu": scores["bleu"], "bleu_lowercase": scores["bleu_lowercase"], "chrf": scores["chrf"]}
+
+    def _gather(self, mine: List[List[int]]) -> List[List[int]]:
+        """Every sentence's hypothesis ids, in split order, on every rank (a sum of zero-padded rows:
+        AllGather over a sub-group does not run on the CPU)."""
+        if self.sum is None:
+            return mine
+        t = self.translator  # the longest output any sentence may get, the same bound on every rank
+        width = 2 + max(int(t.max_len_a * (len(s) + 1) + t.max_len_b) for s in self.split.src_ids)
+        table = np.zeros((len(self.split.src_ids), width), np.float32)  # token ids < 2^24: exact in float32
+        for i, ids in zip(self.share, mine):
+            table[i, 0] = len(ids)
+            table[i, 1:1 + len(ids)] = ids
+        table = self.sum(ms.Tensor(table)).asnumpy().astype(np.int64)
+        return [list(row[1:1 + row[0]]) for row in table]
+
+
+def share_of(lengths: Sequence[int], rank: int, shares: int) -> List[int]:
+    """The split's indices data-parallel rank `rank` of `shares` validates: every shares-th sentence in
+    length order, returned in split order."""
+    order = np.argsort(np.asarray(lengths), kind="stable")
+    return sorted(int(i) for i in order[rank::shares])

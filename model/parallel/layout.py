@@ -27,6 +27,7 @@ TRANSFORMER_LAYOUT: Tuple[Tuple[str, str], ...] = (
     ("*.ffn.w2", "row"),
     ("src_embed", "vocab"),
     ("tgt_embed", "vocab"),
+    ("embed", "vocab"),  # the decoder-only model's one table (model/decoder_only.py)
     ("out_proj", "vocab_rows"),  # untied output weight: vocabulary rows
     ("logits", "logits"),  # states x output weight^T: the vocabulary split, gathered after
 )

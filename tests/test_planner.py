@@ -1,0 +1,105 @@
+"""The planner's sizes (issue 18): parameter counts equal the built models' for every recipe, at full size
+without allocating; a layout that cannot fit is an error naming the shortfall; decoder-only recipes build
+and take a step at tiny scale; training a decoder-only recipe is refused with the reason."""
+from pathlib import Path
+
+import numpy as np
+import mindspore as ms
+import pytest
+from mindspore import nn, ops
+from mindspore.nn.utils import no_init_parameters
+
+from model import Transformer
+from model.decoder_only import DecoderOnly
+from model.size import parameter_count, replicated_parameters
+from trainer.cli import main
+from trainer.config import ConfigError, load_config
+from trainer.parallel.plan import make_plan
+from trainer.parallel.sizing import GIB, memory
+
+RECIPES = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "trainer" / "recipes").glob("*.yaml"))
+SHRINK = ["model.d_model=32", "model.n_heads=8", "model.d_ff=64", "model.decoder_layers=2", "model.encoder_layers=1",
+          "data.vocab_size=128"]
+
+
+def built(cfg, vocab):
+    if cfg.model.arch == "decoder_only":
+        return DecoderOnly(cfg.model, vocab, 0)
+    return Transformer(cfg.model, vocab, vocab, 0)
+
+
+def declared(model):
+    return sum(int(np.prod(p.shape)) for p in model.trainable_params())
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_parameter_counts_equal_the_built_models_at_full_size_and_tiny(recipe):
+    full = load_config(recipe)
+    vocab = full.data.vocab_size
+    with no_init_parameters():  # shapes only: gpt_7b's 26 GB of float32 are never allocated
+        assert parameter_count(full.model, vocab, vocab) == declared(built(full, vocab))
+    tiny = load_config(recipe, SHRINK)
+    assert parameter_count(tiny.model, 128, 128) == declared(built(tiny, 128))
+
+
+def test_replicated_parameters_are_what_the_hybrid_layout_leaves_whole():
+    from model.parallel.layout import split_axes
+
+    for recipe in ("small", "gpt_125m"):
+        cfg = load_config(recipe, SHRINK)
+        model = built(cfg, 128)
+        axes = split_axes(model)
+        whole = sum(int(np.prod(p.shape)) for p in model.trainable_params() if p.name not in axes)
+        assert whole == replicated_parameters(cfg.model), recipe
+
+
+@pytest.mark.parametrize("recipe", ["gpt_125m", "gpt_1b3", "gpt_7b"])
+def test_decoder_only_recipes_build_and_take_a_step_at_tiny_scale(recipe):
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    cfg = load_config(recipe, SHRINK)
+    model = DecoderOnly(cfg.model, 64, 0)
+    optimizer = nn.Adam(model.trainable_params(), learning_rate=1e-2)
+    tokens = ms.Tensor(np.random.default_rng(0).integers(4, 64, (2, 16)).astype(np.int32))
+
+    def loss_fn(x):
+        logits = model(x[:, :-1])
+        return ops.cross_entropy(logits.reshape(-1, 64), x[:, 1:].reshape(-1))
+
+    grad_fn = ms.value_and_grad(loss_fn, None, optimizer.parameters)
+    first, grads = grad_fn(tokens)
+    optimizer(grads)
+    assert float(loss_fn(tokens).asnumpy()) < float(first.asnumpy())
+
+
+def test_training_a_decoder_only_recipe_is_refused_with_the_reason():
+    with pytest.raises(ConfigError, match="not wired into training yet"):
+        make_plan(load_config("gpt_125m", SHRINK), 1, "CPU")
+
+
+def test_memory_scales_with_the_layout():
+    cfg = load_config("gpt_7b")
+    one, eight = memory(cfg, 32000, dp=1, mp=8), memory(cfg, 32000, dp=8, mp=1)
+    assert eight.weights / one.weights == pytest.approx(8, rel=0.01)  # all but LayerNorms and row biases split
+    assert 24 * GIB < eight.weights < 25 * GIB  # 6.58e9 float32 parameters
+    assert eight.optimizer_sharded == pytest.approx(eight.optimizer / 8)
+    assert one.activations_recompute < one.activations
+
+
+def test_a_layout_that_cannot_fit_is_an_error_naming_the_shortfall(capsys):
+    code = main(["plan", "--config", "gpt_7b", "--cluster", "cluster_configs/ascend_1x8.yaml",
+                 "--set", "parallel.model_parallel=1", "--set", "data.max_tokens=16384"])
+    out, err = capsys.readouterr()
+    assert code == 2
+    (line,) = err.strip().splitlines()
+    assert line.startswith("mindrun plan: error: dp 8 x mp 1 of gpt_7b needs ") and "short by" in line
+    assert "does NOT fit" in out
+
+
+def test_the_recipes_layout_fits_and_the_layouts_are_ranked(capsys):
+    assert main(["plan", "--config", "gpt_7b", "--cluster", "cluster_configs/ascend_1x8.yaml"]) == 0
+    out = capsys.readouterr().out
+    assert "6,575,235,072 parameters" in out and ": fits" in out
+    table = out.split("est. step  note\n")[1].splitlines()
+    rows = [line.split() for line in table if line.strip() and line.split()[0].isdigit()]
+    assert {(r[0], r[1]) for r in rows} == {("1", "8"), ("2", "4"), ("4", "2"), ("8", "1")}
+    assert rows[0][-1] == "fits" and rows[-1][-1] != "fits"

@@ -1,0 +1,66 @@
+"""What `mindrun plan` prints about size: parameters, FLOPs, memory per device, fit, ranked layouts."""
+from typing import List, Optional, Tuple
+
+from model.size import parameter_count
+from trainer.config import RunConfig
+from trainer.parallel.sizing import (GIB, HEADROOM, Fit, flops_per_token, memory, rank, rows_per_device,
+                                     sequence_length)
+
+ASSUMED_TFLOPS, ASSUMED_LINK = 100.0, 10.0  # when the cluster file gives no figures: the ranking's order only
+
+
+def _gib(n: float) -> str:
+    return f"{n / GIB:,.2f} GiB"
+
+
+def sizing_report(cfg: RunConfig, vocab: int, dp: int, mp: int, cluster=None) -> Tuple[List[str], Optional[str]]:
+    """(lines to print, an error naming the shortfall when the layout cannot fit the cluster's devices)."""
+    model, seq = cfg.model, sequence_length(cfg)
+    params = parameter_count(model, vocab, vocab)
+    mem = memory(cfg, vocab, dp, mp)
+    act = "16-bit" if cfg.precision.level in ("O1", "O2", "O3") else "float32"
+    rows = rows_per_device(cfg, dp)
+    lines = [f"model: {model.arch}, {params:,} parameters (vocabulary {vocab:,}); "
+             f"{flops_per_token(model, vocab, seq) / 1e9:,.2f} GFLOPs per training token (3 x forward matmuls)",
+             f"memory per device at dp {dp} x mp {mp} (micro-batch {rows} x {seq} tokens, {act} activations):",
+             f"  weights (float32)     {_gib(mem.weights):>14}",
+             f"  gradients (float32)   {_gib(mem.gradients):>14}",
+             f"  Adam moments          {_gib(mem.optimizer):>14}   sharded over dp {dp}: {_gib(mem.optimizer_sharded)} "
+             f"(parallel.optimizer_shard, semi_auto only)",
+             f"  activations           {_gib(mem.activations):>14}   with full recompute: "
+             f"{_gib(mem.activations_recompute)} (not wired yet)",
+             f"  total                 {_gib(mem.total()):>14}"]
+    if cluster is None or not cluster.device_memory_gib:
+        lines.append("  (give --cluster with device_memory_gib to check the fit and rank layouts)")
+        return lines, None
+    device = cluster.device_memory_gib
+    here = Fit(dp, mp, mem, device * GIB, False, False)
+    verdict = "fits" if here.fits else "does NOT fit"
+    lines.append(f"  of {device:g} GiB per device ({_gib(here.usable)} usable with {HEADROOM:.0%} headroom): "
+                 f"{verdict}")
+    peak = (cluster.device_peak_tflops or ASSUMED_TFLOPS) * 1e12
+    link = (cluster.link_gbytes_s or ASSUMED_LINK) * 1e9
+    assumed = "" if cluster.device_peak_tflops and cluster.link_gbytes_s else " (assumed peak and bandwidth)"
+    ranked = rank(cfg, vocab, cluster.worker_num, device, peak, link)
+    lines.append(f"layouts for {cluster.worker_num} devices of {device:g} GiB ({cluster.name}), fitting ones by "
+                 f"estimated step time{assumed}:")
+    lines.append("     dp   mp   per device  est. step  note")
+    for r in ranked:
+        if r.seconds is not None:
+            note, when = "fits", f"{r.seconds:.3f} s"
+        else:
+            when = "-"
+            note = "does not fit" + (f" (would with {_rescue(r.rescue)}, not wired for hybrid/data_parallel)"
+                                     if r.rescue else ", even with optimizer sharding and recompute")
+        lines.append(f"  {r.fit.dp:>5} {r.fit.mp:>4}  {r.fit.needed / GIB:>8.1f} GiB  {when:>9}  {note}")
+    problem = None
+    if not here.fits:
+        fitting = [f"dp {r.fit.dp} x mp {r.fit.mp}" for r in ranked if r.seconds is not None]
+        problem = (f"dp {dp} x mp {mp} of {cfg.name} {here.shortfall()}; layouts that fit: "
+                   f"{', '.join(fitting) or 'none'} (set parallel.model_parallel)")
+    return lines, problem
+
+
+def _rescue(fit: Fit) -> str:
+    return " + ".join(n for n, on in (("optimizer sharding", fit.optimizer_shard), ("full recompute", fit.recompute))
+                      if on)

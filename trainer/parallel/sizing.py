@@ -1,0 +1,170 @@
+"""How big a training job is per device: parameters, FLOPs per token, memory, and which layouts fit.
+
+Estimates, from the config alone (nothing is allocated):
+
+- parameters: model/size.py, equal to the built models' (tested);
+- FLOPs per token: 3 x the forward matmuls (the "6N" rule plus the attention term), the same count
+  bench/throughput.py uses for MFU; for the encoder-decoder averaged over source and target tokens;
+- weights, gradients and Adam's two moments per device: float32 in every precision here (mindspore.amp
+  keeps float32 parameters and casts at use), split parameters divided by model_parallel, Adam's
+  state also by data_parallel with optimizer sharding;
+- activations of one micro-batch per device (data.max_tokens is the global batch: each data-parallel
+  rank takes its share of the rows): Korthikanti et al. 2022,
+  per layer s*b*h*(10 + 24/t + 5*a*s/(h*t)) 16-bit units (x2 in float32), a decoder layer with
+  cross-attention counted as 1.5 encoder layers, plus the float32 logits and their gradient;
+  with full recompute only each layer's input is kept, plus one layer's activations.
+
+Measured against the peak memory of CPU runs in bench/README.md ("planner").
+"""
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
+
+from model.config import ModelConfig
+from model.size import parameter_count, replicated_parameters
+from trainer.config import RunConfig
+
+GIB = 1024 ** 3
+HEADROOM = 0.10  # of device memory kept free for the framework, workspace and fragmentation
+
+
+@dataclass(frozen=True)
+class Memory:
+    """Bytes per device."""
+
+    weights: float
+    gradients: float
+    optimizer: float
+    optimizer_sharded: float
+    activations: float
+    activations_recompute: float
+
+    def total(self, optimizer_shard: bool = False, recompute: bool = False) -> float:
+        return (self.weights + self.gradients + (self.optimizer_sharded if optimizer_shard else self.optimizer)
+                + (self.activations_recompute if recompute else self.activations))
+
+
+def sequence_length(cfg: RunConfig) -> int:
+    """Row length of a training batch: the packed row, else the longest bucket."""
+    return cfg.data.pack_length if cfg.data.packing else cfg.data.buckets[-1]
+
+
+def rows_per_device(cfg: RunConfig, dp: int) -> int:
+    """Rows of a micro-batch each data-parallel rank trains on (the global batch's rows over dp)."""
+    return max(1, -(-(cfg.data.max_tokens // sequence_length(cfg)) // dp))
+
+
+def flops_per_token(model: ModelConfig, vocab: int, seq: int) -> float:
+    """Training FLOPs per token (forward + backward = 3 x forward matmuls)."""
+    d, ff = model.d_model, model.d_ff
+    self_layer = 8 * d * d + 4 * d * ff + 4 * seq * d  # QKVO projections, FFN, scores and weighted sum
+    out = 2 * d * vocab
+    if model.arch == "decoder_only":
+        return 3.0 * (model.decoder_layers * self_layer + out)
+    src = model.encoder_layers * self_layer
+    tgt = model.decoder_layers * (self_layer + 8 * d * d + 4 * seq * d) + out  # + cross-attention
+    return 3.0 * (src + tgt) / 2  # a source and a target token on average
+
+
+def _activation_units(model: ModelConfig, seq: int, rows: int, mp: int) -> Tuple[float, float]:
+    """(all layers' activations, one layer's) in 16-bit units for `rows` sequences of `seq` tokens."""
+    h, a = model.d_model, model.n_heads
+    layer = seq * rows * h * (10 + 24 / mp + 5 * a * seq / (h * mp))
+    layers = (model.decoder_layers if model.arch == "decoder_only"
+              else model.encoder_layers + 1.5 * model.decoder_layers)
+    return layers * layer, 1.5 * layer
+
+
+def memory(cfg: RunConfig, vocab: int, dp: int, mp: int) -> Memory:
+    """Per-device memory of training `cfg` with data_parallel `dp` x model_parallel `mp`."""
+    model = cfg.model
+    total = parameter_count(model, vocab, vocab)
+    replicated = replicated_parameters(model)
+    per_device = replicated + (total - replicated) / mp
+    act_bytes = 2.0 if cfg.precision.level in ("O1", "O2", "O3") else 4.0
+    seq = sequence_length(cfg)
+    rows = rows_per_device(cfg, dp)
+    units, one_layer = _activation_units(model, seq, rows, mp)
+    layers = model.decoder_layers if model.arch == "decoder_only" else model.encoder_layers + model.decoder_layers
+    logits = 2 * 4.0 * seq * rows * vocab / mp  # float32 logits and their gradient
+    activations = units * act_bytes / 2 + logits
+    recompute = (layers * 2 * seq * rows * model.d_model + one_layer) * act_bytes / 2 + logits
+    return Memory(weights=4.0 * per_device, gradients=4.0 * per_device, optimizer=8.0 * per_device,
+                  optimizer_sharded=8.0 * per_device / dp, activations=activations,
+                  activations_recompute=recompute)
+
+
+@dataclass(frozen=True)
+class Fit:
+    """One layout on one cluster: its memory and whether (and by how much it does not) fit."""
+
+    dp: int
+    mp: int
+    memory: Memory
+    device_bytes: float
+    optimizer_shard: bool
+    recompute: bool
+
+    @property
+    def needed(self) -> float:
+        return self.memory.total(self.optimizer_shard, self.recompute)
+
+    @property
+    def usable(self) -> float:
+        return self.device_bytes * (1 - HEADROOM)
+
+    @property
+    def fits(self) -> bool:
+        return self.needed <= self.usable
+
+    def shortfall(self) -> str:
+        return (f"needs {self.needed / GIB:.1f} GiB per device but {self.device_bytes / GIB:.0f} GiB less "
+                f"{HEADROOM:.0%} headroom leaves {self.usable / GIB:.1f} GiB: short by "
+                f"{(self.needed - self.usable) / GIB:.1f} GiB")
+
+
+def valid_layouts(model: ModelConfig, vocab: int, world: int) -> List[Tuple[int, int]]:
+    """(dp, mp) with dp x mp = world and mp dividing heads, d_ff and the vocabulary."""
+    return [(world // mp, mp) for mp in range(1, world + 1)
+            if world % mp == 0 and model.n_heads % mp == 0 and model.d_ff % mp == 0 and vocab % mp == 0]
+
+
+def step_seconds(cfg: RunConfig, vocab: int, dp: int, mp: int, peak_flops: float, link_bytes_s: float) -> float:
+    """A rough step time: the global batch's FLOPs at 50 % of peak over all devices, plus the gradient
+    all-reduce over dp (ring: 2 (dp-1)/dp of a replica's gradients) and 4 activation all-reduces per
+    layer over mp, none overlapped."""
+    seq = sequence_length(cfg)
+    tokens = cfg.data.max_tokens * cfg.train.gradient_accumulation_steps  # the global batch
+    compute = tokens * flops_per_token(cfg.model, vocab, seq) / (0.5 * peak_flops * dp * mp)
+    grads = 4.0 * parameter_count(cfg.model, vocab, vocab) / mp
+    comm = 2 * (dp - 1) / dp * grads / link_bytes_s if dp > 1 else 0.0
+    if mp > 1:
+        layers = cfg.model.decoder_layers + (0 if cfg.model.arch == "decoder_only" else cfg.model.encoder_layers)
+        activation = (rows_per_device(cfg, dp) * seq * cfg.model.d_model * 4.0
+                      * cfg.train.gradient_accumulation_steps)
+        comm += layers * 4 * 2 * (mp - 1) / mp * activation / link_bytes_s
+    return compute + comm
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """A layout as mindrun trains it (`fit`: no optimizer sharding, no recompute: neither is wired for the
+    verified modes), what would make it fit otherwise (`rescue`, or None), and its estimated step time."""
+
+    fit: Fit
+    rescue: Optional[Fit]
+    seconds: Optional[float]
+
+
+def rank(cfg: RunConfig, vocab: int, world: int, device_gib: float, peak_flops: float,
+         link_bytes_s: float) -> List[Ranked]:
+    """Every valid layout: those that fit first, by estimated step time; then the rest by what they need."""
+    out = []
+    for dp, mp in valid_layouts(cfg.model, vocab, world):
+        mem = memory(cfg, vocab, dp, mp)
+        fit = Fit(dp, mp, mem, device_gib * GIB, False, False)
+        rescue = None if fit.fits else next(
+            (f for f in (Fit(dp, mp, mem, device_gib * GIB, s, r) for s, r in ((True, False), (False, True),
+                                                                              (True, True))) if f.fits), None)
+        seconds = step_seconds(cfg, vocab, dp, mp, peak_flops, link_bytes_s) if fit.fits else None
+        out.append(Ranked(fit, rescue, seconds))
+    return sorted(out, key=lambda r: (r.seconds is None, r.seconds if r.seconds is not None else r.fit.needed))
