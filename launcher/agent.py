@@ -148,7 +148,7 @@ class _Tail:
             self.partial = b""
         for raw in lines:
             frames = [f for f in raw.decode("utf-8", "replace").split("\r") if f.strip()]
-            self.console.line(self.prefix, frames[-1] if frames else "", self.path.name)
+            self.console.finished(self.prefix, frames, self.path.name, b"\r" in raw)
         if b"\r" in self.partial:
             frames = [f for f in self.partial.decode("utf-8", "replace").split("\r") if f.strip()]
             if frames:

@@ -19,6 +19,7 @@ from typing import Dict, Iterable, List, Optional, TextIO
 # MindSpore's C++ ("[WARNING] DEVICE(123,7f..,python):2026-...") and Python ("[WARNING] ME(123:140..,
 # MainProcess):...") loggers share this head.
 MS_LINE = re.compile(r"^\[(DEBUG|INFO|WARNING|ERROR|CRITICAL)\] [A-Z][A-Z0-9_]*\(\d+[,:]")
+MS_HEAD = re.compile(MS_LINE.pattern[1:])  # the same head anywhere: C++ logs written after a bar's frame
 HIDDEN_LEVELS = ("DEBUG", "INFO", "WARNING")
 MAX_LINE = 400
 REDRAW_S = 0.2
@@ -28,6 +29,12 @@ def ms_level(line: str) -> Optional[str]:
     """MindSpore's level of a log line ("WARNING"...), or None for anything else."""
     match = MS_LINE.match(line)
     return match.group(1) if match else None
+
+
+def split_ms(text: str):
+    """(the text before a MindSpore log line that follows it on the same line, that log line or '')."""
+    match = MS_HEAD.search(text, 1)
+    return (text[:match.start()], text[match.start():]) if match else (text, "")
 
 
 def count_levels(path: Path) -> Counter:
@@ -80,8 +87,20 @@ class Console:
         self.last_report = time.monotonic()
 
     # ---- input ---------------------------------------------------------------------------
+    def finished(self, prefix: str, frames: List[str], log: str = "", redrawn: bool = False) -> None:
+        """A finished line of a tailed log, split at its carriage returns (`frames`, blank ones dropped;
+        `redrawn`: it had some): its last frame is the line; a MindSpore log line glued after a
+        progress bar's frame is split off, the frame kept as progress."""
+        text = frames[-1] if frames else ""
+        before, glued = split_ms(text)
+        if glued and redrawn:
+            self.progress(prefix, before)  # a bar's frame, then MindSpore wrote without a newline
+        elif glued:
+            self.line(prefix, before, log)
+        self.line(prefix, glued or text, log)
+
     def line(self, prefix: str, text: str, log: str = "") -> None:
-        """A finished line of a tailed log (the last frame, if the line was a progress bar)."""
+        """A line of output (after `finished` has taken it apart)."""
         level = ms_level(text)
         if level in HIDDEN_LEVELS and not self.show_ms_logs:
             return

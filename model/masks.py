@@ -38,7 +38,9 @@ def segment_mask(q_seg, k_seg, causal: bool = False):
 
 def mask_to_bias(mask, dtype=ms.float32):
     """Bool mask -> additive bias: 0 where allowed, NEG_INF where masked."""
-    return ops.select(mask, ops.zeros(mask.shape, dtype), ops.fill(dtype, mask.shape, NEG_INF))
+    # NEG_INF written out: mindspore.rewrite (precision O1) copies this function into a module that
+    # imports only the names the rewritten Cells use themselves, not this file's globals
+    return ops.select(mask, ops.zeros(mask.shape, dtype), ops.fill(dtype, mask.shape, -30000.0))
 
 
 def cache_slots(position, max_len: int, dtype):

@@ -41,6 +41,18 @@ def test_chatter_is_hidden_errors_and_the_jobs_lines_are_shown():
     assert WARNING_CPP in loud.getvalue()
 
 
+def test_a_mindspore_line_written_after_a_bars_frame_is_split_off(tmp_path):
+    stream = io.StringIO()
+    console = Console(stream, terminal=False, interval=0)
+    log = tmp_path / "worker_0.log"
+    log.write_text("\repoch 0:   0%|          | 0/19 [00:00<?, ?it/s]" + WARNING_CPP + "\n"
+                   "result 1" + ERROR_CPP + "\n")
+    _Tail(log, "[rank 0]", 0, console).pump(final=True)
+    console.tick()
+    assert stream.getvalue().splitlines() == ["[rank 0] result 1", f"[rank 0] {ERROR_CPP}",
+                                              "[rank 0] epoch 0:   0%|          | 0/19 [00:00<?, ?it/s]"]
+
+
 def test_long_lines_are_cut_and_say_where_the_rest_is():
     stream = io.StringIO()
     Console(stream, terminal=False).line("[rank 0]", "x" * 5000, "worker_0.log")
