@@ -43,7 +43,11 @@ def peak(recipe: str, max_tokens: int, steps: int, data_dir: str, out: Path) -> 
     what = "train" if steps else "framework"
     proc = subprocess.run([sys.executable, "-c", WORKER, what, recipe, *sets], capture_output=True, text=True)
     if proc.returncode:
-        raise RuntimeError(proc.stderr[-2000:])
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "stderr.txt").write_text(proc.stderr)
+        errors = [line for line in proc.stderr.splitlines() if "Error" in line and "[WARNING]" not in line]
+        raise RuntimeError(f"{recipe} at {max_tokens} tokens failed (exit {proc.returncode}): "
+                           f"{errors[-1] if errors else 'see'} ({out / 'stderr.txt'})")
     return int(next(line for line in proc.stdout.splitlines() if line.startswith("PEAK "))[5:])
 
 
