@@ -103,10 +103,11 @@ def parse_binding(value, option: str) -> Binding:
     for key, items in raw.items():
         if not re.fullmatch(r"device[0-9]+|scheduler", str(key)):
             raise LaunchError(f"{option}: key {key!r} must be 'scheduler' or 'deviceN' (N: local worker index)")
-        if not isinstance(items, list) or not all(isinstance(i, str) and re.fullmatch(
-                r"[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*", re.sub(r"\s+", "", i)) for i in items):
+        strings = isinstance(items, list) and all(isinstance(i, str) for i in items)
+        lists = [re.sub(r"\s+", "", i) for i in items] if strings else []
+        if not strings or not all(re.fullmatch(r"[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*", i) for i in lists):
             raise LaunchError(f"{option}: {key} must be a list of strings like \"0-3\" or \"4,6\", got {items!r}")
-        out[str(key)] = sorted({n for i in items for n in parse_cpulist(re.sub(r"\s+", "", i))})
+        out[str(key)] = sorted({n for i in lists for n in parse_cpulist(i)})
     return out
 
 
@@ -123,10 +124,12 @@ def placements(workers: int, bind_core: Binding, bind_numa: Binding,
                numactl: Optional[str] = None) -> Dict[str, Placement]:
     """{"device<i>": Placement, "scheduler": Placement} for the given options; LaunchError when a
     dict names a CPU or NUMA node this process may not use."""
+    keys = [f"device{i}" for i in range(workers)] + ["scheduler"]
+    if not bind_core and not bind_numa:  # nothing to read from /sys or the environment
+        return dict.fromkeys(keys, Placement())
     available = set(os.sched_getaffinity(0)) if available is None else set(available)
     nodes = numa_nodes() if nodes is None else nodes
     numactl = shutil.which("numactl") if numactl is None else numactl
-    keys = [f"device{i}" for i in range(workers)] + ["scheduler"]
     cpus: Dict[str, Optional[List[int]]] = dict.fromkeys(keys)
     mems: Dict[str, Optional[List[int]]] = dict.fromkeys(keys)
     if bind_numa is True and len(nodes) >= 1:
@@ -152,14 +155,10 @@ def placements(workers: int, bind_core: Binding, bind_numa: Binding,
             outside = sorted(set(ids) - available)
             if outside:
                 raise LaunchError(f"--bind_core: {key} names CPU(s) {outside} that this process may not use "
-                                  f"(allowed: {_cpulist(sorted(available))})")
+                                  f"(allowed: {','.join(map(str, sorted(available)))})")
             cpus[key] = ids
     prefix: Dict[str, tuple] = dict.fromkeys(keys, ())
     for key, ids in mems.items():
         if ids is not None and numactl:
             prefix[key] = (numactl, f"--membind={','.join(map(str, ids))}")
     return {k: Placement(cpus[k], prefix[k]) for k in keys}
-
-
-def _cpulist(cpus: List[int]) -> str:
-    return ",".join(map(str, cpus))

@@ -147,13 +147,17 @@ class _Tail:
             lines.append(self.partial)
             self.partial = b""
         for raw in lines:
-            frames = [f for f in raw.decode("utf-8", "replace").split("\r") if f.strip()]
-            self.console.finished(self.prefix, frames, self.path.name, b"\r" in raw)
+            self.console.finished(self.prefix, _frames(raw), self.path.name, b"\r" in raw)
         if b"\r" in self.partial:
-            frames = [f for f in self.partial.decode("utf-8", "replace").split("\r") if f.strip()]
+            frames = _frames(self.partial)
             if frames:
                 self.console.progress(self.prefix, frames[-1])
             self.partial = self.partial[self.partial.rfind(b"\r"):]  # keep the frame being written only
+
+
+def _frames(raw: bytes) -> List[str]:
+    """A log line split at its carriage returns (a progress bar's redraws), blank pieces dropped."""
+    return [f for f in raw.decode("utf-8", "replace").split("\r") if f.strip()]
 
 
 class Agent:
@@ -249,9 +253,9 @@ class Agent:
                 if cpus:
                     os.sched_setaffinity(0, cpus)
 
-            popen = subprocess.Popen(list(proc.prefix) + proc.command, env=proc.env, cwd=proc.cwd, stdin=subprocess.DEVNULL,
-                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                     preexec_fn=child_setup)
+            popen = subprocess.Popen(list(proc.prefix) + proc.command, env=proc.env, cwd=proc.cwd,
+                                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True, preexec_fn=child_setup)
         child = Child(proc.name, proc.key, popen, proc.log)
         if self.watchdog is not None:
             self.watchdog.watch(popen.pid)
@@ -313,20 +317,16 @@ class Agent:
                 f"{self.spec.master_port}. Start the other nodes' launchers with the same --master_addr/"
                 f"--master_port and --worker_num, or raise --cluster_time_out")
 
-    def _watch(self) -> Optional[ConnectionWatch]:
-        spec = self.spec
-        if spec.launch_mode != "dynamic" or spec.sim_level is not None or spec.cluster_time_out < 0:
-            return None
-        return ConnectionWatch(spec.master_addr, spec.master_port)
-
     def monitor(self) -> Outcome:
         """Watch the group until it succeeds, one process fails, time runs out or a signal arrives."""
         started = time.monotonic()
         scheduler = next((c for c in self.children if c.key == -1), None)
         workers = [c for c in self.children if c.key >= 0]
-        # only beside a scheduler of ours: it alone tells a MindSpore cluster job (it lives as long as the
-        # workers) from a script that never joins one; elsewhere MindSpore's own MS_TOPO_TIMEOUT decides
-        watch = self._watch() if workers and scheduler is not None else None
+        # only beside a scheduler of ours (dynamic mode, no simulation): it alone tells a MindSpore cluster
+        # job (it lives as long as the workers) from a script that never joins one; elsewhere, or with
+        # --cluster_time_out -1, MindSpore's own MS_TOPO_TIMEOUT decides
+        watch = (ConnectionWatch(self.spec.master_addr, self.spec.master_port)
+                 if workers and scheduler is not None and self.spec.cluster_time_out >= 0 else None)
         allowance = min(STARTUP_ALLOWANCE_S, max(MIN_ALLOWANCE_S, float(self.spec.cluster_time_out)))
         next_check = 0.0
         while True:
@@ -398,7 +398,7 @@ class Agent:
         if self.cleared:
             say(f"cleared inherited variables: {', '.join(self.cleared)}")
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-        self.watchdog = watchdog.start()
+        self.watchdog = watchdog.Watchdog()
         global _console
         _console = self.console
         try:
@@ -410,15 +410,13 @@ class Agent:
                     check_master_port(self.spec.master_addr, self.spec.master_port)
                 self._start(restart)
                 outcome = self.monitor()
-                if outcome.state is State.SUCCEEDED:
-                    self.stop(0)
-                    self.console.close()
-                    self._hidden_counts()
-                    say("all processes exited successfully")
-                    return 0
-                self.stop(self.spec.grace_period)
+                succeeded = outcome.state is State.SUCCEEDED
+                self.stop(0 if succeeded else self.spec.grace_period)
                 self.console.close()
                 self._hidden_counts()
+                if succeeded:
+                    say("all processes exited successfully")
+                    return 0
                 self.report(outcome)
                 if outcome.state is State.FAILED and restart < self.spec.max_restarts:
                     restart += 1

@@ -9,6 +9,7 @@ Worker logs keep every byte. The console gets, from each tailed rank:
 - MindSpore's own log lines only at ERROR and above, unless asked (`--show_ms_logs`, or GLOG_v
   set by the user); at the end, how many lines of each level every log holds.
 """
+import os
 import re
 import sys
 import time
@@ -18,8 +19,7 @@ from typing import Dict, Iterable, List, Optional, TextIO
 
 # MindSpore's C++ ("[WARNING] DEVICE(123,7f..,python):2026-...") and Python ("[WARNING] ME(123:140..,
 # MainProcess):...") loggers share this head.
-MS_LINE = re.compile(r"^\[(DEBUG|INFO|WARNING|ERROR|CRITICAL)\] [A-Z][A-Z0-9_]*\(\d+[,:]")
-MS_HEAD = re.compile(MS_LINE.pattern[1:])  # the same head anywhere: C++ logs written after a bar's frame
+MS_HEAD = re.compile(r"\[(DEBUG|INFO|WARNING|ERROR|CRITICAL)\] [A-Z][A-Z0-9_]*\(\d+[,:]")
 HIDDEN_LEVELS = ("DEBUG", "INFO", "WARNING")
 MAX_LINE = 400
 REDRAW_S = 0.2
@@ -27,12 +27,13 @@ REDRAW_S = 0.2
 
 def ms_level(line: str) -> Optional[str]:
     """MindSpore's level of a log line ("WARNING"...), or None for anything else."""
-    match = MS_LINE.match(line)
+    match = MS_HEAD.match(line)
     return match.group(1) if match else None
 
 
 def split_ms(text: str):
-    """(the text before a MindSpore log line that follows it on the same line, that log line or '')."""
+    """(the text before a MindSpore log line that follows it on the same line, that log line or ''):
+    C++ logs written right after a progress bar's frame."""
     match = MS_HEAD.search(text, 1)
     return (text[:match.start()], text[match.start():]) if match else (text, "")
 
@@ -173,8 +174,6 @@ class Console:
 
 
 def _width(stream: TextIO) -> int:
-    import os
-
     try:
         return os.get_terminal_size(stream.fileno()).columns
     except (OSError, ValueError, AttributeError):

@@ -234,9 +234,9 @@ def resolve(cli: Dict, env: Optional[Dict[str, str]] = None) -> LaunchSpec:
     if spec.launch_mode == "dynamic":
         spec.run_scheduler = _runs_scheduler(spec, disc) and spec.sim_level is None
         spec.run_workers = not disc.scheduler_only
+        given, spec.master_addr = spec.master_addr, resolve_host(spec.master_addr)
         if spec.master_port == 0:
-            _pick_master_port(spec)
-        spec.master_addr = resolve_host(spec.master_addr)
+            _pick_master_port(spec, given)
     check_log_dir(spec.log_dir, create=not spec.dry_run)
     if ignored:
         spec.notes.append(f"ignored {', '.join(ignored)} from the environment: the command line describes the "
@@ -247,22 +247,23 @@ def resolve(cli: Dict, env: Optional[Dict[str, str]] = None) -> LaunchSpec:
     return spec
 
 
-def _pick_master_port(spec: LaunchSpec) -> None:
-    """--master_port 0: a free port on this machine, which must then be the scheduler's."""
+def _pick_master_port(spec: LaunchSpec, given: str) -> None:
+    """--master_port 0: a free port on this machine, which must then be the scheduler's (`given`: the
+    --master_addr as written; spec.master_addr is its address)."""
     if spec.worker_num != spec.local_worker_num:
         raise LaunchError("--master_port 0 (pick a free port) works on a single node only: the other "
                           "nodes cannot learn the port; give a fixed --master_port")
-    address = resolve_host(spec.master_addr)
+    address = spec.master_addr
     if not is_local(address):
         raise LaunchError(f"--master_port 0 picks a free port on this machine, but --master_addr "
-                          f"{spec.master_addr} ({address}) is not this machine; give a local address or a fixed "
+                          f"{given} ({address}) is not this machine; give a local address or a fixed "
                           f"--master_port")
     from launcher.ports import free_port
 
     try:
         spec.master_port = free_port(address)
     except OSError as exc:
-        raise LaunchError(f"--master_port 0: cannot open a port on {spec.master_addr} ({address}): "
+        raise LaunchError(f"--master_port 0: cannot open a port on {given} ({address}): "
                           f"{exc.strerror or exc}") from None
     spec.sources["master_port"] = "picked (--master_port 0)"
     spec.notes.append(f"picked free master port {spec.master_port}")

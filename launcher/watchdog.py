@@ -65,27 +65,19 @@ class Reaper:
         found.pop(os.getpid(), None)
         return found
 
-    def _targets(self) -> Set[int]:
-        """What to kill: live processes recorded earlier (same create time: no reused PID), everything in
-        the children's sessions, and every descendant of either (a grandchild that called setsid() a
-        moment ago included)."""
-        return set(self._sweep())
-
-    def reap(self) -> int:
-        """SIGKILL what is left of the job (two passes: a dying process may fork); returns how many."""
-        killed = 0
+    def reap(self) -> None:
+        """SIGKILL what is left of the job: the sweep's processes, a grandchild that called setsid() a
+        moment ago included (two passes: a dying process may fork)."""
         for _ in range(2):
-            targets = self._targets()
+            targets = self._sweep()
             for pid in targets:
                 try:
                     os.kill(pid, signal.SIGKILL)
-                    killed += 1
                 except OSError:
                     pass
             if not targets:
                 break
             time.sleep(0.05)
-        return killed
 
 
 def main() -> int:
@@ -108,13 +100,8 @@ def main() -> int:
     return 0
 
 
-def start() -> "Watchdog":
-    """Start the reaper for this launcher."""
-    return Watchdog()
-
-
 class Watchdog:
-    """The launcher's end of the pipe to the reaper process."""
+    """The launcher's end of the pipe to the reaper process (starting it)."""
 
     def __init__(self):
         self.proc = subprocess.Popen([sys.executable, "-m", "launcher.watchdog"], stdin=subprocess.PIPE,

@@ -77,8 +77,7 @@ class DecoderOnly(nn.Cell):
         heads = self.cfg.n_heads
         shape = (batch, heads, max_len, self.cfg.d_model // heads)
         dtype = self.embed.embedding_table.dtype
-        caches = tuple(ops.zeros(shape, dtype) for _ in self.layers)
-        return caches, tuple(ops.zeros(shape, dtype) for _ in self.layers)
+        return tuple(tuple(ops.zeros(shape, dtype) for _ in self.layers) for _ in ("keys", "values"))
 
     def decode_step(self, token, position, self_k, self_v):
         """token [B, 1] at integer `position` [] -> log-probabilities of the next token [B, V] and the

@@ -1,6 +1,6 @@
 """Parameter counts from a config alone (no tensors allocated): what the planner sizes memory with.
 
-Tested equal to the built models' trainable parameters (tests/test_decoder_only.py).
+Tested equal to the built models' trainable parameters (tests/test_decoder_only.py, tests/test_planner.py).
 """
 from model.config import ModelConfig
 
@@ -17,21 +17,29 @@ def _norm(d: int) -> int:
     return 2 * d
 
 
+def _stacks(cfg: ModelConfig, arch: str):
+    """((layers, attention sublayers a layer) per stack, final LayerNorms under pre-LN) of architecture `arch`."""
+    if arch == "decoder_only":
+        return [(cfg.decoder_layers, 1)], 1
+    return [(cfg.encoder_layers, 1), (cfg.decoder_layers, 2)], 2  # decoder layers: self- and cross-attention
+
+
+def _layers_parameters(cfg: ModelConfig, arch: str) -> int:
+    d, (stacks, finals) = cfg.d_model, _stacks(cfg, arch)
+    per_stack = sum(n * (a * _attention(d) + _ffn(d, cfg.d_ff) + (a + 1) * _norm(d)) for n, a in stacks)
+    return per_stack + (finals * _norm(d) if cfg.pre_norm else 0)
+
+
 def encoder_decoder_parameters(cfg: ModelConfig, src_vocab: int, tgt_vocab: int) -> int:
     """Trainable parameters of model.Transformer for these vocabulary sizes."""
     d = cfg.d_model
     embeddings = src_vocab * d + (0 if cfg.share_embeddings else 2 * tgt_vocab * d)  # + untied output weight
-    encoder = cfg.encoder_layers * (_attention(d) + _ffn(d, cfg.d_ff) + 2 * _norm(d))
-    decoder = cfg.decoder_layers * (2 * _attention(d) + _ffn(d, cfg.d_ff) + 3 * _norm(d))
-    final = 2 * _norm(d) if cfg.pre_norm else 0
-    return embeddings + encoder + decoder + final
+    return embeddings + _layers_parameters(cfg, "encoder_decoder")
 
 
 def decoder_only_parameters(cfg: ModelConfig, vocab: int) -> int:
     """Trainable parameters of model.decoder_only.DecoderOnly (tied embeddings)."""
-    d = cfg.d_model
-    blocks = cfg.decoder_layers * (_attention(d) + _ffn(d, cfg.d_ff) + 2 * _norm(d))
-    return vocab * d + blocks + (_norm(d) if cfg.pre_norm else 0)
+    return vocab * cfg.d_model + _layers_parameters(cfg, "decoder_only")
 
 
 def parameter_count(cfg: ModelConfig, src_vocab: int, tgt_vocab: int) -> int:
@@ -44,10 +52,6 @@ def parameter_count(cfg: ModelConfig, src_vocab: int, tgt_vocab: int) -> int:
 def replicated_parameters(cfg: ModelConfig) -> int:
     """Parameters every model-parallel rank holds whole: LayerNorms and the row-parallel layers' biases
     (attention output, FFN second layer); everything else is split (model/parallel/layout.py)."""
-    d = cfg.d_model
-    if cfg.arch == "decoder_only":
-        per_layer = cfg.decoder_layers * (2 * _norm(d) + 2 * d)
-        return per_layer + (_norm(d) if cfg.pre_norm else 0)
-    encoder = cfg.encoder_layers * (2 * _norm(d) + 2 * d)
-    decoder = cfg.decoder_layers * (3 * _norm(d) + 3 * d)
-    return encoder + decoder + (2 * _norm(d) if cfg.pre_norm else 0)
+    d, (stacks, finals) = cfg.d_model, _stacks(cfg, cfg.arch)
+    per_stack = sum(n * (a + 1) * (_norm(d) + d) for n, a in stacks)  # a norm and a row bias per sublayer
+    return per_stack + (finals * _norm(d) if cfg.pre_norm else 0)

@@ -1,11 +1,15 @@
 """Shared fixtures: the local Multi30k directory (never downloaded in tests) and a scratch cache."""
+import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent  # the venv's executables: msrun, mpirun, this python
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "multi30k"
 
 
@@ -36,3 +40,24 @@ def fake_tools_env(bin_dir: Path, **tools: str) -> dict:
 def fake_hccn(tmp_path):
     """A PATH whose hccn_tool answers like an NPU server's."""
     return fake_tools_env(tmp_path / "bin", hccn_tool="fake_hccn_tool")
+
+
+def env_with_venv(**extra):
+    """msrun and mpirun start `python` from PATH: the venv's must come first."""
+    return dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", **extra)
+
+
+def launch(*args, timeout=180, cwd=None, env=None):
+    """`python -m launcher ARGS`, run to its end."""
+    return subprocess.run([sys.executable, "-m", "launcher", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd, env=env or env_with_venv())
+
+
+def envs(log_dir):
+    """log file stem (role/rank) -> the environment print_env.py printed in that log."""
+    out = {}
+    for f in sorted(Path(log_dir).glob("*.log")):
+        for line in f.read_text().splitlines():
+            if line.startswith("ENV "):
+                out[f.stem] = json.loads(line[4:])
+    return out

@@ -12,33 +12,12 @@ from pathlib import Path
 import psutil
 import pytest
 
+from conftest import env_with_venv, envs, launch
 from launcher.cli import main as launcher_main
 from launcher.ports import free_port
 from launcher.registration import ConnectionWatch
 
 SCRIPTS = Path(__file__).parent / "launch_scripts"
-BIN = Path(sys.executable).parent
-
-
-def env_with_venv(**extra):
-    return dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", **extra)
-
-
-def launch(*args, timeout=120, cwd=None, env=None):
-    return subprocess.run([sys.executable, "-m", "launcher", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=cwd, env=env or env_with_venv())
-
-
-def envs(log_dir):
-    """log file stem -> the environment print_env.py printed there."""
-    out = {}
-    for f in sorted(Path(log_dir).glob("*.log")):
-        for line in f.read_text().splitlines():
-            if line.startswith("ENV "):
-                out[f.stem] = json.loads(line[4:])
-    return out
-
-
 def one_line_error(capsys, argv):
     """Run `python -m launcher ARGV` in-process; return its stderr, checking exit 2 and one line."""
     try:

@@ -11,40 +11,19 @@ from pathlib import Path
 import psutil
 import pytest
 
+from conftest import BIN, env_with_venv, envs, launch
 from launcher.ports import free_port
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
 
 SCRIPTS = Path(__file__).parent / "launch_scripts"
-BIN = Path(sys.executable).parent
 MSRUN_KEYS = ("MS_ROLE", "MS_SCHED_HOST", "MS_WORKER_NUM", "MS_NODE_ID", "MS_TOPO_TIMEOUT", "RANK_SIZE",
               "RANK_ID", "DEVICE_ID", "HCCL_CONNECT_TIMEOUT")
-
-
-def env_with_venv(**extra):
-    """msrun and mpirun start `python` from PATH: the venv's must come first."""
-    return dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", **extra)
-
-
-def launch(*args, timeout=180, cwd=None, env=None):
-    return subprocess.run([sys.executable, "-m", "launcher", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=cwd, env=env or env_with_venv())
 
 
 def log_lines(log_dir, prefix):
     return [line for f in sorted(Path(log_dir).glob("*.log")) for line in f.read_text().splitlines()
             if line.startswith(prefix)]
-
-
-def envs(log_dir):
-    """role/rank -> environment printed by print_env.py in each log."""
-    out = {}
-    for f in sorted(Path(log_dir).glob("*.log")):
-        for line in f.read_text().splitlines():
-            if line.startswith("ENV "):
-                env = json.loads(line[4:])
-                out[f.stem] = env
-    return out
 
 
 def leftovers(marker):

@@ -25,6 +25,10 @@ class Translator:
         limit = self.model.cfg.max_positions
         return min(limit, int(math.ceil(self.max_len_a * src_len + self.max_len_b)) + 1)
 
+    def max_output(self, n_ids: int) -> int:
+        """The most tokens a sentence of `n_ids` source ids (EOS included) may be translated into."""
+        return int(self.max_len_a * n_ids + self.max_len_b)
+
     def translate_ids(self, sources: Sequence[Sequence[int]], progress: bool = False) -> List[List[int]]:
         """Token ids in, token ids out (without BOS/EOS)."""
         order = np.argsort([len(s) for s in sources], kind="stable")
@@ -39,7 +43,7 @@ class Translator:
             for row, i in enumerate(idx):
                 ids = list(sources[i][:width - 1]) + [EOS]
                 src[row, :len(ids)] = ids
-                max_lens[row] = int(self.max_len_a * len(ids) + self.max_len_b)
+                max_lens[row] = self.max_output(len(ids))
             cache = self.cache_len(width)
             max_lens = [min(m, cache - 1) for m in max_lens]
             outputs = self.generator.generate(src, max_lens, cache)

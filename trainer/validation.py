@@ -42,11 +42,11 @@ class Validator:
         self.split: Split = corpus.splits["valid"]
         self.loss = LossSums(model, LabelSmoothedCrossEntropy(cfg.optim.label_smoothing, PAD))
         shares = ctx.plan.data_parallel if ctx is not None and ctx.dp_group else 1
-        self.share = share_of(self.split.lengths(), ctx.dp_rank if shares > 1 else 0, shares)
+        lengths = self.split.lengths()
+        self.share = share_of(lengths, ctx.dp_rank if shares > 1 else 0, shares)
         self.sum = ops.AllReduce(ops.ReduceOp.SUM, ctx.dp_group) if shares > 1 else None
         self.src_ids = [self.split.src_ids[i] for i in self.share]
         self.tgt_ids = [self.split.tgt_ids[i] for i in self.share]
-        lengths = self.split.lengths()
         self.batcher = TokenBatcher([lengths[i] for i in self.share], cfg.data.buckets, cfg.data.max_tokens,
                                     seed=0, shuffle=False)
         if shares > 1:
@@ -79,8 +79,8 @@ class Validator:
         AllGather over a sub-group does not run on the CPU)."""
         if self.sum is None:
             return mine
-        t = self.translator  # the longest output any sentence may get, the same bound on every rank
-        width = 2 + max(int(t.max_len_a * (len(s) + 1) + t.max_len_b) for s in self.split.src_ids)
+        # the longest output any sentence may get (+ EOS, + the length column): the same bound on every rank
+        width = 2 + max(self.translator.max_output(len(s) + 1) for s in self.split.src_ids)
         table = np.zeros((len(self.split.src_ids), width), np.float32)  # token ids < 2^24: exact in float32
         for i, ids in zip(self.share, mine):
             table[i, 0] = len(ids)

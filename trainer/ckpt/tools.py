@@ -151,16 +151,16 @@ def averaging_window(path: Path, count: int) -> List[Path]:
 def load_averaged_weights(model, directories: List[Path]) -> Dict:
     """Load the element-wise mean of the weights of several checkpoints into `model` (accumulated in
     float64); returns the newest one's position."""
+    import mindspore as ms
+
     params = list(model.trainable_params())
-    sums = None
+    sums = [np.zeros(p.shape, np.float64) for p in params]
     position: Dict = {}
     for directory in directories:
         found = load_weights(model, directory)
         position = position or found
-        values = [p.asnumpy().astype(np.float64) for p in params]
-        sums = values if sums is None else [a + b for a, b in zip(sums, values)]
-    import mindspore as ms
-
+        for total, p in zip(sums, params):
+            total += p.asnumpy()
     for param, total in zip(params, sums):
-        param.set_data(ms.Tensor((total / len(directories)).astype(param.asnumpy().dtype)))
+        param.set_data(ms.Tensor(total / len(directories), param.dtype))
     return dict(position, averaged=[d.name for d in directories])

@@ -65,13 +65,19 @@ def flops_per_token(model: ModelConfig, vocab: int, seq: int) -> float:
     return 3.0 * (src + tgt) / 2  # a source and a target token on average
 
 
+def _layers(model: ModelConfig, cross_weight: float = 1.0) -> float:
+    """Layers of the model, an encoder-decoder's decoder layers counted `cross_weight` each (for their
+    cross-attention)."""
+    if model.arch == "decoder_only":
+        return model.decoder_layers
+    return model.encoder_layers + cross_weight * model.decoder_layers
+
+
 def _activation_units(model: ModelConfig, seq: int, rows: int, mp: int) -> Tuple[float, float]:
     """(all layers' activations, one layer's) in 16-bit units for `rows` sequences of `seq` tokens."""
     h, a = model.d_model, model.n_heads
     layer = seq * rows * h * (10 + 24 / mp + 5 * a * seq / (h * mp))
-    layers = (model.decoder_layers if model.arch == "decoder_only"
-              else model.encoder_layers + 1.5 * model.decoder_layers)
-    return layers * layer, 1.5 * layer
+    return _layers(model, cross_weight=1.5) * layer, 1.5 * layer
 
 
 def memory(cfg: RunConfig, vocab: int, dp: int, mp: int) -> Memory:
@@ -84,7 +90,7 @@ def memory(cfg: RunConfig, vocab: int, dp: int, mp: int) -> Memory:
     seq = sequence_length(cfg)
     rows = rows_per_device(cfg, dp)
     units, one_layer = _activation_units(model, seq, rows, mp)
-    layers = model.decoder_layers if model.arch == "decoder_only" else model.encoder_layers + model.decoder_layers
+    layers = _layers(model)
     logits = 2 * 4.0 * seq * rows * vocab / mp  # float32 logits and their gradient
     activations = units * act_bytes / 2 + logits
     recompute = (layers * 2 * seq * rows * model.d_model + one_layer) * act_bytes / 2 + logits
@@ -138,7 +144,7 @@ def step_seconds(cfg: RunConfig, vocab: int, dp: int, mp: int, peak_flops: float
     grads = 4.0 * parameter_count(cfg.model, vocab, vocab) / mp
     comm = 2 * (dp - 1) / dp * grads / link_bytes_s if dp > 1 else 0.0
     if mp > 1:
-        layers = cfg.model.decoder_layers + (0 if cfg.model.arch == "decoder_only" else cfg.model.encoder_layers)
+        layers = _layers(cfg.model)
         activation = (rows_per_device(cfg, dp) * seq * cfg.model.d_model * 4.0
                       * cfg.train.gradient_accumulation_steps)
         comm += layers * 4 * 2 * (mp - 1) / mp * activation / link_bytes_s
