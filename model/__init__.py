@@ -4,5 +4,7 @@
 """
 from model.config import ModelConfig
 from model.transformer import Transformer
+from model.decoder_only import DecoderOnly
+from model.api import ARCHITECTURES, build
 
-__all__ = ["ModelConfig", "Transformer"]
+__all__ = ["ModelConfig", "Transformer", "DecoderOnly", "ARCHITECTURES", "build"]

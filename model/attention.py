@@ -64,14 +64,23 @@ class MultiHeadAttention(nn.Cell):
         q = self.split_heads(self.w_q(query_input))
         return self.w_o(self.merge_heads(self.attention(q, k, v, bias)))
 
-    def cached(self, x, write, cache_k, cache_v, bias):
+    def cached(self, x, write, cache_k, cache_v, bias, prefix_k=None, prefix_v=None, prefix_bias=None):
         """Self-attention of one new position x [B, 1, d] over a key/value cache [B, H, T, dk]: its key and
         value go into the slot `write` [1, 1, T, 1] marks (still zero, so adding stores them exactly), then
-        it attends to the slots `bias` leaves visible. Returns (output [B, 1, d], cache_k, cache_v)."""
+        it attends to the slots `bias` leaves visible. Returns (output [B, 1, d], cache_k, cache_v).
+
+        A fixed prefix (a decoder-only model's prompt: prefix_k/v [B, H, P, dk], prefix_bias [B, 1, 1, P])
+        is attended to in the same softmax, before the cache's slots."""
         k_new, v_new = self.project_kv(x)  # [B, H, 1, dk]
         cache_k = cache_k + write * k_new
         cache_v = cache_v + write * v_new
-        return self.attend(x, cache_k, cache_v, bias), cache_k, cache_v
+        if prefix_k is None:
+            return self.attend(x, cache_k, cache_v, bias), cache_k, cache_v
+        rows = prefix_bias.shape[0]
+        bias = ops.concat((prefix_bias, ops.broadcast_to(bias, (rows, 1, 1, bias.shape[-1]))), -1)
+        k = ops.concat((prefix_k, cache_k), 2)
+        v = ops.concat((prefix_v, cache_v), 2)
+        return self.attend(x, k, v, bias), cache_k, cache_v
 
     def construct(self, query_input, kv_input, bias):
         """query_input [B, Lq, d], kv_input [B, Lk, d], bias [B|1, 1, Lq|1, Lk] -> [B, Lq, d]."""

@@ -2,7 +2,7 @@
 from dataclasses import dataclass
 
 
-ARCHITECTURES = ("encoder_decoder", "decoder_only")
+ARCHITECTURES = ("encoder_decoder", "decoder_only")  # built by model/api.py
 
 
 @dataclass(frozen=True)

@@ -4,11 +4,16 @@ One stack of self-attention + FFN blocks (model/layers.py EncoderLayer) under a 
 embeddings tied to the output projection, sinusoidal positions, pre-LN by default in recipes
 (`model.pre_norm`), with a final LayerNorm then. The same parallel layout table applies
 (model/parallel/layout.py: attention and FFN by their generic paths, `embed` by vocabulary rows,
-`logits` vocabulary-parallel). Incremental decoding keeps one key/value cache per block.
+`logits` vocabulary-parallel).
 
-Not wired into the trainer yet (issue 18): it is a model with tests (causality, cached decoding
-equal to recomputation, packed rows, parameter count); the sequence format, data, search and
-recipes are still to come.
+Translation is conditional generation: the sequence is the source sentence (its ids end with EOS),
+then the target sentence started by BOS, the separator:  de ... EOS BOS en ... -> en ... EOS. The
+trainer hands the model the same (src, tgt_in) batches it gives the encoder-decoder (model/api.py);
+this model reads them as one causal sequence, the source block first, and returns logits for the
+target positions only, so the loss is on the English part alone. Target positions continue the
+source's (position len(src) + j), in padded and in packed rows, so a batch's padding never moves a
+token's position. Decoding fills a key/value cache with the source in one pass (the prompt) and
+then generates one token a step against the prompt's and the generated tokens' caches.
 """
 import math
 
@@ -25,15 +30,17 @@ from model.transformer import Logits
 
 
 class DecoderOnly(nn.Cell):
-    """Causal language model over one vocabulary; `construct` returns next-token logits [B, L, V].
+    """Causal language model over one vocabulary, used for translation as prompt + continuation.
 
-    Its depth is `cfg.decoder_layers`; `cfg.encoder_layers` is not used.
+    Its depth is `cfg.decoder_layers`; `cfg.encoder_layers` is not used. `lm_logits` is the plain
+    language model (tokens -> next-token logits); `construct` the translation view (model/api.py).
     """
 
     def __init__(self, cfg: ModelConfig, vocab: int, pad_id: int):
         super().__init__()
         cfg.validate()
         self.cfg, self.vocab, self.pad_id = cfg, vocab, pad_id
+        self.tgt_vocab = vocab  # what search and the trainer read (model/api.py)
         self.embed_scale = math.sqrt(cfg.d_model)
         self.embed = nn.Embedding(vocab, cfg.d_model, embedding_table=Normal(cfg.d_model ** -0.5))
         self.positions = PositionalEncoding(cfg.d_model, cfg.max_positions, cfg.dropout)
@@ -42,6 +49,14 @@ class DecoderOnly(nn.Cell):
             self.final_norm = nn.LayerNorm((cfg.d_model,), epsilon=cfg.layer_norm_eps)
         self.logits = Logits()
         self.dropout_key = bind_dropout_key(self)
+
+    @classmethod
+    def for_translation(cls, cfg: ModelConfig, src_vocab: int, tgt_vocab: int, pad_id: int) -> "DecoderOnly":
+        """The model for a source and a target vocabulary: they must be one (a joint vocabulary)."""
+        if src_vocab != tgt_vocab:
+            raise ValueError(f"model.arch=decoder_only reads source and target with one embedding, but the source "
+                             f"vocabulary has {src_vocab} entries and the target {tgt_vocab}; set data.joint_vocab=true")
+        return cls(cfg, tgt_vocab, pad_id)
 
     def output_weight(self):
         """The output projection's weight [V, d]: the embedding table (tied)."""
@@ -67,21 +82,87 @@ class DecoderOnly(nn.Cell):
             x = self.final_norm(x)
         return x
 
-    def construct(self, tokens, seg=None, pos=None):
-        """tokens [B, L] -> logits [B, L, V] (position t predicts token t + 1)."""
+    def lm_logits(self, tokens, seg=None, pos=None):
+        """The language model: tokens [B, L] -> logits [B, L, V] (position t predicts token t + 1)."""
         return self.project(self.states(tokens, seg, pos))
 
-    # -- incremental decoding -------------------------------------------------------
-    def start_decoding(self, batch: int, max_len: int):
-        """Empty key/value caches: two tuples over blocks of [B, H, max_len, dk] zeros."""
+    # -- translation as conditional generation (model/api.py) ----------------------
+    def target_states(self, src, tgt_in, src_seg=None, tgt_seg=None, src_pos=None, tgt_pos=None):
+        """The final states [B, Lt, d] of the target positions of the sequence source + target.
+
+        Padded rows: src [B, Ls] (padding at the end), tgt_in [B, Lt] starting with BOS. Packed rows
+        also give segment ids and positions of both blocks; sentence s's target attends to sentence
+        s's source and its own prefix only.
+        """
+        src_len = src.shape[1]
+        tokens = ops.concat((src, tgt_in), 1)
+        if src_seg is None:
+            lengths = ops.not_equal(src, self.pad_id).astype(ms.int32).sum(1, keepdims=True)  # [B, 1]
+            src_pos = ops.broadcast_to(ops.arange(src_len).reshape(1, -1).astype(ms.int32), src.shape)
+            tgt_pos = (lengths + ops.arange(tgt_in.shape[1]).reshape(1, -1)).astype(ms.int32)
+            pos = ops.concat((src_pos, tgt_pos), 1)
+            states = self.states(tokens, None, pos)
+        else:
+            # each target token's sentence's source length: its source tokens in the row
+            same = ops.logical_and(ops.equal(tgt_seg.expand_dims(2), src_seg.expand_dims(1)),
+                                   ops.not_equal(src_seg, 0).expand_dims(1))  # [B, Lt, Ls]
+            pos = ops.concat((src_pos.astype(ms.int32), (tgt_pos + same.astype(ms.int32).sum(2)).astype(ms.int32)), 1)
+            states = self.states(tokens, ops.concat((src_seg, tgt_seg), 1), pos)
+        return states[:, src_len:]
+
+    def construct(self, src, tgt_in, src_seg=None, tgt_seg=None, src_pos=None, tgt_pos=None):
+        """src [B, Ls], tgt_in [B, Lt] -> logits [B, Lt, V] of the target positions (see `target_states`)."""
+        return self.project(self.target_states(src, tgt_in, src_seg, tgt_seg, src_pos, tgt_pos))
+
+    # -- incremental decoding (the state model/search.py carries) ------------------
+    def max_target_positions(self, src_len: int) -> int:
+        """How many target positions decoding may use after a source (prompt) of `src_len` ids."""
+        return self.cfg.max_positions - src_len
+
+    def start_decoding(self, src, max_len: int):
+        """Run the source (the prompt) once and keep its keys and values.
+
+        Returns (prompt_bias [B, 1, 1, Ls], prompt_k, prompt_v, self_k, self_v): per-block tuples of
+        the prompt's [B, H, Ls, dk] and of [B, H, max_len, dk] zeros for the generated tokens.
+        """
+        bias = mask_to_bias(ops.logical_and(padding_mask(src, self.pad_id), causal_mask(src.shape[1])))
+        x = self.positions(self.embed(src) * self.embed_scale)
+        prompt_k, prompt_v, self_k, self_v = (), (), (), ()
+        for layer in self.layers:
+            x, k, v = layer.with_kv(x, bias)
+            b, h, _, dk = k.shape
+            prompt_k += (k,)
+            prompt_v += (v,)
+            self_k += (ops.zeros((b, h, max_len, dk), k.dtype),)
+            self_v += (ops.zeros((b, h, max_len, dk), k.dtype),)
+        return mask_to_bias(padding_mask(src, self.pad_id)), prompt_k, prompt_v, self_k, self_v
+
+    def decode_step(self, token, position, prompt_bias, prompt_k, prompt_v, self_k, self_v):
+        """token [B, 1] at target position `position` [] (0 = the BOS) -> log-probabilities of the next token
+        [B, V] and the updated caches. Its sequence position is the row's source length + `position`."""
+        write, self_bias = cache_slots(position, self_k[0].shape[2], self_k[0].dtype)
+        lengths = ops.equal(prompt_bias, 0).astype(ms.int32).sum(-1).reshape(-1)  # [B] source lengths
+        x = self.positions.at_rows(self.embed(token) * self.embed_scale, (lengths + position).astype(ms.int32))
+        new_k, new_v = (), ()
+        for i, layer in enumerate(self.layers):
+            x, k, v = layer.step(x, write, self_k[i], self_v[i], self_bias, prompt_k[i], prompt_v[i], prompt_bias)
+            new_k += (k,)
+            new_v += (v,)
+        if self.cfg.pre_norm:
+            x = self.final_norm(x)
+        logits = self.project(x).reshape(x.shape[0], self.vocab)
+        return ops.log_softmax(logits.astype(ms.float32), -1), new_k, new_v
+
+    def lm_start(self, batch: int, max_len: int):
+        """Empty caches for `lm_step`: two tuples over blocks of [B, H, max_len, dk] zeros."""
         heads = self.cfg.n_heads
         shape = (batch, heads, max_len, self.cfg.d_model // heads)
         dtype = self.embed.embedding_table.dtype
         return tuple(tuple(ops.zeros(shape, dtype) for _ in self.layers) for _ in ("keys", "values"))
 
-    def decode_step(self, token, position, self_k, self_v):
-        """token [B, 1] at integer `position` [] -> log-probabilities of the next token [B, V] and the
-        updated caches. A prompt is fed the same way, one token a step (its outputs ignored)."""
+    def lm_step(self, token, position, self_k, self_v):
+        """The language model one token a step: token [B, 1] at `position` [] -> next-token log-probabilities
+        [B, V] and the updated caches (a prompt is fed the same way, its outputs ignored)."""
         write, bias = cache_slots(position, self_k[0].shape[2], self_k[0].dtype)
         x = self.positions.at(self.embed(token) * self.embed_scale, position)
         new_k, new_v = (), ()

@@ -28,10 +28,19 @@ class EncoderLayer(nn.Cell):
         x = self.norm1.after(x, self.self_attn(h, h, src_bias))
         return self.norm2.after(x, self.ffn(self.norm2.before(x)))
 
-    def step(self, x, write, self_k, self_v, self_bias):
-        """One incremental decoding step of a causal stack (as DecoderLayer.step, without cross-attention)."""
+    def with_kv(self, x, bias):
+        """`construct`, also returning the self-attention's keys and values [B, H, L, dk] (a prompt's cache)."""
         h = self.norm1.before(x)
-        out, self_k, self_v = self.self_attn.cached(h, write, self_k, self_v, self_bias)
+        k, v = self.self_attn.project_kv(h)
+        x = self.norm1.after(x, self.self_attn.attend(h, k, v, bias))
+        return self.norm2.after(x, self.ffn(self.norm2.before(x))), k, v
+
+    def step(self, x, write, self_k, self_v, self_bias, prefix_k=None, prefix_v=None, prefix_bias=None):
+        """One incremental decoding step of a causal stack (as DecoderLayer.step, without cross-attention).
+        A decoder-only model's prompt comes as a fixed prefix cache (`MultiHeadAttention.cached`)."""
+        h = self.norm1.before(x)
+        out, self_k, self_v = self.self_attn.cached(h, write, self_k, self_v, self_bias, prefix_k, prefix_v,
+                                                    prefix_bias)
         x = self.norm1.after(x, out)
         return self.norm2.after(x, self.ffn(self.norm2.before(x))), self_k, self_v
 

@@ -37,3 +37,7 @@ class PositionalEncoding(nn.Cell):
         """One decoding step: x [B, 1, d] at integer tensor `position` []."""
         row = ops.gather(self.table, position.reshape(1), 0)  # [1, d]
         return self.dropout(x + row.expand_dims(0))
+
+    def at_rows(self, x, positions):
+        """One decoding step at a position per row: x [B, 1, d], integer tensor `positions` [B]."""
+        return self.dropout(x + ops.gather(self.table, positions, 0).expand_dims(1))

@@ -113,12 +113,21 @@ class Transformer(nn.Cell):
             x = self.decoder_norm(x)
         return x
 
+    def target_states(self, src, tgt_in, src_seg=None, tgt_seg=None, src_pos=None, tgt_pos=None):
+        """Encode, then decode up to the output projection: the decoder's final states [B, Lt, d]."""
+        memory, src_bias = self.encode(src, src_seg, src_pos)
+        return self.decode_states(tgt_in, memory, src_bias, src_seg, tgt_seg, tgt_pos)
+
     def construct(self, src, tgt_in, src_seg=None, tgt_seg=None, src_pos=None, tgt_pos=None):
         """src [B, Ls], tgt_in [B, Lt] -> logits [B, Lt, V]; the rest only for packed rows (see `encode`)."""
         memory, src_bias = self.encode(src, src_seg, src_pos)
         return self.decode(tgt_in, memory, src_bias, src_seg, tgt_seg, tgt_pos)
 
     # -- incremental decoding -------------------------------------------------------
+    def max_target_positions(self, src_len: int) -> int:
+        """How many target positions decoding may use after a source of `src_len` ids: all of them."""
+        return self.cfg.max_positions
+
     # Caches are tuples with one tensor per decoder layer: slicing a stacked tensor
     # (StridedSlice) was 75% of a decoding step on CPU.
     def start_decoding(self, src, max_len: int):

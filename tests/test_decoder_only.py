@@ -41,7 +41,7 @@ def test_a_later_token_never_changes_earlier_outputs(pre_norm):
     seq = tokens((2, 12))
     changed = seq.copy()
     changed[:, 7:] = tokens((2, 5), seed=1)
-    a, b = model(ms.Tensor(seq)).asnumpy(), model(ms.Tensor(changed)).asnumpy()
+    a, b = model.lm_logits(ms.Tensor(seq)).asnumpy(), model.lm_logits(ms.Tensor(changed)).asnumpy()
     np.testing.assert_allclose(a[:, :7], b[:, :7], rtol=0, atol=1e-6)
     assert not np.allclose(a[:, 7:], b[:, 7:], atol=1e-3)
 
@@ -50,10 +50,10 @@ def test_a_later_token_never_changes_earlier_outputs(pre_norm):
 def test_cached_decoding_equals_full_recomputation(pre_norm):
     model = make_model(pre_norm)
     seq = tokens((3, 10))
-    want = ops.log_softmax(model(ms.Tensor(seq)), -1).asnumpy()  # [B, L, V]
-    self_k, self_v = model.start_decoding(3, 16)
+    want = ops.log_softmax(model.lm_logits(ms.Tensor(seq)), -1).asnumpy()  # [B, L, V]
+    self_k, self_v = model.lm_start(3, 16)
     for t in range(seq.shape[1]):
-        lprobs, self_k, self_v = model.decode_step(ms.Tensor(seq[:, t:t + 1]), ms.Tensor(t, ms.int32),
+        lprobs, self_k, self_v = model.lm_step(ms.Tensor(seq[:, t:t + 1]), ms.Tensor(t, ms.int32),
                                                    self_k, self_v)
         np.testing.assert_allclose(lprobs.asnumpy(), want[:, t], atol=2e-5, err_msg=f"position {t}")
 
@@ -64,9 +64,9 @@ def test_packed_sequences_do_not_see_each_other():
     row = np.concatenate([first, second, np.zeros((1, 3), np.int32)], 1)
     seg = np.array([[1] * 5 + [2] * 4 + [0] * 3], np.int32)
     pos = np.array([list(range(5)) + list(range(4)) + [0] * 3], np.int32)
-    packed = model(ms.Tensor(row), ms.Tensor(seg), ms.Tensor(pos)).asnumpy()
-    np.testing.assert_allclose(packed[:, :5], model(ms.Tensor(first)).asnumpy(), atol=2e-5)
-    np.testing.assert_allclose(packed[:, 5:9], model(ms.Tensor(second)).asnumpy(), atol=2e-5)
+    packed = model.lm_logits(ms.Tensor(row), ms.Tensor(seg), ms.Tensor(pos)).asnumpy()
+    np.testing.assert_allclose(packed[:, :5], model.lm_logits(ms.Tensor(first)).asnumpy(), atol=2e-5)
+    np.testing.assert_allclose(packed[:, 5:9], model.lm_logits(ms.Tensor(second)).asnumpy(), atol=2e-5)
 
 
 def test_the_parallel_layout_table_covers_the_decoder_only_model():
@@ -88,3 +88,58 @@ def test_parameter_counts_from_the_config_equal_the_built_models(pre_norm):
     for share, (src, tgt) in ((True, (VOCAB, VOCAB)), (False, (VOCAB, VOCAB + 6))):
         shaped = config(pre_norm, encoder_layers=2, share_embeddings=share)
         assert encoder_decoder_parameters(shaped, src, tgt) == built_size(Transformer(shaped, src, tgt, 0))
+
+
+def pairs_case():
+    """Three (source, target input) pairs of different lengths: sources end with EOS (3), targets start with BOS (2)."""
+    rng = np.random.default_rng(7)
+    lengths = [(5, 4), (3, 6), (6, 2)]
+    return [(np.append(rng.integers(4, VOCAB, n - 1), 3).astype(np.int32),
+             np.insert(rng.integers(4, VOCAB, m - 1), 0, 2).astype(np.int32)) for n, m in lengths]
+
+
+def padded(rows, width):
+    out = np.zeros((len(rows), width), np.int32)
+    for i, row in enumerate(rows):
+        out[i, :len(row)] = row
+    return out
+
+
+def test_translation_is_the_language_model_on_source_then_target():
+    """Padded (src, tgt_in) batches give, at the target positions, the language model's logits on the gap-free
+    sequence source + target: padding never moves a position or leaks into attention."""
+    model, pairs = make_model(), pairs_case()
+    got = model(ms.Tensor(padded([p[0] for p in pairs], 8)), ms.Tensor(padded([p[1] for p in pairs], 7))).asnumpy()
+    for i, (src, tgt) in enumerate(pairs):
+        lm = model.lm_logits(ms.Tensor(np.concatenate([src, tgt])[None])).asnumpy()[0]
+        np.testing.assert_allclose(got[i, :len(tgt)], lm[len(src):], atol=2e-5, err_msg=f"pair {i}")
+
+
+def test_packed_translation_rows_equal_padded_ones():
+    model, pairs = make_model(), pairs_case()
+    src_row, tgt_row = np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])
+    src_seg = np.concatenate([[i + 1] * len(p[0]) for i, p in enumerate(pairs)]).astype(np.int32)
+    tgt_seg = np.concatenate([[i + 1] * len(p[1]) for i, p in enumerate(pairs)]).astype(np.int32)
+    src_pos = np.concatenate([np.arange(len(p[0])) for p in pairs]).astype(np.int32)
+    tgt_pos = np.concatenate([np.arange(len(p[1])) for p in pairs]).astype(np.int32)
+    pad_s, pad_t = 2, 1  # a packed row's tail is padding (segment 0)
+    row = lambda a, n: ms.Tensor(np.append(a, np.zeros(n, np.int32))[None])  # noqa: E731
+    packed = model(row(src_row, pad_s), row(tgt_row, pad_t), row(src_seg, pad_s), row(tgt_seg, pad_t),
+                   row(src_pos, pad_s), row(tgt_pos, pad_t)).asnumpy()[0]
+    single = model(ms.Tensor(padded([p[0] for p in pairs], 8)), ms.Tensor(padded([p[1] for p in pairs], 7))).asnumpy()
+    start = 0
+    for i, (_, tgt) in enumerate(pairs):
+        np.testing.assert_allclose(packed[start:start + len(tgt)], single[i, :len(tgt)], atol=2e-5, err_msg=f"pair {i}")
+        start += len(tgt)
+
+
+def test_translation_targets_are_causal_and_read_the_source():
+    model, pairs = make_model(), pairs_case()
+    src, tgt = padded([p[0] for p in pairs], 8), padded([p[1] for p in pairs], 7)
+    base = model(ms.Tensor(src), ms.Tensor(tgt)).asnumpy()
+    later = tgt.copy()
+    later[0, 2:4] = [9, 10]
+    np.testing.assert_allclose(model(ms.Tensor(src), ms.Tensor(later)).asnumpy()[0, :2], base[0, :2], atol=1e-6)
+    other_source = src.copy()
+    other_source[0, 0] = 11 if src[0, 0] != 11 else 12
+    assert not np.allclose(model(ms.Tensor(other_source), ms.Tensor(tgt)).asnumpy()[0, 0], base[0, 0], atol=1e-4)

@@ -1,4 +1,5 @@
-"""Incremental decoding with cached keys/values equals recomputing the whole decoder."""
+"""Incremental decoding with cached keys/values equals recomputing the whole decoder, for both architectures
+(the decoder-only model reads the source as its prompt: model/decoder_only.py)."""
 import itertools
 
 import numpy as np
@@ -6,7 +7,7 @@ import mindspore as ms
 import pytest
 from mindspore import ops
 
-from model import ModelConfig, Transformer
+from model import ARCHITECTURES, ModelConfig, build
 from model.search import BOS_ID, EOS_ID, SequenceGenerator
 
 
@@ -15,11 +16,14 @@ def pynative():
     ms.set_context(mode=ms.PYNATIVE_MODE)
 
 
-def make_model(pre_norm=False, share=True, seed=0, vocab=50):
+ARCHS = sorted(ARCHITECTURES)
+
+
+def make_model(pre_norm=False, share=True, seed=0, vocab=50, arch="encoder_decoder"):
     ms.set_seed(seed)
-    cfg = ModelConfig(encoder_layers=2, decoder_layers=2, d_model=32, n_heads=4, d_ff=64, dropout=0.0,
+    cfg = ModelConfig(arch=arch, encoder_layers=2, decoder_layers=2, d_model=32, n_heads=4, d_ff=64, dropout=0.0,
                       pre_norm=pre_norm, share_embeddings=share, max_positions=64)
-    model = Transformer(cfg, vocab, vocab, pad_id=0)
+    model = build(cfg, vocab, vocab, 0)
     model.set_train(False)
     return model
 
@@ -29,9 +33,10 @@ def full_lprobs(model, src, prefix):
     return ops.log_softmax(logits, -1).asnumpy()
 
 
+@pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("pre_norm, share", [(False, True), (True, False)])
-def test_cached_step_equals_full_recomputation(pre_norm, share):
-    model = make_model(pre_norm, share)
+def test_cached_step_equals_full_recomputation(pre_norm, share, arch):
+    model = make_model(pre_norm, share, arch=arch)
     rng = np.random.default_rng(0)
     src = rng.integers(4, 50, size=(3, 7)).astype(np.int32)
     src[1, 5:] = 0  # padding in one source
@@ -56,16 +61,18 @@ def reference_greedy(model, src_row, max_len):
     return out[1:]
 
 
+@pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("mode", [ms.PYNATIVE_MODE, ms.GRAPH_MODE])
-def test_greedy_search_matches_full_recomputation(mode):
-    model = make_model()
+def test_greedy_search_matches_full_recomputation(mode, arch):
+    model = make_model(arch=arch)
     ms.set_context(mode=mode)  # training and evaluation run the search in graph mode
     rng = np.random.default_rng(3)
     src = rng.integers(4, 50, size=(4, 6)).astype(np.int32)
+    src[2, 4:] = 0  # a shorter source: the decoder-only model's positions start after it
     got = SequenceGenerator(model, beam=1).generate(src, [8] * 4, cache_len=9)
     ms.set_context(mode=ms.PYNATIVE_MODE)
     for i in range(4):
-        assert got[i] == reference_greedy(model, src[i], 8)
+        assert got[i] == reference_greedy(model, src[i][src[i] != 0], 8)
 
 
 def sequence_score(model, src_row, tokens):
@@ -94,12 +101,12 @@ def brute_force_best(model, src_row, max_len, vocab):
     return best[1]
 
 
-@pytest.fixture(scope="module")
-def exact_case():
-    """A tiny model, two sources, and the brute-force best outputs (computed once)."""
+@pytest.fixture(scope="module", params=ARCHS)
+def exact_case(request):
+    """A tiny model, two sources, and the brute-force best outputs (computed once per architecture)."""
     ms.set_context(mode=ms.PYNATIVE_MODE)
     vocab, max_len = 5, 3
-    model = make_model(seed=2, vocab=vocab)
+    model = make_model(seed=2, vocab=vocab, arch=request.param)
     src = np.random.default_rng(5).integers(4, vocab, size=(2, 4)).astype(np.int32)
     return model, src, max_len, [brute_force_best(model, src[i], max_len, vocab) for i in range(2)]
 

@@ -1,6 +1,7 @@
 """The one build path: a resolved config and plan -> model, layout, optimizer and train step.
 
-    build_model(cfg, vocab sizes, backend)     the Transformer, with the CPU speed-ups on the CPU
+    build_model(cfg, vocab sizes, backend)     the model `model.arch` names (model/api.py), with the CPU
+                                               speed-ups on the CPU
     build_training(cfg, ctx, vocab sizes)      model -> parallelize (the seam) -> Adam -> assemble_step
                                                (dropout masks by global row: model/dropout.py)
     assemble_step(model, optimizer, ...)       mixed precision, loss, GradStep, GradNorm, UpdateStep,
@@ -16,7 +17,7 @@ from typing import Optional
 import mindspore as ms
 from mindspore import nn
 
-from model import Transformer
+from model import build
 from model.dropout import shard_dropout
 from model.loss import LabelSmoothedCrossEntropy
 from model.parallel.layout import split_axes
@@ -52,21 +53,21 @@ def speedups_note(cfg: RunConfig, backend: str) -> Optional[str]:
     return None
 
 
-def build_model(cfg: RunConfig, src_vocab_size: int, tgt_vocab_size: int, backend: str) -> Transformer:
-    """The Transformer `cfg.model` describes, with the CPU speed-ups applied on the CPU."""
+def build_model(cfg: RunConfig, src_vocab_size: int, tgt_vocab_size: int, backend: str) -> nn.Cell:
+    """The model `cfg.model` describes (its `arch`), with the CPU speed-ups applied on the CPU."""
     return _model(cfg, src_vocab_size, tgt_vocab_size, cpu_speedups(cfg, backend))
 
 
 def _model(cfg: RunConfig, src_vocab_size: int, tgt_vocab_size: int,
-           speedups: Optional[cpu.CpuSpeedups]) -> Transformer:
-    return cpu.accelerate(Transformer(cfg.model, src_vocab_size, tgt_vocab_size, pad_id=PAD), speedups)
+           speedups: Optional[cpu.CpuSpeedups]) -> nn.Cell:
+    return cpu.accelerate(build(cfg.model, src_vocab_size, tgt_vocab_size, PAD), speedups)
 
 
 @dataclass
 class Built:
     """Everything one rank trains with."""
 
-    model: Transformer
+    model: nn.Cell  # an architecture of model/api.py
     parallel: Parallelized
     optimizer: nn.Optimizer  # holds the weights, Adam's moments and the step count: what a checkpoint keeps
     step: Stepper  # TrainStep (+ MicroStep with accumulation), wrapped by the seam under semi_auto

@@ -48,9 +48,7 @@ def _plan(args) -> int:
 
     from launcher.cluster import load_cluster
     from launcher.errors import LaunchError
-    from model.decoder_only import DecoderOnly
     from model.parallel.layout import TRANSFORMER_LAYOUT, semi_auto_plan
-    from model.tokens import PAD
     from trainer.build import build_model
     from trainer.config import ConfigError, load_config
     from trainer.parallel.plan import make_plan
@@ -74,8 +72,7 @@ def _plan(args) -> int:
     for pattern, kind in TRANSFORMER_LAYOUT:
         print(f"  {pattern:<14} {kind}")
     with no_init_parameters():  # shapes only: a 7B model is not allocated to list its strategies
-        model = (DecoderOnly(cfg.model, vocab, PAD) if cfg.model.arch == "decoder_only"
-                 else build_model(cfg, vocab, vocab, args.backend))
+        model = build_model(cfg, vocab, vocab, args.backend)
     print(f"semi_auto shard() strategies (dp={plan.data_parallel}, mp={plan.model_parallel}), "
           f"used only with parallel.mode=semi_auto:")
     for path, op, strategy in semi_auto_plan(model, plan.data_parallel, plan.model_parallel):

@@ -171,20 +171,24 @@ class RunConfig:
         buckets = self.data.buckets
         if not buckets or sorted(set(buckets)) != buckets or buckets[0] < 2:
             raise ConfigError(f"data.buckets must be strictly increasing lengths >= 2, got {buckets}")
-        if buckets[-1] > self.model.max_positions:
+        # a decoder-only model reads source and target as one sequence: each side gets half the positions
+        joint = self.model.arch == "decoder_only"
+        side = self.model.max_positions // 2 if joint else self.model.max_positions
+        why = " (half of it: model.arch=decoder_only puts source and target in one sequence)" if joint else ""
+        if buckets[-1] > side:
             raise ConfigError(
                 f"data.buckets goes up to {buckets[-1]} but model.max_positions is "
-                f"{self.model.max_positions}; raise model.max_positions or lower the last bucket")
+                f"{self.model.max_positions}{why}; raise model.max_positions or lower the last bucket")
         if self.data.max_tokens < buckets[-1]:
             raise ConfigError(
                 f"data.max_tokens ({self.data.max_tokens}) is smaller than the longest bucket "
                 f"({buckets[-1]}): no batch could hold one sentence; raise data.max_tokens")
         if self.data.packing:
             _positive("data.pack_length", self.data.pack_length, minimum=2)
-            if self.data.pack_length > self.model.max_positions:
+            if self.data.pack_length > side:
                 raise ConfigError(
                     f"data.pack_length ({self.data.pack_length}) exceeds model.max_positions "
-                    f"({self.model.max_positions}); lower data.pack_length or raise model.max_positions")
+                    f"({self.model.max_positions}){why}; lower data.pack_length or raise model.max_positions")
             if self.data.max_tokens < self.data.pack_length:
                 raise ConfigError(
                     f"data.max_tokens ({self.data.max_tokens}) is smaller than data.pack_length "
@@ -229,6 +233,9 @@ class RunConfig:
         for key in ("data_parallel", "model_parallel", "pipeline_stages", "micro_batches"):
             if getattr(self.parallel, key) is not None:
                 _positive(f"parallel.{key}", getattr(self.parallel, key))
+        if self.model.arch == "decoder_only" and not self.data.joint_vocab:
+            raise ConfigError("model.arch=decoder_only reads source and target with one embedding: it needs "
+                              "data.joint_vocab=true")
         if self.model.share_embeddings and not self.data.joint_vocab:
             raise ConfigError(
                 "model.share_embeddings=true needs data.joint_vocab=true (one vocabulary for both "

@@ -10,7 +10,8 @@ from typing import Tuple
 
 import yaml
 
-from model import Transformer
+from mindspore import nn
+
 from trainer.build import build_model
 from trainer.ckpt.store import resolve
 from trainer.ckpt.tools import averaging_window, load_averaged_weights, load_weights
@@ -32,7 +33,7 @@ def run_dir_of(checkpoint_path: Path) -> Path:
     return run
 
 
-def load_for_inference(checkpoint_path: Path, average: int = 1) -> Tuple[RunConfig, Transformer, object, object]:
+def load_for_inference(checkpoint_path: Path, average: int = 1) -> Tuple[RunConfig, nn.Cell, object, object]:
     """(config, model with weights, source vocab, target vocab) from a checkpoint (step directory,
     pointer, checkpoints root, or merged .ckpt file); with `average` > 1, the mean weights of that
     checkpoint and the average - 1 kept before it."""

@@ -22,7 +22,7 @@ class Translator:
 
     def cache_len(self, src_len: int) -> int:
         """Decoder cache length for a source bucket: room for the longest allowed output + EOS."""
-        limit = self.model.cfg.max_positions
+        limit = self.model.max_target_positions(src_len)
         return min(limit, int(math.ceil(self.max_len_a * src_len + self.max_len_b)) + 1)
 
     def max_output(self, n_ids: int) -> int:

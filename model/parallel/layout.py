@@ -105,7 +105,7 @@ def apply_hybrid(model: nn.Cell, group: str, rank: int, size: int, all_gather: b
         shard_axis.update(new_cells[id(cell)].shard_axis)
     for cell in new_cells.values():
         _restore_names(cell)
-    if model.cfg.share_embeddings:
+    if hasattr(model, "src_embed") and model.cfg.share_embeddings:
         model.tgt_embed = model.src_embed  # cells_and_names lists a shared cell once
     model.logits = VocabParallelLogits(group, rank, size, all_gather)
     return Applied(shard_axis)

@@ -119,8 +119,8 @@ class FusedProjectionLoss(nn.Cell):
     """The teacher-forced loss of `model` with its output projection and the loss as one Cell.
 
     Called like trainer.step.TeacherForcedLoss: (src, tgt_in, tgt_out, packed...) -> (loss_sum,
-    nll_sum, n_tokens). Needs the model's decoder states and output weight (`decode_states`,
-    `output_weight`), so it applies only where no parallel layout splits the projection. With
+    nll_sum, n_tokens). Needs the model's target states and output weight (`target_states`,
+    `output_weight`, model/api.py), so it applies only where no parallel layout splits the projection. With
     skip_padding the positions whose target is padding are dropped before the projection (a
     gather with a data-dependent row count, a dynamic shape inside the graph: worth it on the
     CPU, where a padded batch's projection is a fifth of the step).
@@ -146,6 +146,5 @@ class FusedProjectionLoss(nn.Cell):
         return loss_sum, nll_sum, n_tokens
 
     def construct(self, src, tgt_in, tgt_out, src_seg=None, tgt_seg=None, src_pos=None, tgt_pos=None):
-        memory, src_bias = self.model.encode(src, src_seg, src_pos)
-        states = self.model.decode_states(tgt_in, memory, src_bias, src_seg, tgt_seg, tgt_pos)
+        states = self.model.target_states(src, tgt_in, src_seg, tgt_seg, src_pos, tgt_pos)
         return self.from_states(states, self.model.output_weight(), tgt_out)

@@ -53,10 +53,6 @@ def make_plan(cfg: RunConfig, world_size: int, backend: str = "CPU", vocab_size:
     """
     par, model = cfg.parallel, cfg.model
     mp, pp, micro = par.model_parallel, par.pipeline_stages, par.micro_batches
-    if for_execution and model.arch == "decoder_only":
-        raise ConfigError("model.arch=decoder_only: the decoder-only model is built, tested and sized "
-                          "(`mindrun plan`) but not wired into training yet (issue 18); train an "
-                          "encoder_decoder recipe (small, hour, base, base_ascend)")
     if world_size < 1:
         raise ConfigError(f"the job needs at least one worker, got world size {world_size}")
     if par.data_parallel is None:
