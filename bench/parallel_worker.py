@@ -37,6 +37,10 @@ def main() -> int:
     parser.add_argument("--model-parallel", type=int, default=1)
     parser.add_argument("--no-comm", action="store_true")
     parser.add_argument("--out", required=True)
+    parser.add_argument("--set", action="append", default=[], help="config override (repeatable)")
+    parser.add_argument("--accumulation", type=int, default=1, help="batches per update (gradient accumulation)")
+    parser.add_argument("--real", action="store_true", help="the recipe's own (packed) Multi30k batches, cycled")
+    parser.add_argument("--data-dir", default=None)
     args = parser.parse_args()
 
     import dataclasses
@@ -57,8 +61,22 @@ def main() -> int:
         return 0
     if args.no_comm:
         stub_collectives()
-    cfg = load_config(args.recipe, [f"parallel.model_parallel={args.model_parallel}", "model.dropout=0.0",
-                                    f"data.max_tokens={args.rows * args.length}", f"data.buckets=[{args.length}]"])
+    shape = [] if args.real else [f"data.max_tokens={args.rows * args.length}", f"data.buckets=[{args.length}]"]
+    sets = [f"parallel.model_parallel={args.model_parallel}", "model.dropout=0.0",
+            f"train.gradient_accumulation_steps={args.accumulation}", *shape, *args.set]
+    if args.data_dir:
+        sets.append(f"data.dir={args.data_dir}")
+    cfg = load_config(args.recipe, sets)
+    if args.real:
+        from trainer.dataset import prepare
+        from trainer.train import training_batches
+
+        corpus = prepare(cfg.data)
+        split = corpus.splits["train"]
+        batcher, collate = training_batches(cfg, split)
+        batches = [collate(b, split.src_ids, split.tgt_ids)
+                   for _, b in zip(range(4 * args.accumulation), batcher.iterate(0))]
+        args.vocab = len(corpus.tgt_vocab)
     backend = select_backend()
     plan = make_plan(cfg, world_size_from_env(), backend, vocab_size=args.vocab)
     ctx = init_parallel(plan, backend)
@@ -68,17 +86,22 @@ def main() -> int:
                            args.vocab, args.vocab)
     built.optimizer.learning_rate.set_data(ms.Tensor(1e-4, ms.float32))
     step = built.step
-    rng = np.random.default_rng(0)
-    batch = [rng.integers(4, args.vocab, (args.rows, args.length)).astype(np.int32) for _ in range(3)]
-    for _ in range(2):  # compile and warm up
-        step(*batch)  # the global batch: the stepper takes this rank's rows
+    if not args.real:
+        rng = np.random.default_rng(0)
+        batches = [[rng.integers(4, args.vocab, (args.rows, args.length)).astype(np.int32) for _ in range(3)]]
+    k = args.accumulation
+    updates = [batches[(i * k) % len(batches):(i * k) % len(batches) + k] for i in range(len(batches) // k)]
+    counts = [sum(int((b[0] != 0).sum()) + int((b[2] != 0).sum()) for b in group) for group in updates]  # src + tgt
+    for group in updates[:2]:  # compile and warm up (the stepper takes this rank's rows of each global batch)
+        step.update(group)
     t0 = time.perf_counter()
-    for _ in range(args.steps):
-        step(*batch)
-    seconds = (time.perf_counter() - t0) / args.steps
-    tokens = 2 * args.rows * args.length  # source + target tokens of the global batch
+    for i in range(args.steps):
+        step.update(updates[i % len(updates)])
+    elapsed = time.perf_counter() - t0
+    seconds = elapsed / args.steps
+    tokens = sum(counts[i % len(updates)] for i in range(args.steps))
     if ctx.is_main:
-        Path(args.out).write_text(json.dumps({"step_s": seconds, "tokens_per_s": tokens / seconds,
+        Path(args.out).write_text(json.dumps({"step_s": seconds, "tokens_per_s": tokens / elapsed,
                                               "plan": plan.describe(), "no_comm": args.no_comm,
                                               "cpus": sorted(os.sched_getaffinity(0))}))
     return 0

@@ -41,6 +41,8 @@ def _common(spec: LaunchSpec, base: Mapping[str, str], restart: int) -> Dict[str
     env["MINDRUN_LOCAL_WORLD_SIZE"] = str(spec.local_worker_num)
     if spec.rank_table_file:
         env["RANK_TABLE_FILE"] = str(spec.rank_table_file)
+    if spec.cluster is not None and spec.cluster.device_peak_tflops:  # the trainer's MFU (trainer/mfu.py)
+        env["MINDRUN_DEVICE_PEAK_TFLOPS"] = str(spec.cluster.device_peak_tflops)
     if spec.backend is not None:
         env[DEVICE_TARGET] = DEVICE_TARGETS[spec.backend]
     if spec.visible_devices is not None:

@@ -27,6 +27,17 @@ class ScaledDotProductAttention(nn.Cell):
         weights = self.dropout(self.softmax(scores)).astype(v.dtype)
         return self.av(weights, v)  # [B, H, Lq, dk]
 
+    def over_two(self, q, k1, v1, bias1, k2, v2, bias2):
+        """Attention over the keys of two caches as one softmax, without concatenating the caches (only the
+        scores, [B, H, Lq, L1 + L2], are joined): what decoding against a fixed prompt cache plus the
+        generated tokens' cache needs each step."""
+        q = q * self.scale
+        scores = ops.concat((self.qk(q, k1).astype(ms.float32) + bias1,
+                             self.qk(q, k2).astype(ms.float32) + bias2), -1)
+        weights = self.dropout(self.softmax(scores)).astype(v1.dtype)
+        first = k1.shape[2]
+        return self.av(weights[..., :first], v1) + self.av(weights[..., first:], v2)
+
 
 class MultiHeadAttention(nn.Cell):
     """Projects to n_heads subspaces, attends in each, concatenates, projects back.
@@ -76,11 +87,9 @@ class MultiHeadAttention(nn.Cell):
         cache_v = cache_v + write * v_new
         if prefix_k is None:
             return self.attend(x, cache_k, cache_v, bias), cache_k, cache_v
-        rows = prefix_bias.shape[0]
-        bias = ops.concat((prefix_bias, ops.broadcast_to(bias, (rows, 1, 1, bias.shape[-1]))), -1)
-        k = ops.concat((prefix_k, cache_k), 2)
-        v = ops.concat((prefix_v, cache_v), 2)
-        return self.attend(x, k, v, bias), cache_k, cache_v
+        q = self.split_heads(self.w_q(x))
+        out = self.attention.over_two(q, prefix_k, prefix_v, prefix_bias, cache_k, cache_v, bias)
+        return self.w_o(self.merge_heads(out)), cache_k, cache_v
 
     def construct(self, query_input, kv_input, bias):
         """query_input [B, Lq, d], kv_input [B, Lk, d], bias [B|1, 1, Lq|1, Lk] -> [B, Lq, d]."""

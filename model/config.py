@@ -3,6 +3,8 @@ from dataclasses import dataclass
 
 
 ARCHITECTURES = ("encoder_decoder", "decoder_only")  # built by model/api.py
+FFNS = ("relu", "swiglu")  # model/feedforward.py
+POSITIONS = ("sinusoidal", "learned")  # model/positional.py
 
 
 @dataclass(frozen=True)
@@ -20,13 +22,18 @@ class ModelConfig:
     activation_dropout: float = 0.0
     pre_norm: bool = False  # False: post-LN as in the paper and the course
     share_embeddings: bool = True  # one table for source, target and output (joint vocab only)
-    max_positions: int = 256  # rows of the sinusoidal table; longer inputs are an error
+    max_positions: int = 256  # rows of the position table; longer inputs are an error (decoder-only: both sides)
     layer_norm_eps: float = 1e-5
+    ffn: str = "relu"  # relu: max(0, xW1)W2 (the paper) | swiglu: (silu(xW1) * xW3)W2 (PaLM, LLaMA)
+    positions: str = "sinusoidal"  # sinusoidal (fixed table) | learned (a trained table per stack, GPT-2)
 
     def validate(self) -> None:
         """Raise ValueError naming the field when a size is impossible."""
         if self.arch not in ARCHITECTURES:
             raise ValueError(f"model.arch must be one of {', '.join(ARCHITECTURES)}, got {self.arch!r}")
+        for name, allowed in (("ffn", FFNS), ("positions", POSITIONS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"model.{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         for name in ("encoder_layers", "decoder_layers", "d_model", "n_heads", "d_ff", "max_positions"):
             if getattr(self, name) < 1:
                 raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")

@@ -1,7 +1,7 @@
 """The decoder-only (GPT-style) Transformer, built from the encoder-decoder's blocks.
 
 One stack of self-attention + FFN blocks (model/layers.py EncoderLayer) under a causal bias,
-embeddings tied to the output projection, sinusoidal positions, pre-LN by default in recipes
+embeddings tied to the output projection, sinusoidal or learned positions (`model.positions`), pre-LN in recipes
 (`model.pre_norm`), with a final LayerNorm then. The same parallel layout table applies
 (model/parallel/layout.py: attention and FFN by their generic paths, `embed` by vocabulary rows,
 `logits` vocabulary-parallel).
@@ -43,7 +43,7 @@ class DecoderOnly(nn.Cell):
         self.tgt_vocab = vocab  # what search and the trainer read (model/api.py)
         self.embed_scale = math.sqrt(cfg.d_model)
         self.embed = nn.Embedding(vocab, cfg.d_model, embedding_table=Normal(cfg.d_model ** -0.5))
-        self.positions = PositionalEncoding(cfg.d_model, cfg.max_positions, cfg.dropout)
+        self.positions = PositionalEncoding(cfg.d_model, cfg.max_positions, cfg.dropout, cfg.positions)
         self.layers = nn.CellList([EncoderLayer(cfg) for _ in range(cfg.decoder_layers)])
         if cfg.pre_norm:
             self.final_norm = nn.LayerNorm((cfg.d_model,), epsilon=cfg.layer_norm_eps)

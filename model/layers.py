@@ -18,7 +18,7 @@ class EncoderLayer(nn.Cell):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.self_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.attention_dropout)
-        self.ffn = FeedForward(cfg.d_model, cfg.d_ff, cfg.activation_dropout)
+        self.ffn = FeedForward(cfg.d_model, cfg.d_ff, cfg.activation_dropout, cfg.ffn)
         self.norm1 = _add_norm(cfg)
         self.norm2 = _add_norm(cfg)
 
@@ -52,7 +52,7 @@ class DecoderLayer(nn.Cell):
         super().__init__()
         self.self_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.attention_dropout)
         self.cross_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.attention_dropout)
-        self.ffn = FeedForward(cfg.d_model, cfg.d_ff, cfg.activation_dropout)
+        self.ffn = FeedForward(cfg.d_model, cfg.d_ff, cfg.activation_dropout, cfg.ffn)
         self.norm1 = _add_norm(cfg)
         self.norm2 = _add_norm(cfg)
         self.norm3 = _add_norm(cfg)

@@ -1,9 +1,10 @@
-"""Sinusoidal positional encoding (Vaswani et al., section 3.5)."""
+"""Positions: the sinusoidal encoding (Vaswani et al., section 3.5) or a learned table (GPT-2)."""
 import math
 
 import numpy as np
 import mindspore as ms
 from mindspore import nn, ops
+from mindspore.common.initializer import Normal, initializer
 
 from model.dropout import Dropout
 
@@ -19,12 +20,20 @@ def sinusoid_table(max_positions: int, d_model: int) -> np.ndarray:
 
 
 class PositionalEncoding(nn.Cell):
-    """Adds the fixed sinusoid table to token embeddings, then dropout."""
+    """Adds a position table to token embeddings, then dropout.
 
-    def __init__(self, d_model: int, max_positions: int, dropout: float):
+    sinusoidal: the fixed sinusoid table, a constant (never trained, never checkpointed); learned: a
+    trained [max_positions, d_model] Parameter `table`, replicated under tensor parallelism.
+    """
+
+    def __init__(self, d_model: int, max_positions: int, dropout: float, kind: str = "sinusoidal"):
         super().__init__()
-        # a constant, not a Parameter: never trained, never checkpointed
-        self.table = ms.Tensor(sinusoid_table(max_positions, d_model))
+        if kind == "learned":
+            # fairseq's learned positions: N(0, d^-1/2), added to embeddings scaled by sqrt(d)
+            self.table = ms.Parameter(initializer(Normal(d_model ** -0.5), (max_positions, d_model), ms.float32),
+                                      name="table")
+        else:
+            self.table = ms.Tensor(sinusoid_table(max_positions, d_model))
         self.dropout = Dropout(dropout)
 
     def construct(self, x, positions=None):

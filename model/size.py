@@ -9,8 +9,16 @@ def _attention(d: int) -> int:
     return 4 * (d * d + d)  # Q, K, V, output projections with biases
 
 
-def _ffn(d: int, ff: int) -> int:
-    return d * ff + ff + ff * d + d
+def _ffn(d: int, ff: int, kind: str = "relu") -> int:
+    gates = 2 if kind == "swiglu" else 1  # SwiGLU: a gate and a value projection in, one out
+    return gates * (d * ff + ff) + ff * d + d
+
+
+def _positions(cfg: ModelConfig, arch: str) -> int:
+    """A learned position table per stack that embeds (the encoder-decoder: two); sinusoids are not trained."""
+    if cfg.positions != "learned":
+        return 0
+    return (1 if arch == "decoder_only" else 2) * cfg.max_positions * cfg.d_model
 
 
 def _norm(d: int) -> int:
@@ -26,8 +34,8 @@ def _stacks(cfg: ModelConfig, arch: str):
 
 def _layers_parameters(cfg: ModelConfig, arch: str) -> int:
     d, (stacks, finals) = cfg.d_model, _stacks(cfg, arch)
-    per_stack = sum(n * (a * _attention(d) + _ffn(d, cfg.d_ff) + (a + 1) * _norm(d)) for n, a in stacks)
-    return per_stack + (finals * _norm(d) if cfg.pre_norm else 0)
+    per_stack = sum(n * (a * _attention(d) + _ffn(d, cfg.d_ff, cfg.ffn) + (a + 1) * _norm(d)) for n, a in stacks)
+    return per_stack + (finals * _norm(d) if cfg.pre_norm else 0) + _positions(cfg, arch)
 
 
 def encoder_decoder_parameters(cfg: ModelConfig, src_vocab: int, tgt_vocab: int) -> int:
@@ -50,8 +58,9 @@ def parameter_count(cfg: ModelConfig, src_vocab: int, tgt_vocab: int) -> int:
 
 
 def replicated_parameters(cfg: ModelConfig) -> int:
-    """Parameters every model-parallel rank holds whole: LayerNorms and the row-parallel layers' biases
-    (attention output, FFN second layer); everything else is split (model/parallel/layout.py)."""
+    """Parameters every model-parallel rank holds whole: LayerNorms, the row-parallel layers' biases
+    (attention output, FFN second layer) and learned position tables; everything else is split
+    (model/parallel/layout.py)."""
     d, (stacks, finals) = cfg.d_model, _stacks(cfg, cfg.arch)
     per_stack = sum(n * (a + 1) * (_norm(d) + d) for n, a in stacks)  # a norm and a row bias per sublayer
-    return per_stack + (finals * _norm(d) if cfg.pre_norm else 0)
+    return per_stack + (finals * _norm(d) if cfg.pre_norm else 0) + _positions(cfg, cfg.arch)

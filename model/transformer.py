@@ -52,8 +52,8 @@ class Transformer(nn.Cell):
         else:
             self.tgt_embed = nn.Embedding(tgt_vocab, cfg.d_model, embedding_table=init)
             self.out_proj = nn.Dense(cfg.d_model, tgt_vocab, has_bias=False)
-        self.positions = PositionalEncoding(cfg.d_model, cfg.max_positions, cfg.dropout)
-        self.tgt_positions = PositionalEncoding(cfg.d_model, cfg.max_positions, cfg.dropout)  # masks of its own
+        self.positions = PositionalEncoding(cfg.d_model, cfg.max_positions, cfg.dropout, cfg.positions)
+        self.tgt_positions = PositionalEncoding(cfg.d_model, cfg.max_positions, cfg.dropout, cfg.positions)  # masks of its own
         self.encoder = nn.CellList([EncoderLayer(cfg) for _ in range(cfg.encoder_layers)])
         self.decoder = nn.CellList([DecoderLayer(cfg) for _ in range(cfg.decoder_layers)])
         if cfg.pre_norm:  # pre-LN stacks end with a LayerNorm of their own

@@ -89,3 +89,28 @@ def test_impossible_packing(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config("small", ["data.packing=true", "data.buckets=[16]", *overrides])
     load_config("small", ["data.packing=false", "data.pack_length=512"])  # not checked while packing is off
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["data.joint_vocab=false", "model.share_embeddings=false"], "decoder_only .* needs data.joint_vocab=true"),
+    (["model.max_positions=200"], r"buckets goes up to 128 .*half of it: model.arch=decoder_only"),
+    (["data.pack_length=160", "data.buckets=[64]"], r"pack_length \(160\) exceeds .*half of it"),
+])
+def test_a_decoder_only_recipe_needs_one_vocabulary_and_room_for_both_sentences(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("gpt_hour", overrides)
+    load_config("hour", overrides[1:] if "joint" in overrides[0] else overrides)  # fine for the encoder-decoder
+
+
+def test_a_decoder_only_model_always_ties_its_embeddings():
+    with pytest.raises(ConfigError, match="decoder_only always ties"):
+        load_config("gpt_hour", ["model.share_embeddings=false"])
+
+
+def test_float16_gradient_reduction_needs_loss_scaling():
+    with pytest.raises(ConfigError, match="grad_reduce_dtype=float16 needs loss scaling"):
+        load_config("small", ["parallel.grad_reduce_dtype=float16"])
+    load_config("small", ["parallel.grad_reduce_dtype=float16", "precision.loss_scale=static",
+                          "precision.initial_scale=1024"])
+    with pytest.raises(ConfigError, match="parallel.grad_reduce must be one of"):
+        load_config("small", ["parallel.grad_reduce=ring"])

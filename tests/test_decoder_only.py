@@ -143,3 +143,34 @@ def test_translation_targets_are_causal_and_read_the_source():
     other_source = src.copy()
     other_source[0, 0] = 11 if src[0, 0] != 11 else 12
     assert not np.allclose(model(ms.Tensor(other_source), ms.Tensor(tgt)).asnumpy()[0, 0], base[0, 0], atol=1e-4)
+
+
+OPTIONS = dict(ffn="swiglu", positions="learned")
+
+
+@pytest.mark.parametrize("arch", ["decoder_only", "encoder_decoder"])
+def test_swiglu_and_learned_positions_count_split_and_decode_like_the_defaults(arch):
+    """The options change the blocks, not the contracts: counted sizes, the layout table (SwiGLU's gate and
+    value projections by columns), and cached decoding equal to recomputation."""
+    from model import build
+
+    cfg = config(arch=arch, **OPTIONS)
+    ms.set_seed(3)
+    model = build(cfg, VOCAB, VOCAB, 0)
+    model.set_train(False)
+    if arch == "decoder_only":
+        assert decoder_only_parameters(cfg, VOCAB) == built_size(model)
+    else:
+        assert encoder_decoder_parameters(cfg, VOCAB, VOCAB) == built_size(model)
+    axes = split_axes(model)
+    stack = "layers" if arch == "decoder_only" else "decoder"
+    assert axes[f"{stack}.0.ffn.w1.weight"] == 0 and axes[f"{stack}.0.ffn.w3.weight"] == 0
+    assert axes[f"{stack}.0.ffn.w2.weight"] == 1 and "positions.table" not in axes  # the table is replicated
+    assert "positions.table" in {p.name for p in model.trainable_params()}
+    src, tgt = padded([p[0] for p in pairs_case()], 8), padded([p[1] for p in pairs_case()], 7)
+    want = ops.log_softmax(model(ms.Tensor(src), ms.Tensor(tgt)), -1).asnumpy()
+    state = list(model.start_decoding(ms.Tensor(src), 8))
+    for t in range(tgt.shape[1]):
+        lprobs, state[3], state[4] = model.decode_step(ms.Tensor(tgt[:, t:t + 1]), ms.Tensor(t, ms.int32), *state)
+        live = tgt[:, t] != 0
+        np.testing.assert_allclose(lprobs.asnumpy()[live], want[live, t], atol=2e-5, err_msg=f"position {t}")

@@ -230,3 +230,44 @@ def test_training_refuses_semi_auto_until_its_checkpoints_exist():
     check_trainable(make_plan(cfg("parallel.model_parallel=2"), 8, "Ascend"))  # hybrid: fine
     with pytest.raises(ConfigError, match="semi_auto: mindrun's sharded checkpoints .* parallel.mode=hybrid"):
         check_trainable(make_plan(cfg("parallel.mode=semi_auto", "parallel.model_parallel=2"), 8, "Ascend"))
+
+
+@pytest.mark.parametrize("sets, kind, wire", [
+    ([], "DataParallelReduction", None),
+    (["parallel.grad_reduce=flat"], "FlatReduction", "Float32"),
+    (["parallel.grad_reduce_dtype=float16", "precision.loss_scale=static"], "FlatReduction", "Float16"),
+])
+def test_the_seam_picks_the_configured_gradient_reduction(sets, kind, wire):
+    """parallel.grad_reduce / grad_reduce_dtype reach the update step; the flat buffer splits back exactly."""
+    import mindspore as ms
+    from mindspore import nn, ops
+
+    from model import Transformer
+    from trainer.build import assemble_step
+    from trainer.parallel.context import ParallelContext
+    from trainer.parallelize import parallelize
+
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    c = cfg("parallel.mode=data_parallel", *sets)
+    plan = make_plan(c, 2, "CPU")
+    model = Transformer(c.model, 400, 400, 0)
+    parallel = parallelize(model, ParallelContext(plan, "CPU", rank=1, dp_rank=1, dp_group="dp_0"))
+    reduction = assemble_step(model, nn.SGD(model.trainable_params(), 0.1), 0.1, 1.0, parallel).update_step.reduction
+    assert type(reduction).__name__ == kind
+    if wire is None:
+        return
+    assert str(reduction.wire) == wire
+    reduction.grad_sum = reduction.sum = ops.Identity()  # one rank's view: the sums are its own values
+    weights = model.trainable_params()[:5]
+    reduction.shapes, reduction.sizes = tuple(p.shape for p in weights), tuple(int(np.prod(p.shape)) for p in weights)
+    grads = tuple(ms.Tensor(np.random.default_rng(i).normal(0, 1e-2, p.shape).astype(np.float32))
+                  for i, p in enumerate(weights))
+    back, loss_sum, nll_sum = reduction(grads, ms.Tensor(12345.5, ms.float32), ms.Tensor(7.25, ms.float32))
+    assert (float(loss_sum.asnumpy()), float(nll_sum.asnumpy())) == (12345.5, 7.25)  # float32 whatever the wire
+    for g, b in zip(grads, back):
+        assert b.shape == g.shape and b.dtype == ms.float32
+        if wire == "Float32":
+            np.testing.assert_array_equal(b.asnumpy(), g.asnumpy())
+        else:  # float16 rounding: half an ulp, 2**-11 relative for normals, 2**-25 absolute below them
+            error = np.abs(b.asnumpy() - g.asnumpy())
+            assert (error <= 2.0 ** -11 * np.abs(g.asnumpy()) + 2.0 ** -25).all() and error.max() > 0

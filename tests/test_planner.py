@@ -1,6 +1,6 @@
 """The planner's sizes (issue 18): parameter counts equal the built models' for every recipe, at full size
 without allocating; a layout that cannot fit is an error naming the shortfall; decoder-only recipes build
-and take a step at tiny scale; training a decoder-only recipe is refused with the reason."""
+and take a step at tiny scale; a decoder-only row spans both sides of a pair."""
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +13,10 @@ from model import Transformer
 from model.decoder_only import DecoderOnly
 from model.size import parameter_count, replicated_parameters
 from trainer.cli import main
-from trainer.config import ConfigError, load_config
+from trainer.config import load_config
 from trainer.parallel.plan import make_plan
-from trainer.parallel.sizing import GIB, memory
+from trainer.parallel.sizing import (GIB, flops_per_token, memory, rows_per_device, sequence_length,
+                                      side_length)
 
 RECIPES = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "trainer" / "recipes").glob("*.yaml"))
 SHRINK = ["model.d_model=32", "model.n_heads=8", "model.d_ff=64", "model.decoder_layers=2", "model.encoder_layers=1",
@@ -62,7 +63,7 @@ def test_decoder_only_recipes_build_and_take_a_step_at_tiny_scale(recipe):
     tokens = ms.Tensor(np.random.default_rng(0).integers(4, 64, (2, 16)).astype(np.int32))
 
     def loss_fn(x):
-        logits = model(x[:, :-1])
+        logits = model.lm_logits(x[:, :-1])
         return ops.cross_entropy(logits.reshape(-1, 64), x[:, 1:].reshape(-1))
 
     grad_fn = ms.value_and_grad(loss_fn, None, optimizer.parameters)
@@ -71,9 +72,15 @@ def test_decoder_only_recipes_build_and_take_a_step_at_tiny_scale(recipe):
     assert float(loss_fn(tokens).asnumpy()) < float(first.asnumpy())
 
 
-def test_training_a_decoder_only_recipe_is_refused_with_the_reason():
-    with pytest.raises(ConfigError, match="not wired into training yet"):
-        make_plan(load_config("gpt_125m", SHRINK), 1, "CPU")
+def test_a_decoder_only_sequence_spans_both_sides_of_a_pair():
+    """Its attention spans source + target (2 x the packed side), rows are counted per side, and the output
+    layer runs at target positions only: FLOPs per token against the encoder-decoder's at one width."""
+    cfg = load_config("gpt_125m")
+    assert (side_length(cfg), sequence_length(cfg), rows_per_device(cfg, 8)) == (1024, 2048, 4)
+    d, v = cfg.model.d_model, 32000
+    stack = cfg.model.decoder_layers * (8 * d * d + 4 * d * cfg.model.d_ff + 4 * 2048 * d)
+    assert flops_per_token(cfg.model, v, 2048) == 3.0 * (stack + d * v)
+    make_plan(cfg, 8, "Ascend", for_execution=False)  # loads and plans: a trainable recipe now
 
 
 def test_memory_scales_with_the_layout():

@@ -83,6 +83,12 @@ def _plan(args) -> int:
     return 0
 
 
+def _recipes():
+    from trainer.config import RECIPES_DIR
+
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
 def _parallel_sizes(text: str) -> Dict[str, int]:
     sizes = {}
     for item in text.split(","):
@@ -160,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a model from a recipe")
-    p.add_argument("--config", default="small", help="recipe name (small, base, tiny) or YAML path")
+    p.add_argument("--config", default="small", help=f"recipe name ({', '.join(_recipes())}) or YAML path")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set optim.lr=5e-4 (repeatable)")
     p.add_argument("--data-dir", help="directory with the Multi30k .gz files (else $MINDRUN_DATA_DIR or download)")
@@ -181,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_translate)
 
     p = sub.add_parser("plan", help="check a parallel layout and print every sharded operator's strategy")
-    p.add_argument("--config", default="small", help="recipe name or YAML path")
+    p.add_argument("--config", default="small", help=f"recipe name ({', '.join(_recipes())}) or YAML path")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     p.add_argument("--world-size", type=int, help="workers in the job (default: the cluster file's, else 1)")
     p.add_argument("--cluster", help="cluster file (cluster_configs/*.yaml): check the memory fit against its "

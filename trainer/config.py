@@ -67,6 +67,12 @@ class TrainConfig:
     log_every: int = 20
     best_metric: str = "bleu"  # bleu | loss (on the validation split only)
     progress: bool = True  # tqdm bar
+    # peak dense TFLOP/s of one device, for the logged model FLOPs utilisation (trainer/mfu.py); default:
+    # $MINDRUN_DEVICE_PEAK_TFLOPS, set by `mindrun launch --cluster` from the file's device_peak_tflops
+    device_peak_tflops: Optional[float] = None
+    # keep MindSpore's compiled graphs in <run>/compile_cache, so a restart or --resume of this run skips
+    # recompiling (trainer/compile_cache.py: keyed by sources, config and MindSpore version)
+    compile_cache: bool = True
     # never | auto (true is auto): continue from the newest complete checkpoint of
     # <run>/checkpoints whose files verify (trainer/ckpt); none there: start afresh
     resume: Union[bool, str] = False
@@ -140,6 +146,12 @@ class ParallelConfig:
     pipeline_stages: int = 1  # > 1 is refused: pipeline parallelism is not wired yet
     micro_batches: int = 1  # pipeline micro-batches; > 1 is refused (no pipeline)
     optimizer_shard: bool = False  # semi_auto only: shard Adam state over data-parallel ranks
+    # the data-parallel gradient reduction (trainer/parallelize.py): per_tensor, one AllReduce per gradient
+    # (MindSpore's DistributedGradReducer), or flat, all gradients in one buffer and one AllReduce; on the
+    # wire in float32, or float16 (half the bytes, ~3 significant digits; the update stays float32; float16
+    # always goes through the flat buffer)
+    grad_reduce: str = "per_tensor"
+    grad_reduce_dtype: str = "float32"
 
 
 @dataclass(frozen=True)
@@ -226,16 +238,28 @@ class RunConfig:
         _positive("eval.max_len_b", self.eval.max_len_b, minimum=0)
         if self.eval.max_len_a == 0 and self.eval.max_len_b == 0:
             raise ConfigError("eval.max_len_a and eval.max_len_b are both 0: no output could be produced")
+        if self.train.device_peak_tflops is not None:
+            _positive("train.device_peak_tflops", self.train.device_peak_tflops, minimum=0.0, strict=True)
         _positive("eval.beam", self.eval.beam)
         _positive("eval.train_beam", self.eval.train_beam)
         _positive("eval.batch_size", self.eval.batch_size)
         _choice("parallel.mode", self.parallel.mode, ("auto", "standalone", "data_parallel", "hybrid", "semi_auto"))
+        _choice("parallel.grad_reduce", self.parallel.grad_reduce, ("per_tensor", "flat"))
+        _choice("parallel.grad_reduce_dtype", self.parallel.grad_reduce_dtype, ("float32", "float16"))
+        if self.parallel.grad_reduce_dtype == "float16" and self.precision.scaling() == "none":
+            # unscaled gradients are loss / tokens of the update: many below float16's smallest normal (6e-5),
+            # some below its smallest subnormal (6e-8), so the sum would flush them to zero
+            raise ConfigError("parallel.grad_reduce_dtype=float16 needs loss scaling, so that gradients fit float16's "
+                              "range: set precision.loss_scale=static (precision.initial_scale e.g. 1024) or dynamic")
         for key in ("data_parallel", "model_parallel", "pipeline_stages", "micro_batches"):
             if getattr(self.parallel, key) is not None:
                 _positive(f"parallel.{key}", getattr(self.parallel, key))
         if self.model.arch == "decoder_only" and not self.data.joint_vocab:
             raise ConfigError("model.arch=decoder_only reads source and target with one embedding: it needs "
                               "data.joint_vocab=true")
+        if self.model.arch == "decoder_only" and not self.model.share_embeddings:
+            raise ConfigError("model.arch=decoder_only always ties its embedding and output weight: set "
+                              "model.share_embeddings=true")
         if self.model.share_embeddings and not self.data.joint_vocab:
             raise ConfigError(
                 "model.share_embeddings=true needs data.joint_vocab=true (one vocabulary for both "

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
+import mindspore as ms
 from mindspore import nn, ops
 
 from model.parallel.layout import apply_hybrid, apply_semi_auto
@@ -28,7 +29,8 @@ from trainer.parallel.context import ParallelContext
 from trainer.parallel.data import shard_rows
 
 class DataParallelReduction(nn.Cell):
-    """Gradients and loss sums summed over a data-parallel group (identity without one)."""
+    """Gradients and loss sums summed over a data-parallel group (identity without one): one AllReduce per
+    gradient (MindSpore's DistributedGradReducer)."""
 
     def __init__(self, weights, group: Optional[str]):
         super().__init__(auto_prefix=False)
@@ -39,6 +41,29 @@ class DataParallelReduction(nn.Cell):
         if self.reducer is None:
             return grads, loss_sum, nll_sum
         return self.reducer(grads), self.sum(loss_sum), self.sum(nll_sum)
+
+
+class FlatReduction(nn.Cell):
+    """The same sums with every gradient in one flat buffer: one AllReduce per update instead of one per
+    parameter, in `wire` dtype (float16: half the bytes; the sums come back as float32 for the update).
+    The loss sums stay float32 (a float16 sum of ~1e4 would keep only units)."""
+
+    def __init__(self, weights, group: str, wire=ms.float32):
+        super().__init__(auto_prefix=False)
+        self.shapes = tuple(p.shape for p in weights)
+        self.sizes = tuple(int(np.prod(p.shape)) for p in weights)
+        self.wire = wire
+        self.grad_sum = ops.AllReduce(ops.ReduceOp.SUM, group)
+        self.sum = ops.AllReduce(ops.ReduceOp.SUM, group)
+
+    def construct(self, grads, loss_sum, nll_sum):
+        flat = ops.concat([g.reshape(-1).astype(self.wire) for g in grads])
+        total = self.grad_sum(flat).astype(ms.float32)
+        out = ()
+        for piece, shape in zip(ops.split(total, self.sizes), self.shapes):
+            out += (piece.reshape(shape),)
+        sums = self.sum(ops.stack((loss_sum, nll_sum)))
+        return out, sums[0], sums[1]
 
 
 @dataclass
@@ -61,8 +86,13 @@ class Parallelized:
         return self.mode == "semi_auto" or bool(self.shard_axis)
 
     def reduction(self, weights) -> nn.Cell:
-        """The gradient and loss-sum reduction the update step applies first."""
-        return DataParallelReduction(weights, self.dp_group)
+        """The gradient and loss-sum reduction the update step applies first (parallel.grad_reduce and
+        grad_reduce_dtype choose the flat one)."""
+        plan = self.ctx.plan if self.ctx is not None else None
+        if self.dp_group is None or plan is None or (plan.grad_reduce, plan.grad_reduce_dtype) == ("per_tensor",
+                                                                                                    "float32"):
+            return DataParallelReduction(weights, self.dp_group)
+        return FlatReduction(weights, self.dp_group, ms.float16 if plan.grad_reduce_dtype == "float16" else ms.float32)
 
     def norm_weights(self, weights) -> Tuple[float, ...]:
         """Per-parameter weight in the squared clipping norm: split ones every shard, replicated ones once."""

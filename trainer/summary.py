@@ -19,14 +19,15 @@ def _pointer(path: Optional[str]) -> str:
     return f"{p} -> {p.resolve().name}" if p.is_symlink() else str(p)
 
 
-def tokens_per_s(run_dir: Path) -> Optional[float]:
-    """Median training tokens/s of the logged windows (the first, which includes compiling, left out)."""
+def median_of(run_dir: Path, key: str = "tokens_per_s") -> Optional[float]:
+    """Median of a training record's `key` over the logged windows (the first, which includes compiling,
+    left out); None if the run logged none."""
     try:
-        rates = [r["tokens_per_s"] for r in read_metrics(Path(run_dir) / "metrics.jsonl", "train")]
-    except (OSError, ValueError, KeyError):
+        values = [r[key] for r in read_metrics(Path(run_dir) / "metrics.jsonl", "train") if key in r]
+    except (OSError, ValueError):
         return None
-    rates = rates[1:] or rates
-    return median(rates) if rates else None
+    values = values[1:] or values
+    return median(values) if values else None
 
 
 def describe(summary: Dict) -> List[str]:
@@ -34,11 +35,16 @@ def describe(summary: Dict) -> List[str]:
     if summary.get("role") == "scheduler":
         return []
     run = Path(summary["run_dir"])
-    rate = tokens_per_s(run)
+    rate = median_of(run, "tokens_per_s")
     signal = summary.get("interrupted_by_signal")
     how = f"stopped by signal {signal} (checkpoint saved)" if signal else "finished"
     lines = [f"training {how}: {summary['steps']:,} steps, {summary['epochs']} epochs in "
              f"{_duration(summary['train_seconds'])}" + (f", {rate:,.0f} tokens/s (median)" if rate else "")]
+    tflops, mfu = median_of(run, "tflops_per_device"), median_of(run, "mfu")
+    if tflops is not None:
+        lines.append(f"model FLOPs: {tflops:.3g} TFLOP/s per device (median)" +
+                     (f", MFU {mfu:.1%} of the device's peak" if mfu is not None else
+                      " (MFU: set train.device_peak_tflops, or device_peak_tflops in the cluster file)"))
     best = summary.get("best") or {}
     if best:
         scores = ", ".join(f"{k} {v:.2f}" for k, v in best.items() if k in ("bleu", "loss") and v is not None)

@@ -16,12 +16,14 @@ from tqdm import tqdm
 from model.tokens import PAD
 from trainer.build import build_training, speedups_note
 from trainer.ckpt.store import check_shared_storage
+from trainer.compile_cache import use_compile_cache
 from trainer.config import RunConfig
 from trainer.data.batching import TokenBatcher, collate
 from trainer.data.packing import PackedBatcher, collate_packed, side_lengths
 from trainer.dataset import Corpus, Split, prepare
 from trainer.loop_tools import ThroughputWindow, catch_signals, prefetch, seed_everything
 from trainer.metrics import MetricsLog
+from trainer.mfu import ModelFlops
 from trainer.parallel.clock import RunClock
 from trainer.parallel.context import (ParallelContext, init_parallel, is_scheduler, select_backend,
                                       world_size_from_env)
@@ -55,6 +57,7 @@ class Trainer:
                                           self.optimizer, built.layout, ctx, cfg.train.keep_last, tqdm.write)
         self.validator = Validator(cfg, self.model, corpus, ctx)
         self.batcher, self.collate = training_batches(cfg, self.train_split)
+        self.flops = ModelFlops(cfg, len(corpus.tgt_vocab), ctx.plan.world_size)
         self.accumulation = cfg.train.gradient_accumulation_steps
         self.total_steps = cfg.train.max_steps or -(-len(self.batcher) // self.accumulation) * cfg.train.max_epochs
         self.step, self.epoch, self.batch_index = 0, 0, 0
@@ -185,7 +188,9 @@ class Trainer:
                 group = []
                 if self.step % cfg.train.log_every == 0:
                     scaler = self.stepper.scaler
-                    record = {"epoch": epoch, **window.flush(), "lr": rate, "grad_norm": result.grad_norm,
+                    rates = window.flush()
+                    record = {"epoch": epoch, **rates, **self.flops.record(rates["tokens_per_s"]), "lr": rate,
+                              "grad_norm": result.grad_norm,
                               "loss_scale": scaler.scale, "skipped_steps": scaler.skipped_steps,
                               "elapsed_s": round(time.time() - start, 1)}
                     self.log.write("train", self.step, record)
@@ -249,6 +254,8 @@ def train(cfg: RunConfig, corpus: Optional[Corpus] = None) -> Dict[str, object]:
     run_dir = cfg.run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
     check_shared_storage(run_dir / "checkpoints", ctx.rank, plan.world_size)  # multi-node: shared, or stop now
+    if cfg.train.compile_cache:
+        use_compile_cache(cfg, run_dir, ctx.rank, plan.world_size)
     corpus = corpus or prepare(cfg.data)
     check_vocabulary(plan, len(corpus.tgt_vocab))
     if ctx.is_main:

@@ -24,6 +24,7 @@ TRANSFORMER_LAYOUT: Tuple[Tuple[str, str], ...] = (
     ("*_attn.w_v", "column"),
     ("*_attn.w_o", "row"),
     ("*.ffn.w1", "column"),
+    ("*.ffn.w3", "column"),  # SwiGLU's value projection (model/feedforward.py)
     ("*.ffn.w2", "row"),
     ("src_embed", "vocab"),
     ("tgt_embed", "vocab"),

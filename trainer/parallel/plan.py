@@ -24,6 +24,8 @@ class Plan:
     micro_batches: int
     optimizer_shard: bool
     world_size: int
+    grad_reduce: str = "per_tensor"  # parallel.grad_reduce: per_tensor | flat
+    grad_reduce_dtype: str = "float32"  # parallel.grad_reduce_dtype: the reduction's wire dtype
 
     @property
     def caveat(self) -> Optional[str]:
@@ -31,8 +33,11 @@ class Plan:
         return UNTESTED_ON_HARDWARE if self.mode == "semi_auto" else None
 
     def describe(self) -> str:
+        reduction = ""
+        if self.data_parallel > 1 and (self.grad_reduce, self.grad_reduce_dtype) != ("per_tensor", "float32"):
+            reduction = f"; gradients summed in one flat {self.grad_reduce_dtype} buffer"
         return (f"{self.mode}: data_parallel {self.data_parallel} x model_parallel {self.model_parallel} x "
-                f"pipeline_stages {self.pipeline_stages} = {self.world_size} workers")
+                f"pipeline_stages {self.pipeline_stages} = {self.world_size} workers{reduction}")
 
 
 def _auto_mode(world: int, mp: int) -> str:
@@ -105,7 +110,10 @@ def make_plan(cfg: RunConfig, world_size: int, backend: str = "CPU", vocab_size:
                           f"(data.max_tokens {cfg.data.max_tokens}), fewer than data_parallel x micro_batches "
                           f"({dp} x {micro}); raise data.max_tokens to at least "
                           f"{dp * micro * cfg.data.buckets[-1]}")
-    return Plan(mode, dp, mp, pp, micro, par.optimizer_shard, world_size)
+    if mode == "semi_auto" and (par.grad_reduce, par.grad_reduce_dtype) != ("per_tensor", "float32"):
+        raise ConfigError("parallel.grad_reduce and grad_reduce_dtype choose our own data-parallel reduction; "
+                          "under parallel.mode=semi_auto MindSpore inserts its own: leave them at their defaults")
+    return Plan(mode, dp, mp, pp, micro, par.optimizer_shard, world_size, par.grad_reduce, par.grad_reduce_dtype)
 
 
 def _check_vocab_split(vocab: int, mp: int, which: str) -> None:

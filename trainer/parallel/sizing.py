@@ -43,23 +43,30 @@ class Memory:
                 + (self.activations_recompute if recompute else self.activations))
 
 
-def sequence_length(cfg: RunConfig) -> int:
-    """Row length of a training batch: the packed row, else the longest bucket."""
+def side_length(cfg: RunConfig) -> int:
+    """Slots of one side (source or target) of a training row: the packed row, else the longest bucket."""
     return cfg.data.pack_length if cfg.data.packing else cfg.data.buckets[-1]
+
+
+def sequence_length(cfg: RunConfig) -> int:
+    """Positions one attention spans: a side, or both for the decoder-only model (source + target)."""
+    return side_length(cfg) * (2 if cfg.model.arch == "decoder_only" else 1)
 
 
 def rows_per_device(cfg: RunConfig, dp: int) -> int:
     """Rows of a micro-batch each data-parallel rank trains on (the global batch's rows over dp)."""
-    return max(1, -(-(cfg.data.max_tokens // sequence_length(cfg)) // dp))
+    return max(1, -(-(cfg.data.max_tokens // side_length(cfg)) // dp))
 
 
 def flops_per_token(model: ModelConfig, vocab: int, seq: int) -> float:
-    """Training FLOPs per token (forward + backward = 3 x forward matmuls)."""
+    """Training FLOPs per token of a pair, source and target tokens alike (forward + backward = 3 x the
+    forward matmuls); `seq` is the span of one attention (sequence_length)."""
     d, ff = model.d_model, model.d_ff
-    self_layer = 8 * d * d + 4 * d * ff + 4 * seq * d  # QKVO projections, FFN, scores and weighted sum
+    ffn = (6 if model.ffn == "swiglu" else 4) * d * ff  # SwiGLU: three matrices, not two
+    self_layer = 8 * d * d + ffn + 4 * seq * d  # QKVO projections, FFN, scores and weighted sum
     out = 2 * d * vocab
-    if model.arch == "decoder_only":
-        return 3.0 * (model.decoder_layers * self_layer + out)
+    if model.arch == "decoder_only":  # every token through the stack; the output layer at target positions
+        return 3.0 * (model.decoder_layers * self_layer + out / 2)
     src = model.encoder_layers * self_layer
     tgt = model.decoder_layers * (self_layer + 8 * d * d + 4 * seq * d) + out  # + cross-attention
     return 3.0 * (src + tgt) / 2  # a source and a target token on average
@@ -91,7 +98,7 @@ def memory(cfg: RunConfig, vocab: int, dp: int, mp: int) -> Memory:
     rows = rows_per_device(cfg, dp)
     units, one_layer = _activation_units(model, seq, rows, mp)
     layers = _layers(model)
-    logits = 2 * 4.0 * seq * rows * vocab / mp  # float32 logits and their gradient
+    logits = 2 * 4.0 * side_length(cfg) * rows * vocab / mp  # float32 logits and their gradient (targets)
     activations = units * act_bytes / 2 + logits
     recompute = (layers * 2 * seq * rows * model.d_model + one_layer) * act_bytes / 2 + logits
     return Memory(weights=4.0 * per_device, gradients=4.0 * per_device, optimizer=8.0 * per_device,

@@ -1,0 +1,90 @@
+"""bench/dp_efficiency: what a second data-parallel worker buys, on real packed `small` batches.
+
+    python -m bench.dp_efficiency --rounds 3 --data-dir ../shared/data/multi30k
+
+One core per worker (`mindrun launch --bind_core True`; standalone pinned to one core), the `small`
+recipe's own packed Multi30k batches (the first updates of epoch 0, cycled), dropout off. In interleaved
+rounds: standalone and 2-worker data parallel with the default reduction (one AllReduce per gradient,
+float32), the flat buffer (parallel.grad_reduce=flat), the flat buffer in float16 (with a static loss scale
+of 1024), each at gradient accumulation 1 and 4 (same global batch per micro-batch), and the default
+reduction with the collectives stubbed out (--no-comm: the step without communication, for the
+communication share 1 - t(no comm) / t(real)). Efficiency = tokens/s of the job / (2 x standalone's)
+at the same accumulation. Medians; bench/out/dp_efficiency/result.json and a Markdown table on stdout.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKER = ROOT / "bench" / "parallel_worker.py"
+FP16 = ["parallel.grad_reduce_dtype=float16", "precision.loss_scale=static", "precision.initial_scale=1024"]
+VARIANTS = {  # name: (workers, extra worker arguments)
+    "standalone": (1, []),
+    "dp2 per-tensor fp32": (2, []),
+    "dp2 no communication": (2, ["--no-comm"]),
+    "dp2 flat fp32": (2, ["--set", "parallel.grad_reduce=flat"]),
+    "dp2 flat fp16": (2, [a for s in FP16 for a in ("--set", s)]),
+}
+
+
+def run(name: str, workers: int, extra, accumulation: int, out: Path, steps: int, data_dir: str) -> float:
+    """tokens/s of one launched configuration."""
+    result = out / f"{name.replace(' ', '_')}-acc{accumulation}.json"
+    cmd = [sys.executable, "-m", "launcher", "--worker_num", str(workers), "--local_worker_num", str(workers),
+           "--master_port", "0", "--bind_core", "True", "--log_dir", str(out / "logs" / name.replace(" ", "_")),
+           str(WORKER), "--real", "--data-dir", data_dir, "--steps", str(steps), "--accumulation", str(accumulation),
+           "--out", str(result), *extra]
+    pin = (lambda: os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})) if workers == 1 else None
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, preexec_fn=pin, timeout=1800)
+    if proc.returncode != 0:
+        raise SystemExit(f"{name} (accumulation {accumulation}) failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
+    return json.loads(result.read_text())["tokens_per_s"]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=12, help="timed updates per run, after 2 warm-up updates")
+    parser.add_argument("--accumulation", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "multi30k"))
+    parser.add_argument("--out", default="bench/out/dp_efficiency")
+    args = parser.parse_args()
+    out = ROOT / args.out
+    out.mkdir(parents=True, exist_ok=True)
+    rates = {(name, k): [] for k in args.accumulation for name in VARIANTS}
+    for i in range(args.rounds):
+        for k in args.accumulation:
+            for name, (workers, extra) in VARIANTS.items():
+                rates[(name, k)].append(run(name, workers, extra, k, out, args.steps, args.data_dir))
+                print(f"round {i} accumulation {k} {name}: {rates[(name, k)][-1]:.0f} tokens/s", file=sys.stderr)
+    rows = []
+    for k in args.accumulation:
+        base = statistics.median(rates[("standalone", k)])
+        no_comm = statistics.median(rates[("dp2 no communication", k)])
+        for name in VARIANTS:
+            rate = statistics.median(rates[(name, k)])
+            row = {"variant": name, "accumulation": k, "tokens_per_s": round(rate),
+                   "efficiency": None if name == "standalone" else round(rate / (2 * base), 3),
+                   "comm_share": None if name in ("standalone", "dp2 no communication") else round(1 - rate / no_comm, 3)}
+            rows.append(row)
+    record = {"date": time.strftime("%Y-%m-%d %H:%M"), "rounds": args.rounds, "steps": args.steps,
+              "cpu": next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                           if line.startswith("model name")), "?"),
+              "rows": rows, "all": {f"{n} acc{k}": v for (n, k), v in rates.items()}}
+    (out / "result.json").write_text(json.dumps(record, indent=1) + "\n")
+    print("| variant | accumulation | tokens/s (median) | efficiency vs 2 x standalone | communication share |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        eff = "-" if r["efficiency"] is None else f"{100 * r['efficiency']:.0f} %"
+        share = "-" if r["comm_share"] is None else f"{100 * r['comm_share']:.0f} %"
+        print(f"| {r['variant']} | {r['accumulation']} | {r['tokens_per_s']:,} | {eff} | {share} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

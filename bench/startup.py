@@ -1,0 +1,83 @@
+"""bench/startup: seconds from `mindrun launch` to the first optimizer update, cold and on a resumed restart.
+
+    python -m bench.startup --rounds 3 --data-dir ../shared/data/multi30k
+
+Each round, for train.compile_cache on and off (interleaved): a cold 2-worker data-parallel job of the
+`small` recipe in a fresh run directory (2 updates, then its end-of-run checkpoint), then the same job
+relaunched with --resume (what `--max_restarts` does after a failure: the workers start again and resume
+from the newest checkpoint) for 2 more updates. The time of an update is the time stamp of its record in
+metrics.jsonl (train.log_every=1), against the moment the bench started `mindrun launch`. The tokenizer and
+the CPU kernels are already in the cache directory for every run (a user's first run builds them once:
+not counted). Results: medians printed, and bench/out/startup/result.json.
+"""
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def first_update_after(run: Path, step: int, started: float) -> float:
+    """Seconds from `started` to the record of update `step` in run's metrics.jsonl."""
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if record["kind"] == "train" and record["step"] == step:
+            return record["time"] - started
+    raise SystemExit(f"no train record for step {step} in {run / 'metrics.jsonl'}")
+
+
+def launch(run: Path, data_dir: str, steps: int, cache: bool, resume: bool) -> float:
+    """Launch a 2-worker job that trains to `steps`; seconds from launch to its first update."""
+    cmd = [sys.executable, "-m", "launcher", "--worker_num", "2", "--local_worker_num", "2", "--master_port", "0",
+           "--log_dir", str(run / "logs"), "-m", "trainer", "train", "--config", "small", "--data-dir", data_dir,
+           "--set", f"train.out_dir={run}", "--set", f"train.max_steps={steps}", "--set", "train.log_every=1",
+           "--set", "train.eval_every=0", "--set", "data.valid_limit=16", "--set", "train.progress=false",
+           "--set", f"train.compile_cache={str(cache).lower()}"]
+    if resume:
+        cmd.append("--resume")
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    started = time.time()
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=1200)
+    if proc.returncode != 0:
+        raise SystemExit(f"launch failed ({run}):\n{(proc.stdout + proc.stderr)[-3000:]}")
+    return first_update_after(run, steps - 1, started)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "multi30k"))
+    parser.add_argument("--out", default="bench/out/startup")
+    args = parser.parse_args()
+    out = ROOT / args.out
+    times = {(cache, kind): [] for cache in (True, False) for kind in ("cold", "restart")}
+    for i in range(args.rounds):
+        for cache in (True, False):
+            run = out / f"run-{'cache' if cache else 'nocache'}"
+            shutil.rmtree(run, ignore_errors=True)
+            times[(cache, "cold")].append(launch(run, args.data_dir, 2, cache, resume=False))
+            times[(cache, "restart")].append(launch(run, args.data_dir, 4, cache, resume=True))
+            print(f"round {i} compile_cache={cache}: cold {times[(cache, 'cold')][-1]:.1f} s, restart "
+                  f"{times[(cache, 'restart')][-1]:.1f} s", file=sys.stderr)
+    medians = {f"{'cache' if c else 'nocache'}_{k}": round(statistics.median(v), 1) for (c, k), v in times.items()}
+    record = {"date": time.strftime("%Y-%m-%d %H:%M"), "rounds": args.rounds, "medians_s": medians,
+              "all_s": {f"{'cache' if c else 'nocache'}_{k}": [round(x, 1) for x in v] for (c, k), v in times.items()}}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "result.json").write_text(json.dumps(record, indent=1) + "\n")
+    print("| train.compile_cache | launch to first update (cold) | restart (--resume) to first update | ratio |")
+    print("|---|---|---|---|")
+    for cache in (True, False):
+        name = "cache" if cache else "nocache"
+        cold, restart = medians[f"{name}_cold"], medians[f"{name}_restart"]
+        print(f"| {str(cache).lower()} | {cold} s | {restart} s | {cold / restart:.2f}x |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
