@@ -152,25 +152,3 @@ class DecoderOnly(nn.Cell):
             x = self.final_norm(x)
         logits = self.project(x).reshape(x.shape[0], self.vocab)
         return ops.log_softmax(logits.astype(ms.float32), -1), new_k, new_v
-
-    def lm_start(self, batch: int, max_len: int):
-        """Empty caches for `lm_step`: two tuples over blocks of [B, H, max_len, dk] zeros."""
-        heads = self.cfg.n_heads
-        shape = (batch, heads, max_len, self.cfg.d_model // heads)
-        dtype = self.embed.embedding_table.dtype
-        return tuple(tuple(ops.zeros(shape, dtype) for _ in self.layers) for _ in ("keys", "values"))
-
-    def lm_step(self, token, position, self_k, self_v):
-        """The language model one token a step: token [B, 1] at `position` [] -> next-token log-probabilities
-        [B, V] and the updated caches (a prompt is fed the same way, its outputs ignored)."""
-        write, bias = cache_slots(position, self_k[0].shape[2], self_k[0].dtype)
-        x = self.positions.at(self.embed(token) * self.embed_scale, position)
-        new_k, new_v = (), ()
-        for i, layer in enumerate(self.layers):
-            x, k, v = layer.step(x, write, self_k[i], self_v[i], bias)
-            new_k += (k,)
-            new_v += (v,)
-        if self.cfg.pre_norm:
-            x = self.final_norm(x)
-        logits = self.project(x).reshape(x.shape[0], self.vocab)
-        return ops.log_softmax(logits.astype(ms.float32), -1), new_k, new_v

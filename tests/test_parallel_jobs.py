@@ -51,14 +51,21 @@ def stopped_at_the_checkpoint(run, into):
     return into
 
 
-@pytest.fixture(scope="module")
-def standalone(data_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("standalone")
-    proc = subprocess.run([sys.executable, "-m", "trainer", "train", *settings(data_dir, out)],
-                          capture_output=True, text=True, timeout=600)
+def standalone_run(data_dir, out, *sets):
+    """The module's settings (plus `sets`) trained in one process; returns its run directory."""
+    args = settings(data_dir, out)
+    for s in sets:
+        args += ["--set", s]
+    proc = subprocess.run([sys.executable, "-m", "trainer", "train", *args], capture_output=True, text=True,
+                          timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(losses(out)) == STEPS
     return out
+
+
+@pytest.fixture(scope="module")
+def standalone(data_dir, tmp_path_factory):
+    return standalone_run(data_dir, tmp_path_factory.mktemp("standalone"))
 
 
 def launch_job(data_dir, out, workers, *sets, run=None, launcher_args=()):
@@ -186,13 +193,7 @@ def test_packed_data_parallel_matches_packed_standalone(data_dir, tmp_path):
 
     17 rows of 64 over 2 ranks: the second rank's share is padded with an empty row."""
     packing = ["data.packing=true", "data.pack_length=64", "data.max_tokens=1088"]
-    ref = tmp_path / "standalone"
-    args = settings(data_dir, ref)
-    for s in packing:
-        args += ["--set", s]
-    proc = subprocess.run([sys.executable, "-m", "trainer", "train", *args], capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    ref = standalone_run(data_dir, tmp_path / "standalone", *packing)
     same_run(ref, launched(data_dir, tmp_path / "dp", 2, "parallel.mode=data_parallel", *packing))
 
 
@@ -214,13 +215,7 @@ def test_decoder_only_under_data_and_model_parallel_2x2_matches_standalone(data_
     data parallel x hybrid tensor parallel (vocabulary-parallel tied embedding, SwiGLU's two column-split
     projections, a replicated learned position table), the gradients reduced in one flat buffer over each
     data-parallel sub-group, equals standalone."""
-    ref = tmp_path / "standalone"
-    args = settings(data_dir, ref)
-    for s in DECODER_ONLY:
-        args += ["--set", s]
-    proc = subprocess.run([sys.executable, "-m", "trainer", "train", *args], capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    ref = standalone_run(data_dir, tmp_path / "standalone", *DECODER_ONLY)
     run = launched(data_dir, tmp_path / "job", 4, "parallel.model_parallel=2", "parallel.data_parallel=2",
                    "parallel.grad_reduce=flat", *DECODER_ONLY)
     log = (tmp_path / "job" / "logs" / "worker_0.log").read_text()

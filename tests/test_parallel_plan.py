@@ -248,7 +248,7 @@ def test_the_seam_picks_the_configured_gradient_reduction(sets, kind, wire):
     from trainer.parallelize import parallelize
 
     ms.set_context(mode=ms.PYNATIVE_MODE)
-    c = cfg("parallel.mode=data_parallel", *sets)
+    c = cfg("parallel.mode=data_parallel", "model.encoder_layers=3", "model.decoder_layers=3", *sets)
     plan = make_plan(c, 2, "CPU")
     model = Transformer(c.model, 400, 400, 0)
     parallel = parallelize(model, ParallelContext(plan, "CPU", rank=1, dp_rank=1, dp_group="dp_0"))
@@ -258,8 +258,9 @@ def test_the_seam_picks_the_configured_gradient_reduction(sets, kind, wire):
         return
     assert str(reduction.wire) == wire
     reduction.grad_sum = reduction.sum = ops.Identity()  # one rank's view: the sums are its own values
-    weights = model.trainable_params()[:5]
-    reduction.shapes, reduction.sizes = tuple(p.shape for p in weights), tuple(int(np.prod(p.shape)) for p in weights)
+    weights = model.trainable_params()
+    assert len(weights) > 100  # graph mode once unrolled a split of this many past its depth limit
+    ms.set_context(mode=ms.GRAPH_MODE)
     grads = tuple(ms.Tensor(np.random.default_rng(i).normal(0, 1e-2, p.shape).astype(np.float32))
                   for i, p in enumerate(weights))
     back, loss_sum, nll_sum = reduction(grads, ms.Tensor(12345.5, ms.float32), ms.Tensor(7.25, ms.float32))

@@ -28,6 +28,9 @@ from model.parallel.mappings import all_gather_works
 from trainer.parallel.context import ParallelContext
 from trainer.parallel.data import shard_rows
 
+_hyper_map = ops.HyperMap()
+
+
 class DataParallelReduction(nn.Cell):
     """Gradients and loss sums summed over a data-parallel group (identity without one): one AllReduce per
     gradient (MindSpore's DistributedGradReducer)."""
@@ -52,18 +55,22 @@ class FlatReduction(nn.Cell):
         super().__init__(auto_prefix=False)
         self.shapes = tuple(p.shape for p in weights)
         self.sizes = tuple(int(np.prod(p.shape)) for p in weights)
+        self.offsets = tuple(int(x) for x in np.cumsum((0,) + self.sizes[:-1]))
         self.wire = wire
         self.grad_sum = ops.AllReduce(ops.ReduceOp.SUM, group)
         self.sum = ops.AllReduce(ops.ReduceOp.SUM, group)
 
     def construct(self, grads, loss_sum, nll_sum):
-        flat = ops.concat([g.reshape(-1).astype(self.wire) for g in grads])
+        flat = ops.concat(_hyper_map(self._flatten, grads))
         total = self.grad_sum(flat).astype(ms.float32)
-        out = ()
-        for piece, shape in zip(ops.split(total, self.sizes), self.shapes):
-            out += (piece.reshape(shape),)
+        # static slices in a comprehension: ops.split into a hundred-odd sections (and a loop growing a
+        # tuple) unroll into nested calls past graph mode's depth limit of 1000
+        out = tuple([total[o:o + n].reshape(s) for o, n, s in zip(self.offsets, self.sizes, self.shapes)])
         sums = self.sum(ops.stack((loss_sum, nll_sum)))
         return out, sums[0], sums[1]
+
+    def _flatten(self, grad):
+        return grad.reshape(-1).astype(self.wire)
 
 
 @dataclass

@@ -108,10 +108,14 @@ class Trainer:
             tqdm.write(f"saved {path} at step {self.step} ({why})")
 
     def _agree(self, budget: Optional[float]) -> bool:
-        """After an update: the run clock and any rank's signal, agreed by every rank (one small
-        AllGather with several ranks); sets the budget share spent and `stopping`; True once the
+        """After an update, when the clock says a reading is due (every step alone; with several ranks, at
+        steps every rank plans alike, at most 5 s apart): the run clock and any rank's signal, agreed by
+        every rank (one small AllGather); sets the budget share spent and `stopping`; True once the
         budget is spent. All ranks stop, save and change rate at the same step."""
+        if not self.clock.due(self.step):
+            return False
         elapsed, signalled = self.clock.agree(self.stop_signal is not None)
+        self.clock.plan_next(self.step, budget)
         self.stopping = self.stopping or signalled
         if budget is None:
             return False

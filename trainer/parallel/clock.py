@@ -6,9 +6,20 @@ a time-based learning rate would differ between replicas. The clock's reading is
 maximum over all ranks: one AllGather per reading (AllReduce only sums on CPU), which also
 carries whether any rank has seen a stop signal, so that every rank saves and stops at the
 same step.
+
+Readings are not taken every step: after each one the clock plans the next from agreed numbers
+only (the step, the agreed seconds and the seconds per step since the last reading), so every rank
+plans the same step and none waits in a collective the others skip. The gap is at most MAX_GAP_S
+seconds (a stop signal is acted on within it; the launcher's grace period is 15 s by default) and
+MAX_GAP_STEPS steps, and at most half of the budget left, so readings close in on the budget's end
+and the run stops within a step of it.
 """
+import math
 import time
 from typing import Optional, Tuple
+
+MAX_GAP_S = 5.0
+MAX_GAP_STEPS = 50
 
 from trainer.parallel.context import ParallelContext
 
@@ -19,6 +30,8 @@ class RunClock:
     def __init__(self, ctx: Optional[ParallelContext] = None, already: float = 0.0):
         self.start = time.time() - already
         self.agreed = already  # the last reading every rank agreed on (agree())
+        self.next_step = 0  # the first step at which `due` says to read again
+        self._last: Optional[Tuple[int, float]] = None  # (step, agreed seconds) of the last planned reading
         self._gather = None
         if ctx is not None and ctx.plan.world_size > 1:
             from mindspore import ops
@@ -45,3 +58,18 @@ class RunClock:
         both = self._gather(ms.Tensor([[local, float(flag)]], ms.float32)).asnumpy().max(axis=0)
         self.agreed = float(both[0])
         return self.agreed, bool(both[1])
+
+    def due(self, step: int) -> bool:
+        """Whether every rank reads the clock after `step` (always without other ranks: no communication)."""
+        return self._gather is None or step >= self.next_step
+
+    def plan_next(self, step: int, budget: Optional[float]) -> int:
+        """After a reading at `step`: the step of the next one, from agreed numbers only (see the module)."""
+        last, self._last = self._last, (step, self.agreed)
+        gap = 1
+        if last is not None and step > last[0]:
+            per_step = max((self.agreed - last[1]) / (step - last[0]), 1e-6)
+            window = min(MAX_GAP_S, (budget - self.agreed) / 2 if budget else math.inf)
+            gap = max(1, min(MAX_GAP_STEPS, int(window / per_step)))
+        self.next_step = step + gap
+        return self.next_step
