@@ -5,7 +5,7 @@
 
 For each checkpoint (either architecture, model/api.py), in --rounds interleaved rounds:
 - mindrun: `mindrun evaluate`'s path (graph mode, batches of eval.batch_size in length order, incremental
-  decoding with key/value caches) over all of test2016, beam 1 and beam 5;
+  decoding with key/value caches) over test2016 (or its first --sentences), beam 1 and beam 5;
 - the course notebook's loop (../shared/reference/course-notebook.md) on the same weights: greedy, batch
   size 1, PyNative as the notebook runs, the whole model re-run over the growing prefix for every new token
   (the encoder-decoder's source encoded once per sentence; the decoder-only model has no encoder, so its
@@ -21,6 +21,7 @@ import json
 import platform
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Dict, List
@@ -58,13 +59,13 @@ def cap_of(translator, n_ids: int) -> int:
     return min(translator.max_output(n_ids), translator.cache_len(width) - 1)
 
 
-def measure(checkpoint: Path, data_dir, rounds: int, course_sentences: int) -> Dict[str, object]:
+def measure(checkpoint: Path, data_dir, rounds: int, course_sentences: int, limit: int = 0) -> Dict[str, object]:
     """One checkpoint's rates (median over rounds) and the course loop's agreement with greedy search."""
     cfg, translator = _translator(checkpoint, 1, None, None)
     generators = {beam: SequenceGenerator(translator.model, beam, cfg.eval.length_penalty) for beam in (1, 5)}
     root = multi30k.locate(data_dir or cfg.data.dir, cfg.data.cache_dir)
     pairs = multi30k.read_split(root, "test", cfg.data.src_lang, cfg.data.tgt_lang)
-    sources = [translator.src_vocab.encode(s) for s, _ in pairs]
+    sources = [translator.src_vocab.encode(s) for s, _ in pairs][:limit or None]
     rates: Dict[str, List[float]] = {"beam1": [], "beam5": [], "course": []}
     greedy: List[List[int]] = []
     course: List[List[int]] = []
@@ -75,6 +76,7 @@ def measure(checkpoint: Path, data_dir, rounds: int, course_sentences: int) -> D
             t0 = time.perf_counter()
             outputs = translator.translate_ids(sources)
             rates[f"beam{beam}"].append(len(sources) / (time.perf_counter() - t0))
+            print(f"{cfg.model.arch} beam {beam}: {rates[f'beam{beam}'][-1]:.1f} sentences/s", file=sys.stderr, flush=True)
             if beam == 1:
                 greedy = outputs
         ms.set_context(mode=ms.PYNATIVE_MODE)
@@ -82,6 +84,7 @@ def measure(checkpoint: Path, data_dir, rounds: int, course_sentences: int) -> D
         t0 = time.perf_counter()
         course = [course_loop(translator.model, list(ids), cap_of(translator, len(ids) + 1)) for ids in subset]
         rates["course"].append(len(subset) / (time.perf_counter() - t0))
+        print(f"{cfg.model.arch} course loop: {rates['course'][-1]:.2f} sentences/s", file=sys.stderr, flush=True)
     medians = {k: statistics.median(v) for k, v in rates.items()}
     same = sum(a == b for a, b in zip(course, greedy))
     return {"checkpoint": str(checkpoint), "arch": cfg.model.arch,
@@ -99,9 +102,11 @@ def main() -> int:
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--course-sentences", type=int, default=50)
+    parser.add_argument("--sentences", type=int, default=0, help="the first N of test2016 (0: all 1,000)")
     parser.add_argument("--out", default="bench/out/generation/result.json")
     args = parser.parse_args()
-    results = [measure(Path(c), args.data_dir, args.rounds, args.course_sentences) for c in args.checkpoint]
+    results = [measure(Path(c), args.data_dir, args.rounds, args.course_sentences, args.sentences)
+               for c in args.checkpoint]
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
