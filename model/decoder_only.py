@@ -125,7 +125,8 @@ class DecoderOnly(nn.Cell):
         Returns (prompt_bias [B, 1, 1, Ls], prompt_k, prompt_v, self_k, self_v): per-block tuples of
         the prompt's [B, H, Ls, dk] and of [B, H, max_len, dk] zeros for the generated tokens.
         """
-        bias = mask_to_bias(ops.logical_and(padding_mask(src, self.pad_id), causal_mask(src.shape[1])))
+        keep = padding_mask(src, self.pad_id)
+        bias = mask_to_bias(ops.logical_and(keep, causal_mask(src.shape[1])))
         x = self.positions(self.embed(src) * self.embed_scale)
         prompt_k, prompt_v, self_k, self_v = (), (), (), ()
         for layer in self.layers:
@@ -135,7 +136,7 @@ class DecoderOnly(nn.Cell):
             prompt_v += (v,)
             self_k += (ops.zeros((b, h, max_len, dk), k.dtype),)
             self_v += (ops.zeros((b, h, max_len, dk), k.dtype),)
-        return mask_to_bias(padding_mask(src, self.pad_id)), prompt_k, prompt_v, self_k, self_v
+        return mask_to_bias(keep), prompt_k, prompt_v, self_k, self_v
 
     def decode_step(self, token, position, prompt_bias, prompt_k, prompt_v, self_k, self_v):
         """token [B, 1] at target position `position` [] (0 = the BOS) -> log-probabilities of the next token
