@@ -8,7 +8,9 @@ relaunched with --resume (what `--max_restarts` does after a failure: the worker
 from the newest checkpoint) for 2 more updates. The time of an update is the time stamp of its record in
 metrics.jsonl (train.log_every=1), against the moment the bench started `mindrun launch`. The tokenizer and
 the CPU kernels are already in the cache directory for every run (a user's first run builds them once:
-not counted). Results: medians printed, and bench/out/startup/result.json.
+not counted). Where the time goes: rank 0's `startup` record (trainer/startup.py: seconds from the launcher's
+spawn through imports, cluster, data, build, checkpoint, first update); "launcher" is the rest (the
+launcher's own start until it spawns the workers). Results: medians printed, and bench/out/startup/result.json.
 """
 import argparse
 import json
@@ -32,8 +34,18 @@ def first_update_after(run: Path, step: int, started: float) -> float:
     raise SystemExit(f"no train record for step {step} in {run / 'metrics.jsonl'}")
 
 
-def launch(run: Path, data_dir: str, steps: int, cache: bool, resume: bool) -> float:
-    """Launch a 2-worker job that trains to `steps`; seconds from launch to its first update."""
+def startup_phases(run: Path, step: int) -> dict:
+    """Rank 0's start-up phases (seconds) of the run whose first update was `step`."""
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if record["kind"] == "startup" and record["step"] == step:
+            return {k[:-2]: v for k, v in record.items() if k.endswith("_s")}
+    raise SystemExit(f"no startup record for step {step} in {run / 'metrics.jsonl'}")
+
+
+def launch(run: Path, data_dir: str, steps: int, cache: bool, resume: bool):
+    """Launch a 2-worker job that trains to `steps`; seconds from launch to its first update, and where
+    they went."""
     cmd = [sys.executable, "-m", "launcher", "--worker_num", "2", "--local_worker_num", "2", "--master_port", "0",
            "--log_dir", str(run / "logs"), "-m", "trainer", "train", "--config", "small", "--data-dir", data_dir,
            "--set", f"train.out_dir={run}", "--set", f"train.max_steps={steps}", "--set", "train.log_every=1",
@@ -46,7 +58,8 @@ def launch(run: Path, data_dir: str, steps: int, cache: bool, resume: bool) -> f
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=1200)
     if proc.returncode != 0:
         raise SystemExit(f"launch failed ({run}):\n{(proc.stdout + proc.stderr)[-3000:]}")
-    return first_update_after(run, steps - 1, started)
+    seconds, phases = first_update_after(run, steps - 1, started), startup_phases(run, steps - 1)
+    return seconds, {"launcher": round(seconds - phases["total"], 2), **phases}
 
 
 def main() -> int:
@@ -57,17 +70,21 @@ def main() -> int:
     args = parser.parse_args()
     out = ROOT / args.out
     times = {(cache, kind): [] for cache in (True, False) for kind in ("cold", "restart")}
+    phases = {key: [] for key in times}
     for i in range(args.rounds):
         for cache in (True, False):
             run = out / f"run-{'cache' if cache else 'nocache'}"
             shutil.rmtree(run, ignore_errors=True)
-            times[(cache, "cold")].append(launch(run, args.data_dir, 2, cache, resume=False))
-            times[(cache, "restart")].append(launch(run, args.data_dir, 4, cache, resume=True))
+            for kind, steps in (("cold", 2), ("restart", 4)):
+                seconds, parts = launch(run, args.data_dir, steps, cache, resume=kind == "restart")
+                times[(cache, kind)].append(seconds)
+                phases[(cache, kind)].append(parts)
             print(f"round {i} compile_cache={cache}: cold {times[(cache, 'cold')][-1]:.1f} s, restart "
                   f"{times[(cache, 'restart')][-1]:.1f} s", file=sys.stderr)
     medians = {f"{'cache' if c else 'nocache'}_{k}": round(statistics.median(v), 1) for (c, k), v in times.items()}
     record = {"date": time.strftime("%Y-%m-%d %H:%M"), "rounds": args.rounds, "medians_s": medians,
-              "all_s": {f"{'cache' if c else 'nocache'}_{k}": [round(x, 1) for x in v] for (c, k), v in times.items()}}
+              "all_s": {f"{'cache' if c else 'nocache'}_{k}": [round(x, 1) for x in v] for (c, k), v in times.items()},
+              "phases_s": {f"{'cache' if c else 'nocache'}_{k}": v for (c, k), v in phases.items()}}
     out.mkdir(parents=True, exist_ok=True)
     (out / "result.json").write_text(json.dumps(record, indent=1) + "\n")
     print("| train.compile_cache | launch to first update (cold) | restart (--resume) to first update | ratio |")
@@ -76,6 +93,12 @@ def main() -> int:
         name = "cache" if cache else "nocache"
         cold, restart = medians[f"{name}_cold"], medians[f"{name}_restart"]
         print(f"| {str(cache).lower()} | {cold} s | {restart} s | {cold / restart:.2f}x |")
+    names = list(phases[(True, "cold")][0])
+    print("\n| phase (median s, rank 0) | " + " | ".join(f"{'cache' if c else 'no cache'}, {k}" for c, k in phases) + " |")
+    print("|---|" + "---|" * len(phases))
+    for name in names:
+        cells = [f"{statistics.median(p[name] for p in runs):.1f}" for runs in phases.values()]
+        print(f"| {name} | " + " | ".join(cells) + " |")
     return 0
 
 

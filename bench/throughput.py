@@ -10,6 +10,7 @@ d_ff 1024, dropout 0.1, the notebook's word vocabularies of 7,853 / 5,893 entrie
   mindrun      mindrun's graph-mode TrainStep (label smoothing, clipping, Adam), untied embeddings
   mindrun_packed  the same step on the same pairs packed in rows of 64 (trainer/data/packing.py)
   torch        PyTorch eager nn.Transformer, same sizes (skipped with a note if torch is missing)
+  torch_compile  the same model under torch.compile (inductor, CPU): the competitor a user would pick
 Part 1 (--parts synthetic), batches of 32 random pairs padded to 32. Part 2 (--parts real),
 real Multi30k pairs through the notebook's preprocessing, each contestant with its own
 batching: the notebook's fixed padding, PyTorch's and mindrun's token buckets (2,048-slot
@@ -171,11 +172,11 @@ def course_pairs(data_dir: str):
 # -- one contestant, in its own process ----------------------------------------------------------
 def build_step(name: str, vocabs):
     """A function (src, tgt_in, tgt_out[, packed segments and positions]) -> loss for the contestant, and its pad id."""
-    if name == "torch":
+    if name in ("torch", "torch_compile"):
         from bench.throughput_torch import make
 
         return make(*vocabs, SIZES["d_model"], SIZES["n_heads"], SIZES["d_ff"], SIZES["layers"],
-                    SIZES["dropout"], COURSE_PAD, threads=os.cpu_count()), COURSE_PAD
+                    SIZES["dropout"], COURSE_PAD, threads=os.cpu_count(), compiled=name == "torch_compile"), COURSE_PAD
     import mindspore as ms
 
     if name.startswith("course"):
@@ -288,15 +289,17 @@ def have_torch() -> bool:
     return subprocess.run([sys.executable, "-c", "import torch"], capture_output=True).returncode == 0
 
 
-def _table(title: str, results: dict, base, ref, top: float) -> None:
+def _table(title: str, results: dict, base, ref, top: float, compiled=None) -> None:
     """Markdown table of one part; ratios (median of per-round ratios) against the course notebook
-    (`base`) and PyTorch (`ref`)."""
-    print(f"| {title} | tokens/s | vs course | vs PyTorch | MFU | shapes | warm-up | peak RSS | per round |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    (`base`), PyTorch eager (`ref`) and PyTorch under torch.compile (`compiled`)."""
+    print(f"| {title} | tokens/s | vs course | vs PyTorch | vs torch.compile | MFU | shapes | warm-up | peak RSS "
+          f"| per round |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name, r in results.items():
         t = r["median_tokens_per_s"]
         rounds = " / ".join(f"{x:,.0f}" for x in r["rounds_tokens_per_s"])
         print(f"| {name} | {t:.0f} | {round_ratio(results, name, base)} | {round_ratio(results, name, ref)} | "
+              f"{round_ratio(results, name, compiled)} | "
               f"{100 * r['median_gflops'] / top:.0f} % | {r['shapes']} | {r['warmup_s']} s | "
               f"{r['peak_rss_mb']} MB | {rounds} |")
 
@@ -328,17 +331,18 @@ def main() -> int:
 
     out = ROOT / args.out
     out.mkdir(parents=True, exist_ok=True)
-    names = args.only or ["course", "course_jit", "mindrun", "mindrun_packed", "torch"]
+    names = args.only or ["course", "course_jit", "mindrun", "mindrun_packed", "torch", "torch_compile"]
     torch_installed = have_torch()
-    if "torch" in names and not torch_installed:
-        print("torch is not installed (pip install -e '.[bench]'): skipping the PyTorch contestant", file=sys.stderr)
-        names.remove("torch")
+    if not torch_installed and {"torch", "torch_compile"} & set(names):
+        print("torch is not installed (pip install -e '.[bench]'): skipping the PyTorch contestants", file=sys.stderr)
+        names = [n for n in names if n not in ("torch", "torch_compile")]
     peaks = gemm_peaks(torch_installed)
     synthetic = run_rounds([(name, name, "synthetic") for name in names], args, out) \
         if "synthetic" in args.parts else {}
     # real Multi30k: each contestant with the batching it would use (the notebook's fixed padding,
     # PyTorch and mindrun with token buckets, mindrun packed), plus mindrun under the notebook's batching
-    real_runs = [("course", "real_fixed"), ("torch", "real_bucketed"), ("mindrun", "real_fixed"),
+    real_runs = [("course", "real_fixed"), ("torch", "real_bucketed"), ("torch_compile", "real_bucketed"),
+                 ("mindrun", "real_fixed"),
                  ("mindrun", "real_bucketed"), ("mindrun_packed", "real_packed")]
     real = run_rounds([(f"{name}/{kind}", name, kind) for name, kind in real_runs if name in names], args, out) \
         if "real" in args.parts else {}
@@ -354,11 +358,12 @@ def main() -> int:
         f"{k} {peaks.get(k, '-')} / {peaks_after.get(k, '-')}" for k in peaks_after))
     print(f"MFU below is against the best of these: {top:.0f} GFLOP/s\n")
     if synthetic:
-        _table("step (synthetic 32 x 32)", synthetic, synthetic.get("course"), synthetic.get("torch"), top)
+        _table("step (synthetic 32 x 32)", synthetic, synthetic.get("course"), synthetic.get("torch"), top,
+               synthetic.get("torch_compile"))
     if real:
         print()
         _table("Multi30k (word-level, as the notebook)", real, real.get("course/real_fixed"),
-               real.get("torch/real_bucketed"), top)
+               real.get("torch/real_bucketed"), top, real.get("torch_compile/real_bucketed"))
     return 0
 
 

@@ -1,4 +1,6 @@
-"""PyTorch eager `nn.Transformer` with the same sizes, batches and step as the others (a bench-only contestant)."""
+"""PyTorch `nn.Transformer` with the same sizes, batches and step as the others (bench-only contestants):
+eager, or the model under `torch.compile` (TorchInductor, CPU: C++/OpenMP kernels built with the system's
+compiler; the first step of each new shape compiles, and a second shape makes the graph dynamic)."""
 import math
 
 import torch
@@ -29,18 +31,20 @@ class TorchTransformer(nn.Module):
         return self.out(h)
 
 
-def make(src_vocab, tgt_vocab, d_model, n_heads, d_ff, layers, dropout, pad, threads):
-    """Model and a step function taking numpy (src, tgt_in, tgt_out)."""
+def make(src_vocab, tgt_vocab, d_model, n_heads, d_ff, layers, dropout, pad, threads, compiled=False):
+    """Model and a step function taking numpy (src, tgt_in, tgt_out); `compiled`: the model's forward (and
+    with it the backward, through AOTAutograd) compiled by torch.compile's default backend, inductor."""
     torch.manual_seed(0)
     torch.set_num_threads(threads)
     model = TorchTransformer(src_vocab, tgt_vocab, d_model, n_heads, d_ff, layers, dropout, pad).train()
+    forward = torch.compile(model) if compiled else model
     loss_fn = nn.CrossEntropyLoss(ignore_index=pad)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
 
     def step(src, tin, tout):
         src, tin, tout = (torch.from_numpy(a).long() for a in (src, tin, tout))
         optimizer.zero_grad(set_to_none=True)
-        logits = model(src, tin)
+        logits = forward(src, tin)
         loss = loss_fn(logits.reshape(-1, logits.shape[-1]), tout.reshape(-1))
         loss.backward()
         optimizer.step()

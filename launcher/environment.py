@@ -2,6 +2,7 @@
 
 Workers learn everything from these variables (no arguments are added to the user's command).
 """
+import time
 from typing import Dict, List, Mapping, Tuple
 
 from launcher import devices
@@ -14,9 +15,11 @@ from launcher.spec import LaunchSpec
 INHERITED = ("MS_ROLE", "MS_SCHED_HOST", "MS_SCHED_PORT", "MS_WORKER_NUM", "MS_SERVER_NUM", "MS_NODE_ID",
              "MS_NODE_RANK", "MS_LOCAL_WORKER", "MS_TOPO_TIMEOUT", "MS_SIMULATION_LEVEL", "RANK_ID",
              "RANK_SIZE", "RANK_TABLE_FILE", "MINDSPORE_HCCL_CONFIG_PATH", "DEVICE_ID", "RANK_START",
-             "MINDRUN_RESTART_COUNT", "MINDRUN_LOCAL_RANK", "MINDRUN_LOCAL_WORLD_SIZE", "MINDRUN_NODE_RANK")
+             "MINDRUN_RESTART_COUNT", "MINDRUN_LOCAL_RANK", "MINDRUN_LOCAL_WORLD_SIZE", "MINDRUN_NODE_RANK",
+             "MINDRUN_SPAWNED_AT")
 
 RESTART_COUNT = "MINDRUN_RESTART_COUNT"  # how many times the group was restarted (0 on the first run)
+SPAWNED_AT = "MINDRUN_SPAWNED_AT"  # when the group was spawned (Unix time): the trainer's start-up clock
 DEVICE_TARGET = "MINDRUN_DEVICE_TARGET"  # the cluster file's backend in MindSpore's spelling (context device_target)
 DEVICE_TARGETS = {"cpu": "CPU", "gpu": "GPU", "ascend": "Ascend"}
 # Set by mpirun/PMIx; with OMPI_COMMAND and PMIX_RANK present MindSpore initialises through MPI and
@@ -35,8 +38,14 @@ def clean(env: Mapping[str, str]) -> Tuple[Dict[str, str], List[str]]:
 def _common(spec: LaunchSpec, base: Mapping[str, str], restart: int) -> Dict[str, str]:
     env = dict(base)
     env.setdefault("HCCL_CONNECT_TIMEOUT", "600")  # what importing mindspore sets in msrun's children
+    # MindSpore's cluster nodes poll the scheduler (heartbeat, "is the cluster built yet") at a random
+    # interval between these bounds, in seconds; its default (several seconds) left a 2-worker CPU job
+    # waiting 4-6 s in init() after every rank had registered (bench.startup). Inherited values win.
+    env.setdefault("MS_RETRY_INTERVAL_LOWER", "0")
+    env.setdefault("MS_RETRY_INTERVAL_UPPER", "1")
     env["RANK_SIZE"] = str(spec.worker_num)
     env[RESTART_COUNT] = str(restart)
+    env[SPAWNED_AT] = f"{time.time():.3f}"
     env["MINDRUN_NODE_RANK"] = str(spec.node_rank)
     env["MINDRUN_LOCAL_WORLD_SIZE"] = str(spec.local_worker_num)
     if spec.rank_table_file:

@@ -254,6 +254,13 @@ def test_time_budget_stops_every_rank_at_the_same_step_with_the_rate_annealed(da
     rates = [r["lr"] for r in records if r["kind"] == "train"]
     assert len(rates) > 20  # the budget, not a step limit, ended the run
     assert max(rates) > 1e-3 and rates[-1] < 0.15 * max(rates)  # decayed toward 0 with the clock
+    startup = [r for r in records if r["kind"] == "startup"]  # where the start-up went (trainer/startup.py)
+    assert len(startup) == 1 and startup[0]["step"] == 1 and not startup[0]["resumed"]
+    phases = ("imports_s", "cluster_s", "data_s", "build_s", "checkpoint_s", "first_update_s")
+    assert all(startup[0][p] >= 0 for p in phases) and startup[0]["first_update_s"] > 0
+    assert abs(sum(startup[0][p] for p in phases) - startup[0]["total_s"]) < 0.05
+    assert startup[0]["imports_s"] > 0.5  # the launcher's spawn time reached the worker: MindSpore's import counted
+    assert "[rank 0] start-up: " in proc.stdout and "s from spawn to the first update (imports " in proc.stdout
     meta = json.loads((run / "summary.json").read_text())
     # rank 0's own seconds; the shared clock (the maximum) may be a rank that started a few seconds earlier
     assert 0.75 * 60 - 15 <= meta["train_seconds"] < 0.75 * 60 + 60

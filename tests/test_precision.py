@@ -244,20 +244,25 @@ def test_float16_o2_training_follows_float32():
 
 # -- launched jobs ---------------------------------------------------------------------------------
 
-def _launch(tmp_path, mode, mp):
+@pytest.fixture(scope="module")
+def launched_steps(tmp_path_factory):
+    """The step checks of tests/launch_scripts/step_worker.py as a 2-worker job: {mode: [rank 0's, rank 1's]}
+    for data_parallel (2 x 1) and hybrid (1 x 2), one launch for both."""
+    tmp = tmp_path_factory.mktemp("step_worker")
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
     proc = subprocess.run([sys.executable, "-m", "launcher", "--worker_num", "2", "--local_worker_num", "2",
-                           "--master_port", "0", "--log_dir", str(tmp_path / "logs"),
-                           str(SCRIPTS / "step_worker.py"), str(tmp_path / "out"), mode, str(mp)],
+                           "--master_port", "0", "--log_dir", str(tmp / "logs"),
+                           str(SCRIPTS / "step_worker.py"), str(tmp / "out")],
                           capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    return [json.loads((tmp_path / "out" / f"rank_{r}.json").read_text()) for r in (0, 1)]
+    return {mode: [json.loads((tmp / "out" / mode / f"rank_{r}.json").read_text()) for r in (0, 1)]
+            for mode in ("data_parallel", "hybrid")}
 
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
-def test_data_parallel_accumulates_reduces_once_skips_together_and_drops_per_rank(tmp_path):
-    ranks = _launch(tmp_path, "data_parallel", 1)
+def test_data_parallel_accumulates_reduces_once_skips_together_and_drops_per_rank(launched_steps):
+    ranks = launched_steps["data_parallel"]
     for r in ranks:
         for kind in ("padded", "packed"):
             gap, largest = r[kind]
@@ -275,8 +280,9 @@ def test_data_parallel_accumulates_reduces_once_skips_together_and_drops_per_ran
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
-def test_tensor_parallel_accumulation_matches_one_batch(tmp_path):
-    for r in _launch(tmp_path, "hybrid", 2):
+def test_tensor_parallel_accumulation_matches_one_batch(launched_steps):
+    for r in launched_steps["hybrid"]:
+        assert r["mode"] == "hybrid" and r["dp_rank"] == 0
         for kind in ("padded", "packed"):
             gap, largest = r[kind]
             assert largest > 1e-3 and gap < 1e-5, (r["rank"], kind, gap)

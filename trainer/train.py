@@ -31,6 +31,7 @@ from trainer.parallel.plan import check_trainable, check_vocabulary, make_plan
 from trainer.precision import check_precision, precision_caveat
 from trainer.saving import RunCheckpoints
 from trainer.schedule import learning_rate
+from trainer.startup import StartupClock
 from trainer.step import StepResult
 from trainer.validation import Validator
 
@@ -47,8 +48,9 @@ def training_batches(cfg: RunConfig, split: Split):
 class Trainer:
     """Owns the built model and step and the bookkeeping of one training run (one rank of it)."""
 
-    def __init__(self, cfg: RunConfig, corpus: Corpus, ctx: ParallelContext):
+    def __init__(self, cfg: RunConfig, corpus: Corpus, ctx: ParallelContext, startup: Optional[StartupClock] = None):
         self.cfg, self.corpus, self.ctx = cfg, corpus, ctx
+        self.startup = startup  # closed phase by phase up to the first update, then logged
         self.run_dir = cfg.run_dir()
         self.train_split = corpus.splits["train"]
         built = build_training(cfg, ctx, len(corpus.src_vocab), len(corpus.tgt_vocab))
@@ -68,6 +70,8 @@ class Trainer:
         self.stop_signal: Optional[int] = None  # SIGTERM/SIGINT seen on this rank
         self.stopping = False  # a signal seen on any rank: every rank saves and stops at the same step
         self.last_save = 0.0  # agreed run-clock seconds at the last save (train.save_every_minutes)
+        if startup is not None:
+            startup.close("build")
 
     def resume(self) -> bool:
         """Continue from the newest complete checkpoint (weights, Adam state, position, loss scale,
@@ -122,6 +126,14 @@ class Trainer:
         self.time_fraction = elapsed / budget
         return self.time_fraction >= 1.0
 
+    def _log_startup(self, resumed: bool) -> None:
+        """After the first update: the start-up phases to metrics.jsonl and one console line (main rank)."""
+        self.startup.close("first update")
+        self.log.write("startup", self.step, {"resumed": bool(resumed), **self.startup.record()})
+        if self.ctx.is_main:
+            tqdm.write(self.startup.line(resumed))
+        self.startup = None
+
     def _save_due(self) -> bool:
         t = self.cfg.train
         if t.save_every_steps and self.step % t.save_every_steps == 0:
@@ -159,6 +171,8 @@ class Trainer:
         """Train until max_epochs, max_steps or the time budget; return the summary."""
         cfg = self.cfg
         resumed = cfg.resumes() and self.resume()
+        if self.startup is not None:
+            self.startup.close("checkpoint")
         self.log = MetricsLog(self.run_dir, enabled=self.ctx.is_main, resume_step=self.step if resumed else None)
         self.clock = RunClock(self.ctx, self.elapsed_before)
         start = time.time()
@@ -187,6 +201,8 @@ class Trainer:
                 if len(group) < self.accumulation and i < last:
                     continue  # the epoch's last update takes what is left
                 result, rate = self.update(group)
+                if self.startup is not None:
+                    self._log_startup(resumed)
                 window.add(sum(int((a[0] != PAD).sum()) for a in group) + int(result.n_tokens),
                            result.loss_sum, result.nll_sum, result.n_tokens, skipped=not result.finite)
                 group = []
@@ -235,6 +251,7 @@ def train(cfg: RunConfig, corpus: Optional[Corpus] = None) -> Dict[str, object]:
 
     SIGTERM saves last.ckpt at the next step and stops.
     """
+    startup = StartupClock()
     ms.set_context(mode=ms.GRAPH_MODE)
     if is_scheduler():  # msrun-style launchers run the script in the scheduler process too
         from mindspore.communication import init
@@ -247,6 +264,7 @@ def train(cfg: RunConfig, corpus: Optional[Corpus] = None) -> Dict[str, object]:
     check_precision(cfg, backend)
     check_trainable(plan)
     ctx = init_parallel(plan, backend)
+    startup.close("cluster")
     if ctx.is_main and plan.caveat:
         tqdm.write(f"warning: {plan.caveat}")
     caveat, note = precision_caveat(cfg), speedups_note(cfg, backend)
@@ -262,9 +280,10 @@ def train(cfg: RunConfig, corpus: Optional[Corpus] = None) -> Dict[str, object]:
         use_compile_cache(cfg, run_dir, ctx.rank, plan.world_size)
     corpus = corpus or prepare(cfg.data)
     check_vocabulary(plan, len(corpus.tgt_vocab))
+    startup.close("data")
     if ctx.is_main:
         corpus.copy_vocab_to(run_dir / "vocab")
         (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
         if world > 1:
             tqdm.write(f"parallel plan: {plan.describe()}")
-    return Trainer(cfg, corpus, ctx).run()
+    return Trainer(cfg, corpus, ctx, startup).run()

@@ -1,8 +1,10 @@
 """Checks of the split train step (issue 16), standalone or as one rank of a launched job.
 
-    python step_worker.py OUT_DIR [PARALLEL_MODE] [MODEL_PARALLEL]
+    python step_worker.py OUT_DIR
 
-Writes OUT_DIR/rank_<r>.json with what tests/test_precision.py asserts:
+As one rank of a 2-worker job, first under data_parallel (2 x 1), then, in the same processes and cluster,
+under hybrid tensor parallelism (1 x 2): one launch for both (a launch costs a test ~25 s). Writes
+OUT_DIR/<mode>/rank_<r>.json with what tests/test_precision.py asserts:
   accumulation   k=4 micro-batches against one step over their concatenation (SGD, dropout
                  off): the largest difference of the updates relative to the largest update,
                  padded and packed
@@ -166,9 +168,12 @@ def dropout_digest(ctx, dp_rank, seed=1):
     return {"weights": weights, "output": float(np.abs(out).sum()), "output_head": out.ravel()[:16].tolist()}
 
 
-def main(out_dir: Path, mode: str, mp: int) -> None:
+def main(out_dir: Path) -> None:
+    from mindspore.communication import GlobalComm
+
     from trainer.config import load_config
-    from trainer.parallel.context import init_parallel, is_scheduler, select_backend, world_size_from_env
+    from trainer.parallel.context import (ParallelContext, init_parallel, is_scheduler, select_backend,
+                                          world_size_from_env)
     from trainer.parallel.plan import make_plan
 
     ms.set_context(mode=ms.GRAPH_MODE)
@@ -178,19 +183,26 @@ def main(out_dir: Path, mode: str, mp: int) -> None:
         init()
         return
     backend = select_backend()
-    cfg = load_config("tiny", [f"parallel.mode={mode}", f"parallel.model_parallel={mp}", "data.vocab_size=400"])
-    ctx = init_parallel(make_plan(cfg, world_size_from_env(), backend), backend)
-    report = {"rank": ctx.rank, "dp_rank": ctx.dp_rank, "mode": mode,
-              "padded": accumulation_gap(padded_micro_batches(), ctx),
-              "packed": accumulation_gap(packed_micro_batches(), ctx)}
-    if mode == "data_parallel":
-        report["reductions"] = count_reductions(ctx)
-        report["overflow"] = overflow(ctx, ctx.rank)
-        report["dropout"] = dropout_digest(ctx, ctx.dp_rank)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"rank_{ctx.rank}.json").write_text(json.dumps(report), encoding="utf-8")
+    world = world_size_from_env()
+
+    def plan(mode, mp):
+        cfg = load_config("tiny", [f"parallel.mode={mode}", f"parallel.model_parallel={mp}", "data.vocab_size=400"])
+        return make_plan(cfg, world, backend)
+
+    dp = init_parallel(plan("data_parallel", 1), backend)  # joins the cluster: the data-parallel group is the world
+    # the same two ranks as one tensor-parallel group (as init_parallel makes it for a 1 x 2 plan)
+    tp = ParallelContext(plan("hybrid", 2), backend, dp.rank, 0, dp.rank, None, GlobalComm.WORLD_COMM_GROUP)
+    for mode, ctx in (("data_parallel", dp), ("hybrid", tp)):
+        report = {"rank": ctx.rank, "dp_rank": ctx.dp_rank, "mode": mode,
+                  "padded": accumulation_gap(padded_micro_batches(), ctx),
+                  "packed": accumulation_gap(packed_micro_batches(), ctx)}
+        if mode == "data_parallel":
+            report["reductions"] = count_reductions(ctx)
+            report["overflow"] = overflow(ctx, ctx.rank)
+            report["dropout"] = dropout_digest(ctx, ctx.dp_rank)
+        (out_dir / mode).mkdir(parents=True, exist_ok=True)
+        (out_dir / mode / f"rank_{ctx.rank}.json").write_text(json.dumps(report), encoding="utf-8")
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else "data_parallel",
-         int(sys.argv[3]) if len(sys.argv) > 3 else 1)
+    main(Path(sys.argv[1]))

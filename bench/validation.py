@@ -1,0 +1,88 @@
+"""bench/validation: seconds one validation pass takes with 1 worker and with 2 data-parallel workers.
+
+    python -m bench.validation --rounds 2 --data-dir ../shared/data/multi30k
+
+Each data-parallel rank decodes its share of the valid split (trainer/validation.py: every d-th sentence
+in length order; loss sums and hypotheses summed over the group, every rank scores the whole split). Each
+run trains `small` for one update and then validates the whole valid split (1,014 pairs: loss, greedy
+decoding, BLEU) once; the figure is the `seconds` of that `valid` record (rank 0's; it includes the
+collectives that gather the hypotheses). The model has had one update, so greedy decoding runs every
+sentence to its length limit (eval.max_len_a x source + max_len_b): the longest a pass can take, the same
+work in every variant. Variants, interleaved each round: one worker on one core, one worker on both
+cores, 2 data-parallel workers on one core each (`--bind_core True`). Medians; bench/out/validation/result.json
+and a Markdown table on stdout.
+"""
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VARIANTS = {"1 worker, 1 core": (1, True), "1 worker, 2 cores": (1, False), "2 workers, 1 core each": (2, True)}
+
+
+def validation_seconds(run: Path) -> dict:
+    """The valid record of a finished run."""
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if record["kind"] == "valid":
+            return record
+    raise SystemExit(f"no valid record in {run / 'metrics.jsonl'}")
+
+
+def run_variant(run: Path, workers: int, one_core: bool, data_dir: str) -> dict:
+    """Train one update and validate once; the valid record."""
+    shutil.rmtree(run, ignore_errors=True)
+    trainer = ["-m", "trainer", "train", "--config", "small", "--data-dir", data_dir,
+               "--set", f"train.out_dir={run}", "--set", "train.max_steps=1", "--set", "train.eval_every=0",
+               "--set", "train.progress=false", "--set", "train.compile_cache=false"]
+    if workers == 1:
+        cmd = [sys.executable, *trainer]
+    else:
+        cmd = [sys.executable, "-m", "launcher", "--worker_num", str(workers), "--local_worker_num", str(workers),
+               "--master_port", "0", "--bind_core", str(one_core), "--log_dir", str(run / "logs"), *trainer]
+    pin = (lambda: os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})) if workers == 1 and one_core else None
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, preexec_fn=pin, timeout=1800)
+    if proc.returncode != 0:
+        raise SystemExit(f"{run.name} failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
+    return validation_seconds(run)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "multi30k"))
+    parser.add_argument("--out", default="bench/out/validation")
+    args = parser.parse_args()
+    out = ROOT / args.out
+    out.mkdir(parents=True, exist_ok=True)
+    seconds = {name: [] for name in VARIANTS}
+    bleu = {}
+    for i in range(args.rounds):
+        for name, (workers, one_core) in VARIANTS.items():
+            record = run_variant(out / "run", workers, one_core, args.data_dir)
+            seconds[name].append(record["seconds"])
+            bleu.setdefault(name, record["bleu"])
+            print(f"round {i} {name}: validation {record['seconds']:.1f} s (BLEU {record['bleu']:.2f})",
+                  file=sys.stderr)
+    medians = {name: statistics.median(v) for name, v in seconds.items()}
+    result = {"date": time.strftime("%Y-%m-%d %H:%M"), "rounds": args.rounds, "seconds": seconds,
+              "medians_s": medians, "bleu": bleu}
+    (out / "result.json").write_text(json.dumps(result, indent=1) + "\n")
+    base = medians["1 worker, 1 core"]
+    print("| variant | validation pass (median s) | vs 1 worker on 1 core | per round | BLEU |")
+    print("|---|---|---|---|---|")
+    for name, values in seconds.items():
+        rounds = " / ".join(f"{v:.1f}" for v in values)
+        print(f"| {name} | {medians[name]:.1f} | {base / medians[name]:.2f}x | {rounds} | {bleu[name]:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
