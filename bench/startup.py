@@ -22,23 +22,23 @@ import sys
 import time
 from pathlib import Path
 
+from trainer.metrics import read_metrics
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def first_update_after(run: Path, step: int, started: float) -> float:
     """Seconds from `started` to the record of update `step` in run's metrics.jsonl."""
-    for line in (run / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        if record["kind"] == "train" and record["step"] == step:
+    for record in read_metrics(run / "metrics.jsonl", "train"):
+        if record["step"] == step:
             return record["time"] - started
     raise SystemExit(f"no train record for step {step} in {run / 'metrics.jsonl'}")
 
 
 def startup_phases(run: Path, step: int) -> dict:
     """Rank 0's start-up phases (seconds) of the run whose first update was `step`."""
-    for line in (run / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        if record["kind"] == "startup" and record["step"] == step:
+    for record in read_metrics(run / "metrics.jsonl", "startup"):
+        if record["step"] == step:
             return {k[:-2]: v for k, v in record.items() if k.endswith("_s")}
     raise SystemExit(f"no startup record for step {step} in {run / 'metrics.jsonl'}")
 

@@ -22,17 +22,18 @@ import sys
 import time
 from pathlib import Path
 
+from trainer.metrics import read_metrics
+
 ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = {"1 worker, 1 core": (1, True), "1 worker, 2 cores": (1, False), "2 workers, 1 core each": (2, True)}
 
 
-def validation_seconds(run: Path) -> dict:
+def valid_record(run: Path) -> dict:
     """The valid record of a finished run."""
-    for line in (run / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        if record["kind"] == "valid":
-            return record
-    raise SystemExit(f"no valid record in {run / 'metrics.jsonl'}")
+    records = read_metrics(run / "metrics.jsonl", "valid")
+    if not records:
+        raise SystemExit(f"no valid record in {run / 'metrics.jsonl'}")
+    return records[0]
 
 
 def run_variant(run: Path, workers: int, one_core: bool, data_dir: str) -> dict:
@@ -51,7 +52,7 @@ def run_variant(run: Path, workers: int, one_core: bool, data_dir: str) -> dict:
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, preexec_fn=pin, timeout=1800)
     if proc.returncode != 0:
         raise SystemExit(f"{run.name} failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
-    return validation_seconds(run)
+    return valid_record(run)
 
 
 def main() -> int:

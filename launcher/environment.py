@@ -40,7 +40,7 @@ def _common(spec: LaunchSpec, base: Mapping[str, str], restart: int) -> Dict[str
     env.setdefault("HCCL_CONNECT_TIMEOUT", "600")  # what importing mindspore sets in msrun's children
     # MindSpore's cluster nodes poll the scheduler (heartbeat, "is the cluster built yet") at a random
     # interval between these bounds, in seconds; its default (several seconds) left a 2-worker CPU job
-    # waiting 4-6 s in init() after every rank had registered (bench.startup). Inherited values win.
+    # waiting 4-6 s in init() after every rank had registered (bench/README.md, bench.startup). Inherited values win.
     env.setdefault("MS_RETRY_INTERVAL_LOWER", "0")
     env.setdefault("MS_RETRY_INTERVAL_UPPER", "1")
     env["RANK_SIZE"] = str(spec.worker_num)
