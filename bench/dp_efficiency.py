@@ -9,7 +9,10 @@ float32), the flat buffer (parallel.grad_reduce=flat), the flat buffer in float1
 of 1024), each at gradient accumulation 1 and 4 (same global batch per micro-batch), and the default
 reduction with the collectives stubbed out (--no-comm: the step without communication, for the
 communication share 1 - t(no comm) / t(real)). Efficiency = tokens/s of the job / (2 x standalone's)
-at the same accumulation. Medians; bench/out/dp_efficiency/result.json and a Markdown table on stdout.
+at the same accumulation. Against the single-process alternative (goal 1's second half): one worker on
+both cores ("standalone 2 threads", unpinned) and the README's job shape (2 workers, no --bind_core),
+each row's "vs 2-thread worker" = its tokens/s over that worker's. --variants picks a subset.
+Medians; bench/out/dp_efficiency/result.json and a Markdown table on stdout.
 """
 import argparse
 import json
@@ -23,23 +26,28 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 WORKER = ROOT / "bench" / "parallel_worker.py"
 FP16 = ["parallel.grad_reduce_dtype=float16", "precision.loss_scale=static", "precision.initial_scale=1024"]
-VARIANTS = {  # name: (workers, extra worker arguments)
-    "standalone": (1, []),
-    "dp2 per-tensor fp32": (2, []),
-    "dp2 no communication": (2, ["--no-comm"]),
-    "dp2 flat fp32": (2, ["--set", "parallel.grad_reduce=flat"]),
-    "dp2 flat fp16": (2, [a for s in FP16 for a in ("--set", s)]),
+FLAT = ["--set", "parallel.grad_reduce=flat"]
+VARIANTS = {  # name: (workers, extra worker arguments, one core per process)
+    "standalone": (1, [], True),
+    "dp2 per-tensor fp32": (2, [], True),
+    "dp2 no communication": (2, ["--no-comm"], True),
+    "dp2 flat fp32": (2, FLAT, True),
+    "dp2 flat fp16": (2, [a for s in FP16 for a in ("--set", s)], True),
+    "standalone 2 threads": (1, [], False),
+    "dp2 flat fp32 unbound": (2, FLAT, False),
+    "dp2 per-tensor fp32 unbound": (2, [], False),
 }
 
 
-def run(name: str, workers: int, extra, accumulation: int, out: Path, steps: int, data_dir: str) -> float:
+def run(name: str, workers: int, extra, bound: bool, accumulation: int, out: Path, steps: int,
+        data_dir: str) -> float:
     """tokens/s of one launched configuration."""
     result = out / f"{name.replace(' ', '_')}-acc{accumulation}.json"
     cmd = [sys.executable, "-m", "launcher", "--worker_num", str(workers), "--local_worker_num", str(workers),
-           "--master_port", "0", "--bind_core", "True", "--log_dir", str(out / "logs" / name.replace(" ", "_")),
+           "--master_port", "0", "--bind_core", str(bound), "--log_dir", str(out / "logs" / name.replace(" ", "_")),
            str(WORKER), "--real", "--data-dir", data_dir, "--steps", str(steps), "--accumulation", str(accumulation),
            "--out", str(result), *extra]
-    pin = (lambda: os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})) if workers == 1 else None
+    pin = (lambda: os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})) if workers == 1 and bound else None
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, preexec_fn=pin, timeout=1800)
     if proc.returncode != 0:
         raise SystemExit(f"{name} (accumulation {accumulation}) failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
@@ -52,37 +60,41 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=12, help="timed updates per run, after 2 warm-up updates")
     parser.add_argument("--accumulation", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "multi30k"))
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--out", default="bench/out/dp_efficiency")
     args = parser.parse_args()
     out = ROOT / args.out
     out.mkdir(parents=True, exist_ok=True)
-    rates = {(name, k): [] for k in args.accumulation for name in VARIANTS}
+    chosen = {name: VARIANTS[name] for name in VARIANTS if name in args.variants}
+    rates = {(name, k): [] for k in args.accumulation for name in chosen}
     for i in range(args.rounds):
         for k in args.accumulation:
-            for name, (workers, extra) in VARIANTS.items():
-                rates[(name, k)].append(run(name, workers, extra, k, out, args.steps, args.data_dir))
+            for name, (workers, extra, bound) in chosen.items():
+                rates[(name, k)].append(run(name, workers, extra, bound, k, out, args.steps, args.data_dir))
                 print(f"round {i} accumulation {k} {name}: {rates[(name, k)][-1]:.0f} tokens/s", file=sys.stderr)
     rows = []
     for k in args.accumulation:
-        base = statistics.median(rates[("standalone", k)])
-        no_comm = statistics.median(rates[("dp2 no communication", k)])
-        for name in VARIANTS:
-            rate = statistics.median(rates[(name, k)])
-            row = {"variant": name, "accumulation": k, "tokens_per_s": round(rate),
-                   "efficiency": None if name == "standalone" else round(rate / (2 * base), 3),
-                   "comm_share": None if name in ("standalone", "dp2 no communication") else round(1 - rate / no_comm, 3)}
-            rows.append(row)
+        median = {name: statistics.median(rates[(name, k)]) for name in chosen}
+        base, no_comm, threads = (median.get(n) for n in ("standalone", "dp2 no communication", "standalone 2 threads"))
+        for name, rate in median.items():
+            rows.append({"variant": name, "accumulation": k, "tokens_per_s": round(rate),
+                         "efficiency": round(rate / (2 * base), 3) if base and chosen[name][0] == 2 else None,
+                         "comm_share": (round(1 - rate / no_comm, 3) if no_comm and chosen[name][0] == 2
+                                        and name != "dp2 no communication" else None),
+                         "vs_2_threads": round(rate / threads, 3) if threads else None})
     record = {"date": time.strftime("%Y-%m-%d %H:%M"), "rounds": args.rounds, "steps": args.steps,
               "cpu": next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                            if line.startswith("model name")), "?"),
               "rows": rows, "all": {f"{n} acc{k}": v for (n, k), v in rates.items()}}
     (out / "result.json").write_text(json.dumps(record, indent=1) + "\n")
-    print("| variant | accumulation | tokens/s (median) | efficiency vs 2 x standalone | communication share |")
-    print("|---|---|---|---|---|")
+    print("| variant | accumulation | tokens/s (median) | efficiency vs 2 x standalone | communication share | "
+          "vs 2-thread worker |")
+    print("|---|---|---|---|---|---|")
     for r in rows:
         eff = "-" if r["efficiency"] is None else f"{100 * r['efficiency']:.0f} %"
         share = "-" if r["comm_share"] is None else f"{100 * r['comm_share']:.0f} %"
-        print(f"| {r['variant']} | {r['accumulation']} | {r['tokens_per_s']:,} | {eff} | {share} |")
+        threads = "-" if r["vs_2_threads"] is None else f"{r['vs_2_threads']:.2f}x"
+        print(f"| {r['variant']} | {r['accumulation']} | {r['tokens_per_s']:,} | {eff} | {share} | {threads} |")
     return 0
 
 

@@ -1,5 +1,7 @@
 """Checkpoints (atomic, metadata round trip, mismatch errors) and the metrics log on resume."""
 import os
+import subprocess
+import sys
 
 import mindspore as ms
 import numpy as np
@@ -54,6 +56,47 @@ def test_metrics_log_drops_records_after_the_resume_step(tmp_path):
     fresh = MetricsLog(tmp_path)  # a new run starts a new log
     fresh.close()
     assert read_metrics(tmp_path / "metrics.jsonl") == []
+
+
+def _tensorboard_scalars(tb_dir):
+    """(tag, step, value) of every scalar in a TensorBoard event directory (TFRecord framing, Event protos)."""
+    import struct
+
+    from tensorboardX.proto.event_pb2 import Event
+
+    out = []
+    for path in sorted(tb_dir.iterdir()):
+        data = path.read_bytes()
+        while data:
+            (length,) = struct.unpack("<Q", data[:8])
+            event = Event.FromString(data[12:12 + length])
+            data = data[12 + length + 4:]
+            out += [(v.tag, event.step, v.simple_value) for v in event.summary.value]
+    return out
+
+
+def test_metrics_log_writes_tensorboard_scalars_without_importing_torch(tmp_path):
+    log = MetricsLog(tmp_path)
+    log.write("train", 5, {"loss": 2.5, "lr": 0.001, "note": "text is not a scalar"})
+    log.close()
+    assert _tensorboard_scalars(tmp_path / "tb") == [("train/loss", 5, 2.5), ("train/lr", 5, pytest.approx(0.001))]
+    # tensorboardX imports PyTorch where it is installed (seconds of every rank's start); the trainer must not.
+    # A stand-in torch that leaves a mark when imported works whether or not the real one is installed.
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "torch.py").write_text("import os\nopen(os.environ['TORCH_MARK'], 'w').close()\nTensor = object\n")
+    mark = tmp_path / "torch-was-imported"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(fake), os.environ.get("PYTHONPATH", "")]),
+               TORCH_MARK=str(mark))
+    probe = "import sys, trainer.train; import torch; print(torch.Tensor is object)"
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "True"  # the stand-in is the torch this interpreter sees, and still importable
+    mark.unlink()  # the probe's own import left it; the trainer's imports alone must not:
+    proc = subprocess.run([sys.executable, "-c", "import trainer.train"], capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not mark.exists()
 
 
 def test_validation_time_is_left_out_of_tokens_per_second_but_the_tokens_before_it_count(monkeypatch):

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from trainer.cli import build_parser
 
 
@@ -79,3 +81,19 @@ def test_missing_checkpoint_exits_2(tmp_path):
 def test_bad_data_dir_exits_2(tmp_path):
     proc = run("train", "--config", "tiny", "--data-dir", str(tmp_path / "missing"))
     assert proc.returncode == 2 and "not a directory" in proc.stderr
+
+
+def test_scheduler_process_only_joins_the_cluster(monkeypatch):
+    """msrun-style launchers run `mindrun train` as MindSpore's scheduler too: it calls init() and nothing of the
+    trainer (no config, data or model imports competing with the workers' for the cores)."""
+    import mindspore.communication
+    import trainer.config
+
+    from trainer import cli
+
+    joined = []
+    monkeypatch.setenv("MS_ROLE", "MS_SCHED")
+    monkeypatch.setattr(mindspore.communication, "init", lambda *a, **k: joined.append(a))
+    monkeypatch.setattr(trainer.config, "load_config", lambda *a, **k: pytest.fail("the scheduler loaded a config"))
+    assert cli.main(["train", "--config", "no-such-recipe"]) == 0
+    assert joined == [()]

@@ -72,3 +72,32 @@ def test_word_level_reproduces_course_preprocessing(data_dir, tmp_path):
     once = next(w for w, c in counts.items() if c == 1)
     assert de.encode(once) == [tok.UNK]
     assert en.decode(en.encode("A dog runs.")) == "a dog runs ."
+
+
+def test_encoded_ids_are_cached_and_reread(data_dir, tmp_path, monkeypatch):
+    from trainer import dataset
+
+    cfg = DataConfig(dir=str(data_dir), cache_dir=str(tmp_path), vocab_size=500, train_limit=500, valid_limit=40)
+    first = prepare(cfg)
+    cached = list((first.vocab_dir / "encoded").glob("*.pkl"))
+    assert len(cached) == 1
+    calls = []
+    monkeypatch.setattr(dataset, "_encode", lambda vocab, sentences: calls.append(len(sentences)) or [])
+    again = prepare(cfg)  # read from the cache: nothing encoded
+    assert calls == []
+    for name, split in first.splits.items():
+        assert again.splits[name].src_ids == split.src_ids and again.splits[name].tgt_ids == split.tgt_ids
+    # other text (another limit) is another key; a torn or foreign file is encoded again, not trusted
+    prepare(DataConfig(dir=str(data_dir), cache_dir=str(tmp_path), vocab_size=500, train_limit=500, valid_limit=20))
+    assert calls and len(list((first.vocab_dir / "encoded").glob("*.pkl"))) == 2
+    calls.clear()
+    cached[0].write_bytes(b"not a pickle")
+    prepare(cfg)
+    assert calls  # encoded again
+
+
+def test_vocab_copy_leaves_the_encoded_cache_behind(data_dir, tmp_path):
+    cfg = DataConfig(dir=str(data_dir), cache_dir=str(tmp_path / "c"), vocab_size=500, train_limit=500)
+    corpus = prepare(cfg)
+    corpus.copy_vocab_to(tmp_path / "run" / "vocab")
+    assert sorted(p.name for p in (tmp_path / "run" / "vocab").iterdir()) == ["joint.model", "joint.vocab"]

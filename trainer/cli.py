@@ -7,6 +7,15 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 
+def _serve_as_scheduler() -> int:
+    """MindSpore's scheduler (MS_ROLE=MS_SCHED) only hosts the cluster: join it with MindSpore alone, without
+    the trainer's imports, so that the workers' imports do not share the cores with a third copy of them."""
+    from mindspore.communication import init
+
+    init()
+    return 0
+
+
 def _train(args) -> int:
     from trainer.config import load_config
     from trainer.train import train
@@ -226,6 +235,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if argv[:1] and argv[0] in SUBCOMMANDS:
         return SUBCOMMANDS[argv[0]].main(argv[1:])
     args = build_parser().parse_args(argv)
+    if args.command == "train" and os.environ.get("MS_ROLE") == "MS_SCHED":  # msrun-style launchers run the
+        return _serve_as_scheduler()                                          # worker command there too
     from trainer.checkpoint import CheckpointError  # imports MindSpore: not needed by the launcher's subcommands
     from trainer.config import ConfigError
     from trainer.data.multi30k import DataError

@@ -1,8 +1,17 @@
-"""The prepared corpus: verified Multi30k splits, trained vocabularies, sentences as token ids."""
+"""The prepared corpus: verified Multi30k splits, trained vocabularies, sentences as token ids.
+
+The ids are cached beside the tokenizer (tokenizers/<key>/encoded/): a restart reads them instead of encoding
+31k pairs again while its ranks share the cores.
+"""
+import hashlib
+import json
+import pickle
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from launcher import atomic
 
 from trainer.config import DataConfig
 from trainer.data import multi30k
@@ -61,8 +70,34 @@ def prepare(cfg: DataConfig) -> Corpus:
     vocab_dir = build_vocabs(raw["train"], cfg.tokenizer, cfg.joint_vocab, cfg.vocab_size, cfg.min_freq,
                              multi30k.cache_root(cfg.cache_dir), key)
     src_vocab, tgt_vocab = load_vocabs(vocab_dir)
-    splits = {}
-    for name, pairs in raw.items():
-        splits[name] = Split(pairs, _encode(src_vocab, [s for s, _ in pairs]),
-                             _encode(tgt_vocab, [t for _, t in pairs]))
+    ids_path = vocab_dir / "encoded" / f"{_ids_key(raw, vocab_dir)}.pkl"
+    ids = _read_ids(ids_path, raw)
+    if ids is None:
+        ids = {name: (_encode(src_vocab, [s for s, _ in pairs]), _encode(tgt_vocab, [t for _, t in pairs]))
+               for name, pairs in raw.items()}
+        with atomic.atomic_path(ids_path) as tmp:
+            tmp.write_bytes(pickle.dumps(ids, protocol=pickle.HIGHEST_PROTOCOL))
+    splits = {name: Split(pairs, *ids[name]) for name, pairs in raw.items()}
     return Corpus(splits, src_vocab, tgt_vocab, vocab_dir)
+
+
+def _ids_key(raw: Dict[str, List[Tuple[str, str]]], vocab_dir: Path) -> str:
+    """Hash of the text to encode and of the vocabulary files that encode it."""
+    digest = hashlib.sha256(json.dumps(raw, sort_keys=True).encode())
+    for path in sorted(p for p in vocab_dir.iterdir() if p.is_file() and not p.name.startswith(".")):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _read_ids(path: Path, raw: Dict[str, List[Tuple[str, str]]]) -> Optional[Dict]:
+    """Cached ids for `raw`, or None when absent, unreadable or not matching the splits' sizes."""
+    try:
+        ids = pickle.loads(path.read_bytes())
+    except (OSError, pickle.UnpicklingError, EOFError, ValueError):
+        return None
+    if not isinstance(ids, dict) or set(ids) != set(raw):
+        return None
+    if any(len(ids[n][0]) != len(p) or len(ids[n][1]) != len(p) for n, p in raw.items()):
+        return None
+    return ids
