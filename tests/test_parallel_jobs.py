@@ -191,10 +191,16 @@ def test_a_model_parallel_checkpoint_resumes_under_data_parallelism(model_parall
 def test_packed_data_parallel_matches_packed_standalone(data_dir, tmp_path):
     """Packed rows (segment ids and positions) split across data-parallel ranks like padded ones.
 
-    17 rows of 64 over 2 ranks: the second rank's share is padded with an empty row."""
+    17 rows of 64 over 2 ranks: the second rank's share is padded with an empty row. The gradients go one
+    AllReduce per gradient (parallel.grad_reduce=per_tensor; the other data-parallel jobs take the default
+    flat buffer)."""
     packing = ["data.packing=true", "data.pack_length=64", "data.max_tokens=1088"]
     ref = standalone_run(data_dir, tmp_path / "standalone", *packing)
-    same_run(ref, launched(data_dir, tmp_path / "dp", 2, "parallel.mode=data_parallel", *packing))
+    run = launched(data_dir, tmp_path / "dp", 2, "parallel.mode=data_parallel", "parallel.grad_reduce=per_tensor",
+                   *packing)
+    log = (tmp_path / "dp" / "logs" / "worker_0.log").read_text()
+    assert "data_parallel 2 x model_parallel 1" in log and "one flat" not in log
+    same_run(ref, run)
 
 
 def test_hybrid_model_parallel_matches_standalone(standalone, model_parallel):
@@ -203,6 +209,7 @@ def test_hybrid_model_parallel_matches_standalone(standalone, model_parallel):
 
 def test_data_and_model_parallel_2x2_matches_standalone(standalone, data_dir, tmp_path):
     run = launched(data_dir, tmp_path, 4, "parallel.model_parallel=2", "parallel.data_parallel=2")
+    assert "one flat float32 buffer" in (tmp_path / "logs" / "worker_0.log").read_text()  # the default, auto
     same_run(standalone, run)
 
 
@@ -213,13 +220,14 @@ DECODER_ONLY = ["model.arch=decoder_only", "model.pre_norm=true", "model.decoder
 def test_decoder_only_under_data_and_model_parallel_2x2_matches_standalone(data_dir, tmp_path):
     """The decoder-only model on packed rows (source + target in one causal sequence) through the same seam:
     data parallel x hybrid tensor parallel (vocabulary-parallel tied embedding, SwiGLU's two column-split
-    projections, a replicated learned position table), the gradients reduced in one flat buffer over each
-    data-parallel sub-group, equals standalone."""
+    projections, a replicated learned position table), the gradients reduced one AllReduce per gradient over
+    each data-parallel sub-group (the encoder-decoder's 2x2 job takes the default flat buffer), equals
+    standalone."""
     ref = standalone_run(data_dir, tmp_path / "standalone", *DECODER_ONLY)
     run = launched(data_dir, tmp_path / "job", 4, "parallel.model_parallel=2", "parallel.data_parallel=2",
-                   "parallel.grad_reduce=flat", *DECODER_ONLY)
+                   "parallel.grad_reduce=per_tensor", *DECODER_ONLY)
     log = (tmp_path / "job" / "logs" / "worker_0.log").read_text()
-    assert "data_parallel 2 x model_parallel 2" in log and "one flat float32 buffer" in log
+    assert "data_parallel 2 x model_parallel 2" in log and "one flat" not in log
     same_run(ref, run)
 
 

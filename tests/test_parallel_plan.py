@@ -233,11 +233,13 @@ def test_training_refuses_semi_auto_until_its_checkpoints_exist():
 
 
 @pytest.mark.parametrize("sets, kind, wire", [
-    ([], "DataParallelReduction", None),
-    (["parallel.grad_reduce=flat"], "FlatReduction", "Float32"),
+    ([], "FlatReduction", "Float32"),  # auto: a model this size goes through the flat buffer
+    (["parallel.grad_reduce=auto", "LIMIT=0"], "DataParallelReduction", None),  # past the limit: per gradient
+    (["parallel.grad_reduce=per_tensor"], "DataParallelReduction", None),
+    (["parallel.grad_reduce=flat", "LIMIT=0"], "FlatReduction", "Float32"),  # asked for: whatever the size
     (["parallel.grad_reduce_dtype=float16", "precision.loss_scale=static"], "FlatReduction", "Float16"),
 ])
-def test_the_seam_picks_the_configured_gradient_reduction(sets, kind, wire):
+def test_the_seam_picks_the_configured_gradient_reduction(sets, kind, wire, monkeypatch):
     """parallel.grad_reduce / grad_reduce_dtype reach the update step; the flat buffer splits back exactly."""
     import mindspore as ms
     from mindspore import nn, ops
@@ -248,7 +250,10 @@ def test_the_seam_picks_the_configured_gradient_reduction(sets, kind, wire):
     from trainer.parallelize import parallelize
 
     ms.set_context(mode=ms.PYNATIVE_MODE)
-    c = cfg("parallel.mode=data_parallel", "model.encoder_layers=3", "model.decoder_layers=3", *sets)
+    if "LIMIT=0" in sets:
+        monkeypatch.setattr("trainer.parallelize.FLAT_LIMIT_BYTES", 0)
+    c = cfg("parallel.mode=data_parallel", "model.encoder_layers=3", "model.decoder_layers=3",
+            *[s for s in sets if s != "LIMIT=0"])
     plan = make_plan(c, 2, "CPU")
     model = Transformer(c.model, 400, 400, 0)
     parallel = parallelize(model, ParallelContext(plan, "CPU", rank=1, dp_rank=1, dp_group="dp_0"))
@@ -272,3 +277,14 @@ def test_the_seam_picks_the_configured_gradient_reduction(sets, kind, wire):
         else:  # float16 rounding: half an ulp, 2**-11 relative for normals, 2**-25 absolute below them
             error = np.abs(b.asnumpy() - g.asnumpy())
             assert (error <= 2.0 ** -11 * np.abs(g.asnumpy()) + 2.0 ** -25).all() and error.max() > 0
+
+
+def test_semi_auto_leaves_the_gradient_reduction_to_mindspore():
+    base = ("parallel.mode=semi_auto", "parallel.model_parallel=2")
+    assert make_plan(cfg(*base), 8, "Ascend").grad_reduce == "auto"  # the default: MindSpore inserts its own
+    for choice in ("parallel.grad_reduce=flat", "parallel.grad_reduce=per_tensor"):
+        with pytest.raises(ConfigError, match="under parallel.mode=semi_auto MindSpore inserts its own"):
+            make_plan(cfg(*base, choice), 8, "Ascend")
+    assert "one flat float32 buffer" in make_plan(cfg("parallel.mode=data_parallel"), 2, "CPU").describe()
+    assert "flat" not in make_plan(cfg("parallel.mode=data_parallel", "parallel.grad_reduce=per_tensor"), 2,
+                                   "CPU").describe()

@@ -27,6 +27,7 @@ from model.parallel.layout import apply_hybrid, apply_semi_auto
 from model.parallel.mappings import all_gather_works
 from trainer.parallel.context import ParallelContext
 from trainer.parallel.data import shard_rows
+from trainer.parallel.plan import FLAT_LIMIT_BYTES
 
 _hyper_map = ops.HyperMap()
 
@@ -96,10 +97,14 @@ class Parallelized:
         """The gradient and loss-sum reduction the update step applies first (parallel.grad_reduce and
         grad_reduce_dtype choose the flat one)."""
         plan = self.ctx.plan if self.ctx is not None else None
-        if self.dp_group is None or plan is None or (plan.grad_reduce, plan.grad_reduce_dtype) == ("per_tensor",
-                                                                                                    "float32"):
+        if self.dp_group is None or plan is None:
             return DataParallelReduction(weights, self.dp_group)
-        return FlatReduction(weights, self.dp_group, ms.float16 if plan.grad_reduce_dtype == "float16" else ms.float32)
+        if plan.grad_reduce_dtype == "float16":
+            return FlatReduction(weights, self.dp_group, ms.float16)
+        flat_bytes = sum(4 * int(np.prod(p.shape)) for p in weights)
+        if plan.grad_reduce == "flat" or (plan.grad_reduce == "auto" and flat_bytes <= FLAT_LIMIT_BYTES):
+            return FlatReduction(weights, self.dp_group, ms.float32)
+        return DataParallelReduction(weights, self.dp_group)
 
     def norm_weights(self, weights) -> Tuple[float, ...]:
         """Per-parameter weight in the squared clipping norm: split ones every shard, replicated ones once."""
