@@ -10,8 +10,9 @@ from trainer.config import ConfigError, RunConfig
 
 
 # parallel.grad_reduce=auto sums gradients in one flat buffer up to this size (the buffer is one more copy of
-# them; a 2-worker `small` job on the CPU went from 58 to 70 % efficiency, bench.dp_efficiency), and one
-# AllReduce per gradient beyond, where a second copy of a large model's gradients would cost device memory
+# them; a 2-worker `small` job on the CPU went from 58 to 70 % efficiency, bench.dp_efficiency, for ~20 s
+# more compile before the first update), and one AllReduce per gradient beyond, where a second copy of a
+# large model's gradients would cost device memory
 FLAT_LIMIT_BYTES = 1 << 30
 UNTESTED_ON_HARDWARE = ("parallel.mode=semi_auto (MindSpore auto-parallel, shard() strategies) has not run on "
                         "Ascend or GPU hardware; the verified path is data_parallel/hybrid (parallel.mode=auto)")
