@@ -232,14 +232,14 @@ def test_training_refuses_semi_auto_until_its_checkpoints_exist():
         check_trainable(make_plan(cfg("parallel.mode=semi_auto", "parallel.model_parallel=2"), 8, "Ascend"))
 
 
-@pytest.mark.parametrize("sets, kind, wire", [
-    ([], "FlatReduction", "Float32"),  # auto: a model this size goes through the flat buffer
-    (["parallel.grad_reduce=auto", "LIMIT=0"], "DataParallelReduction", None),  # past the limit: per gradient
-    (["parallel.grad_reduce=per_tensor"], "DataParallelReduction", None),
-    (["parallel.grad_reduce=flat", "LIMIT=0"], "FlatReduction", "Float32"),  # asked for: whatever the size
-    (["parallel.grad_reduce_dtype=float16", "precision.loss_scale=static"], "FlatReduction", "Float16"),
+@pytest.mark.parametrize("sets, limit, kind, wire", [
+    ([], None, "FlatReduction", "Float32"),  # auto: a model this size goes through the flat buffer
+    (["parallel.grad_reduce=auto"], 0, "DataParallelReduction", None),  # past the limit: per gradient
+    (["parallel.grad_reduce=per_tensor"], None, "DataParallelReduction", None),
+    (["parallel.grad_reduce=flat"], 0, "FlatReduction", "Float32"),  # asked for: whatever the size
+    (["parallel.grad_reduce_dtype=float16", "precision.loss_scale=static"], None, "FlatReduction", "Float16"),
 ])
-def test_the_seam_picks_the_configured_gradient_reduction(sets, kind, wire, monkeypatch):
+def test_the_seam_picks_the_configured_gradient_reduction(sets, limit, kind, wire, monkeypatch):
     """parallel.grad_reduce / grad_reduce_dtype reach the update step; the flat buffer splits back exactly."""
     import mindspore as ms
     from mindspore import nn, ops
@@ -250,10 +250,9 @@ def test_the_seam_picks_the_configured_gradient_reduction(sets, kind, wire, monk
     from trainer.parallelize import parallelize
 
     ms.set_context(mode=ms.PYNATIVE_MODE)
-    if "LIMIT=0" in sets:
-        monkeypatch.setattr("trainer.parallelize.FLAT_LIMIT_BYTES", 0)
-    c = cfg("parallel.mode=data_parallel", "model.encoder_layers=3", "model.decoder_layers=3",
-            *[s for s in sets if s != "LIMIT=0"])
+    if limit is not None:
+        monkeypatch.setattr("trainer.parallelize.FLAT_LIMIT_BYTES", limit)
+    c = cfg("parallel.mode=data_parallel", "model.encoder_layers=3", "model.decoder_layers=3", *sets)
     plan = make_plan(c, 2, "CPU")
     model = Transformer(c.model, 400, 400, 0)
     parallel = parallelize(model, ParallelContext(plan, "CPU", rank=1, dp_rank=1, dp_group="dp_0"))
