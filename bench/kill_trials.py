@@ -5,7 +5,8 @@
 Each trial starts a 2-worker job of the tiny recipe (`mindrun launch`, data_parallel or
 model_parallel 2 in turn, dropout on, a sharded checkpoint every 2 steps), waits a random
 time, and SIGKILLs one worker or the launcher; every third trial instead waits for a save to
-begin after at least one has committed (a step directory without its manifest) and kills then. It then restarts the job with
+begin after at least one has committed (a step directory without its manifest), stops the workers (SIGSTOP),
+and kills only if the save is still unfinished then (else it lets them go on and waits for the next save). It then restarts the job with
 `train.resume=auto` for two more steps and checks that
 
   - the restart succeeds (exit 0),
@@ -97,6 +98,16 @@ def logged_steps(run: Path):
     return steps
 
 
+def signal_all(pids, signum):
+    """Send `signum` to each of `pids` that still exists; returns `pids` (an empty list after SIGCONT)."""
+    for pid in pids:
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+    return [] if signum == signal.SIGCONT else list(pids)
+
+
 def worker_pids(launcher_pid: int):
     import psutil
 
@@ -121,23 +132,29 @@ def trial(index: int, data_dir: Path, out: Path, victim: str, layout: str, at_sa
             break
         time.sleep(0.05)
     trained_from = time.time()
-    killed_in_save = False
+    caught = False  # the moment to kill came (a save in progress, or the delay)
+    frozen = []  # at_save: the job's workers, stopped (SIGSTOP) while a save was seen in progress
     while job.poll() is None and time.time() < deadline:
         if at_save and saving_now(run) and committed_any(run):  # a save after at least one committed
-            killed_in_save = True
-            break
+            frozen = signal_all(worker_pids(job.pid), signal.SIGSTOP)
+            if saving_now(run):  # still unfinished with every worker stopped: the kill lands inside it
+                caught = True
+                break
+            frozen = signal_all(frozen, signal.SIGCONT)  # it committed meanwhile: wait for the next save
         if not at_save and time.time() - trained_from >= delay:
+            caught = True
             break
         time.sleep(0.002 if at_save else 0.05)
-    killed_in_save = killed_in_save or saving_now(run)
+    killed_in_save = saving_now(run) if caught else False
     killed_at = time.time()
     complete_before = committed_steps(run)  # cheap (no hashing): the kill follows at once
     target: Optional[int] = None
-    killed = job.poll() is None  # else it ended first (a failure of the trial, not of the resume)
+    killed = caught and job.poll() is None  # else it ended or timed out first (a failure of the trial)
     if killed:
-        workers = worker_pids(job.pid)
+        workers = frozen or worker_pids(job.pid)
         target = job.pid if victim == "launcher" or not workers else random.choice(workers)
         os.kill(target, signal.SIGKILL)
+    signal_all(frozen, signal.SIGCONT)  # the others see the failure and end as in any crash
     try:
         job.wait(timeout=60)
     except subprocess.TimeoutExpired:
@@ -165,7 +182,7 @@ def trial(index: int, data_dir: Path, out: Path, victim: str, layout: str, at_sa
               "complete_checkpoints": complete, "complete_before_kill": complete_before,
               "resumed_from": resumed_from, "resume_rc": proc.returncode, "continued": continued}
     record["ok"] = (killed and proc.returncode == 0 and resumed_from == newest and continued
-                    and newest >= (complete_before[0] if complete_before else 0))
+                    and newest >= (complete_before[0] if complete_before else 0) and (killed_in_save or not at_save))
     if not record["ok"]:
         record["resume_log_tail"] = log[-2000:]
     return record

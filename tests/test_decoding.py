@@ -105,10 +105,10 @@ def brute_force_best(model, src_row, max_len, vocab):
 def exact_case(request):
     """A tiny model, two sources, and the brute-force best outputs (computed once per architecture)."""
     ms.set_context(mode=ms.PYNATIVE_MODE)
-    vocab, max_len = 5, 3
+    vocab, max_len = 6, 3
     model = make_model(seed=2, vocab=vocab, arch=request.param)
-    src = np.random.default_rng(5).integers(4, vocab, size=(2, 4)).astype(np.int32)
-    return model, src, max_len, [brute_force_best(model, src[i], max_len, vocab) for i in range(2)]
+    src = np.array([[4, 5, 5, 4], [5, 4, 0, 0]], np.int32)  # two different sources, one padded
+    return model, src, max_len, [brute_force_best(model, src[i][src[i] != 0], max_len, vocab) for i in range(2)]
 
 
 @pytest.mark.parametrize("mode", [ms.PYNATIVE_MODE, ms.GRAPH_MODE])

@@ -261,6 +261,8 @@ def test_the_seam_picks_the_configured_gradient_reduction(sets, limit, kind, wir
     if wire is None:
         return
     assert str(reduction.wire) == wire
+    if limit == 0:
+        return  # the same float32 buffer as the first case, whose split-back is checked there (a compile saved)
     reduction.grad_sum = reduction.sum = ops.Identity()  # one rank's view: the sums are its own values
     weights = model.trainable_params()
     assert len(weights) > 100  # graph mode once unrolled a split of this many past its depth limit

@@ -138,18 +138,20 @@ def test_dropout_keys_differ_per_step_and_repeat_and_ranks_draw_their_rows_masks
 # -- the step, standalone (compiles) ---------------------------------------------------------------
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["padded", "packed"])
-@pytest.mark.parametrize("cpu_speedups", [False, True])
+@pytest.mark.parametrize("kind, cpu_speedups", [("padded", False), ("packed", True)])  # each factor once
 def test_four_micro_batches_update_as_one_batch_of_four(kind, cpu_speedups, tmp_path):
-    """k=4 accumulated against one step over the concatenation: the same SGD update."""
+    """Two updates of k=4 micro-batches against two steps over their concatenations: the same SGD updates
+    (rate 1, no clipping: a wrong scale of the sum, or an accumulator not emptied after an update, moves the
+    weights by about the largest change itself)."""
     from trainer.cpu import CpuSpeedups
 
     ms.set_context(mode=ms.GRAPH_MODE)
     worker = _worker()
-    batches = worker.padded_micro_batches() if kind == "padded" else worker.packed_micro_batches()
+    make = worker.padded_micro_batches if kind == "padded" else worker.packed_micro_batches
+    updates = [make(seed=seed) for seed in (0, 1)]
     speedups = CpuSpeedups(kernel_dir=tmp_path) if cpu_speedups else None  # fused loss, kernels
-    gap, largest = worker.accumulation_gap(batches, speedups=speedups)
-    assert largest > 1e-3  # the step moved the weights
+    gap, largest = worker.accumulation_gap(updates, speedups=speedups)
+    assert largest > 1e-3  # the steps moved the weights
     assert gap < 1e-5
 
 
@@ -224,21 +226,23 @@ def test_o1_trains_and_leaves_nothing_in_the_working_directory(tmp_path, monkeyp
 
 @pytest.mark.slow
 def test_float16_o2_training_follows_float32():
-    """30 Adam steps on four fixed batches: the O2 float16 loss ends within 2 % of float32's (0.2 % measured)."""
+    """30 Adam steps on four fixed batches, O2 float16 against float32. Measured (2026-12-05, Intel Xeon): the
+    mean loss of the last 4 steps 0.18 % apart, any step's loss at most 0.27 %, its (unscaled) gradient norm at
+    most 0.46 %; the bounds are about 2.5x those. A loss scale left in the gradients would be off by 65536."""
     ms.set_context(mode=ms.GRAPH_MODE)
     worker = _worker()
     batches = worker.padded_micro_batches(seed=2, k=4)
-    finals = {}
+    runs = {}
     for level in ("O0", "O2"):
         _, _, stepper = worker.build(precision=PrecisionConfig(level=level), optimizer="adam", lr=5e-3)
-        losses = []
-        for step in range(1, 31):
-            result = stepper.update([batches[step % 4]], step)
-            losses.append(result.loss_sum / result.n_tokens)
-        finals[level] = (np.mean(losses[-4:]), losses[0], stepper.scaler.skipped_steps)
-    (l32, first32, _), (l16, _, skipped16) = finals["O0"], finals["O2"]
-    assert l32 < 0.8 * first32  # it trained
-    assert abs(l16 - l32) <= 0.02 * l32, finals
+        results = [stepper.update([batches[step % 4]], step) for step in range(1, 31)]
+        runs[level] = (np.array([r.loss_sum / r.n_tokens for r in results]),
+                       np.array([r.grad_norm for r in results]), stepper.scaler.skipped_steps)
+    (l32, g32, _), (l16, g16, skipped16) = runs["O0"], runs["O2"]
+    assert l32[-4:].mean() < 0.8 * l32[0]  # it trained
+    assert abs(l16[-4:].mean() - l32[-4:].mean()) <= 0.005 * l32[-4:].mean()
+    np.testing.assert_allclose(l16, l32, rtol=0.007)
+    np.testing.assert_allclose(g16, g32, rtol=0.012)
     assert skipped16 <= 2
 
 
@@ -246,8 +250,7 @@ def test_float16_o2_training_follows_float32():
 
 @pytest.fixture(scope="module")
 def launched_steps(tmp_path_factory):
-    """The step checks of tests/launch_scripts/step_worker.py as a 2-worker job: {mode: [rank 0's, rank 1's]}
-    for data_parallel (2 x 1) and hybrid (1 x 2), one launch for both."""
+    """The step checks of tests/launch_scripts/step_worker.py as a 2-worker data-parallel job: [rank 0's, rank 1's]."""
     tmp = tmp_path_factory.mktemp("step_worker")
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
     proc = subprocess.run([sys.executable, "-m", "launcher", "--worker_num", "2", "--local_worker_num", "2",
@@ -255,18 +258,15 @@ def launched_steps(tmp_path_factory):
                            str(SCRIPTS / "step_worker.py"), str(tmp / "out")],
                           capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    return {mode: [json.loads((tmp / "out" / mode / f"rank_{r}.json").read_text()) for r in (0, 1)]
-            for mode in ("data_parallel", "hybrid")}
+    return [json.loads((tmp / "out" / "data_parallel" / f"rank_{r}.json").read_text()) for r in (0, 1)]
 
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
-def test_data_parallel_accumulates_reduces_once_skips_together_and_drops_per_rank(launched_steps):
-    ranks = launched_steps["data_parallel"]
+def test_data_parallel_reduces_once_per_update_skips_together_and_drops_per_rank(launched_steps):
+    """(Accumulation under data and tensor parallelism equals standalone: tests/test_parallel_jobs.py.)"""
+    ranks = launched_steps
     for r in ranks:
-        for kind in ("padded", "packed"):
-            gap, largest = r[kind]
-            assert largest > 1e-3 and gap < 1e-5, (r["rank"], kind, gap)
         assert r["reductions"] == [3, False]  # one reduction per update; none in the micro-step
         o = r["overflow"]
         # rank 1's scale overflowed float16; rank 0's would not have: both skipped, nothing moved
@@ -280,12 +280,18 @@ def test_data_parallel_accumulates_reduces_once_skips_together_and_drops_per_ran
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
-def test_tensor_parallel_accumulation_matches_one_batch(launched_steps):
-    for r in launched_steps["hybrid"]:
-        assert r["mode"] == "hybrid" and r["dp_rank"] == 0
-        for kind in ("padded", "packed"):
-            gap, largest = r[kind]
-            assert largest > 1e-3 and gap < 1e-5, (r["rank"], kind, gap)
+def test_float16_gradient_reduction_stays_within_its_tolerance_of_standalone_float32(launched_steps):
+    """Gradients summed in float16 on the wire (the update in float32) under a static loss scale of 1024 (a power
+    of two: exact in float32, so standalone without one is the reference), 3 SGD updates without clipping (a wrong
+    scale would move the weights as much as the norm): float16 keeps ~3 significant digits of each gradient.
+    Measured (2026-12-05): gradient norms 1.4e-4 apart (relative), weight changes 1.2e-3 of the largest change
+    (rounding compounds over the updates); bounds at 1e-3 and 3e-3. A float32 wire would be ~1e-7 apart: the
+    float16 rounding must show. (The trainer runs the float16 wire end to end in tests/test_parallel_jobs.py's
+    time-budget job.)"""
+    for r in launched_steps:
+        f = r["float16_wire"]
+        assert f["reduction"] == "FlatReduction Float16" and f["largest_change"] > 1e-3, f
+        assert f["norm_gap"] < 1e-3 and 1e-5 < f["weight_gap"] < 3e-3, f
 
 
 # -- the trainer -------------------------------------------------------------------------------------

@@ -1,5 +1,8 @@
 """The run clock's readings with several ranks: planned from agreed numbers only, at most MAX_GAP_S apart,
 closing in on the budget's end (trainer/parallel/clock.py)."""
+import numpy as np
+import pytest
+
 from trainer.parallel.clock import MAX_GAP_STEPS, RunClock
 
 
@@ -30,14 +33,49 @@ def test_fast_steps_are_capped_and_a_lone_rank_reads_every_step():
     assert all(alone.due(step) for step in range(5))
 
 
-def test_two_ranks_with_the_same_agreed_readings_plan_the_same_steps():
-    a, b = several_ranks(), several_ranks()
-    plans = []
+class FakeClockTime:
+    """time.time() under the test's control."""
+
+    def __init__(self, now=1000.0):
+        self.now = now
+
+    def time(self):
+        return self.now
+
+
+class GatherWith:
+    """One rank's AllGather of [[seconds, flag]] in a pair: its own row and its peer's own reading."""
+
+    def __init__(self, peer):
+        self.peer = peer
+
+    def __call__(self, tensor):
+        rows = np.concatenate([tensor.asnumpy(), np.array([[self.peer.local(), 0.0]], np.float32)])
+        return type("Gathered", (), {"asnumpy": lambda _: rows})()
+
+
+def test_two_ranks_that_started_apart_agree_on_the_reading_and_plan_the_same_steps(monkeypatch):
+    """Rank a started 3 s before rank b (a slower cluster join): both take the larger reading and plan
+    the same next steps, although their own clocks differ at every step."""
+    import trainer.parallel.clock as clock_module
+
+    fake = FakeClockTime()
+    monkeypatch.setattr(clock_module, "time", fake)
+    a = RunClock()
+    fake.now += 3.0
+    b = RunClock()
+    a._gather, b._gather = GatherWith(b), GatherWith(a)
     for clock in (a, b):
         clock.plan_next(0, 60.0)
-        steps = []
-        for step, agreed in ((1, 0.7), (8, 5.6), (15, 10.4)):
-            clock.agreed = agreed
-            steps.append(clock.plan_next(step, 60.0))
-        plans.append(steps)
-    assert plans[0] == plans[1]
+    plans, readings = {"a": [], "b": []}, {"a": [], "b": []}
+    for step in range(1, 40):
+        fake.now += 0.7  # one step
+        for name, clock in (("a", a), ("b", b)):
+            if clock.due(step):
+                assert a.local() - b.local() == pytest.approx(3.0)  # their own clocks differ
+                seconds, _ = clock.agree(False)
+                readings[name].append(seconds)
+                plans[name].append(clock.plan_next(step, 60.0))
+    assert readings["a"] == readings["b"] and readings["a"][0] == pytest.approx(3.7)  # the earlier start's
+    assert plans["a"] == plans["b"] and len(plans["a"]) > 3
+    assert plans["a"][1] - plans["a"][0] > 1  # readings spaced out once a rate is known

@@ -2,12 +2,8 @@
 
     python step_worker.py OUT_DIR
 
-As one rank of a 2-worker job, first under data_parallel (2 x 1), then, in the same processes and cluster,
-under hybrid tensor parallelism (1 x 2): one launch for both (a launch costs a test ~25 s). Writes
-OUT_DIR/<mode>/rank_<r>.json with what tests/test_precision.py asserts:
-  accumulation   k=4 micro-batches against one step over their concatenation (SGD, dropout
-                 off): the largest difference of the updates relative to the largest update,
-                 padded and packed
+As one rank of a 2-worker data-parallel job, writes OUT_DIR/data_parallel/rank_<r>.json with what
+tests/test_precision.py asserts:
   reductions     gradient reductions counted by a stand-in around the seam's reducer over 3
                  updates of k=4, and whether the micro-step holds any collective
   overflow       float16 O2, this rank's loss scale 2**30 on rank 1 (its gradients overflow) and
@@ -15,7 +11,13 @@ OUT_DIR/<mode>/rank_<r>.json with what tests/test_precision.py asserts:
                  state stayed bit-for-bit
   dropout        a digest of the model's training-mode output on the same rows on every rank,
                  and of the initial weights
-The helpers (micro-batches, builds) are imported by the in-process tests too.
+  float16_wire   3 SGD updates (rate 1, no clipping) with the gradients summed in float16 on the wire
+                 under a static loss scale of 1024, against the same updates computed standalone in
+                 this process in float32: the largest relative gap of the gradient norms and of the
+                 weights' changes
+Accumulation under data and tensor parallelism is compared with standalone by the launched trainer jobs
+(tests/test_parallel_jobs.py); the helpers here (micro-batches, builds, the accumulation gap) are imported by
+the in-process tests too.
 """
 import json
 import sys
@@ -74,7 +76,8 @@ def tiny_model(seed=0, dropout=0.0):
     return Transformer(cfg, VOCAB, VOCAB, PAD)
 
 
-def build(ctx=None, k=1, precision=PrecisionConfig(), speedups=None, optimizer="sgd", model=None, lr=1e-3):
+def build(ctx=None, k=1, precision=PrecisionConfig(), speedups=None, optimizer="sgd", model=None, lr=1e-3,
+          clip_norm=1.0):
     """(model, parallel, stepper) of the tiny model: parallelized by `ctx`'s plan if given."""
     from trainer import cpu
 
@@ -82,7 +85,7 @@ def build(ctx=None, k=1, precision=PrecisionConfig(), speedups=None, optimizer="
     parallel = parallelize(model, ctx) if ctx is not None else Parallelized("standalone")
     weights = model.trainable_params()
     opt = nn.SGD(weights, learning_rate=1.0) if optimizer == "sgd" else nn.Adam(weights, learning_rate=lr)
-    stepper = assemble_step(model, opt, 0.1, 1.0, parallel, speedups, precision, k)
+    stepper = assemble_step(model, opt, 0.1, clip_norm, parallel, speedups, precision, k)
     return model, parallel, stepper
 
 
@@ -91,16 +94,23 @@ def snapshot(cells):
     return {p.name: p.asnumpy().copy() for cell in cells for p in cell.get_parameters() if p.name != "dropout_key"}
 
 
-def accumulation_gap(micro_batches, ctx=None, speedups=None):
-    """Largest |update(k micro-batches) - update(one concatenated batch)| over the largest update."""
-    updates = []
-    for k, batches in ((len(micro_batches), micro_batches), (1, [concatenated(micro_batches)])):
-        model, _, stepper = build(ctx, k, speedups=speedups)
+def accumulation_gap(updates, ctx=None, speedups=None):
+    """Largest |weights after k-micro-batch updates - weights after one-batch updates| over the largest change.
+
+    `updates`: the micro-batches of each update (two or more updates, so that an accumulator left holding the
+    first update's gradients shows in the second). SGD at rate 1 without clipping: the weights move by the
+    gradient itself, so a wrong scale or normalisation of the accumulated sum shows as much as a wrong term.
+    """
+    moves = []
+    for merged in (False, True):
+        model, _, stepper = build(ctx, 1 if merged else max(len(u) for u in updates), speedups=speedups,
+                                  clip_norm=0.0)
         before = snapshot([model])
-        result = stepper.update(batches)
-        assert result.finite
-        updates.append({n: p - before[n] for n, p in snapshot([model]).items()})
-    accumulated, single = updates
+        for micro_batches in updates:
+            result = stepper.update([concatenated(micro_batches)] if merged else micro_batches)
+            assert result.finite
+        moves.append({n: p - before[n] for n, p in snapshot([model]).items()})
+    accumulated, single = moves
     largest = max(np.abs(u).max() for u in single.values())
     return float(max(np.abs(accumulated[n] - single[n]).max() for n in single) / largest), float(largest)
 
@@ -168,12 +178,31 @@ def dropout_digest(ctx, dp_rank, seed=1):
     return {"weights": weights, "output": float(np.abs(out).sum()), "output_head": out.ravel()[:16].tolist()}
 
 
-def main(out_dir: Path) -> None:
-    from mindspore.communication import GlobalComm
+def float16_wire(ctx, updates=3):
+    """Gradient norms and weight changes of a float16 reduction against standalone float32 (see the module)."""
+    import dataclasses
 
+    wire = dataclasses.replace(ctx, plan=dataclasses.replace(ctx.plan, grad_reduce_dtype="float16"))
+    scaled = PrecisionConfig(loss_scale="static", initial_scale=1024.0)
+    batches = padded_micro_batches(seed=9, k=updates)
+    runs = []
+    for context, precision in ((wire, scaled), (None, PrecisionConfig())):
+        model, _, stepper = build(context, precision=precision, clip_norm=0.0)
+        before = snapshot([model])
+        norms = [stepper.update([batch]).grad_norm for batch in batches]
+        reduction = stepper.update_step.reduction
+        runs.append((norms, {n: p - before[n] for n, p in snapshot([model]).items()},
+                     f"{type(reduction).__name__} {getattr(reduction, 'wire', '')}"))
+    (norms16, moved16, reduction), (norms32, moved32, _) = runs
+    largest = max(np.abs(m).max() for m in moved32.values())
+    return {"reduction": reduction, "largest_change": float(largest),
+            "norm_gap": float(max(abs(a - b) / b for a, b in zip(norms16, norms32))),
+            "weight_gap": float(max(np.abs(moved16[n] - moved32[n]).max() for n in moved32) / largest)}
+
+
+def main(out_dir: Path) -> None:
     from trainer.config import load_config
-    from trainer.parallel.context import (ParallelContext, init_parallel, is_scheduler, select_backend,
-                                          world_size_from_env)
+    from trainer.parallel.context import init_parallel, is_scheduler, select_backend, world_size_from_env
     from trainer.parallel.plan import make_plan
 
     ms.set_context(mode=ms.GRAPH_MODE)
@@ -183,25 +212,14 @@ def main(out_dir: Path) -> None:
         init()
         return
     backend = select_backend()
-    world = world_size_from_env()
-
-    def plan(mode, mp):
-        cfg = load_config("tiny", [f"parallel.mode={mode}", f"parallel.model_parallel={mp}", "data.vocab_size=400"])
-        return make_plan(cfg, world, backend)
-
-    dp = init_parallel(plan("data_parallel", 1), backend)  # joins the cluster: the data-parallel group is the world
-    # the same two ranks as one tensor-parallel group (as init_parallel makes it for a 1 x 2 plan)
-    tp = ParallelContext(plan("hybrid", 2), backend, dp.rank, 0, dp.rank, None, GlobalComm.WORLD_COMM_GROUP)
-    for mode, ctx in (("data_parallel", dp), ("hybrid", tp)):
-        report = {"rank": ctx.rank, "dp_rank": ctx.dp_rank, "mode": mode,
-                  "padded": accumulation_gap(padded_micro_batches(), ctx),
-                  "packed": accumulation_gap(packed_micro_batches(), ctx)}
-        if mode == "data_parallel":
-            report["reductions"] = count_reductions(ctx)
-            report["overflow"] = overflow(ctx, ctx.rank)
-            report["dropout"] = dropout_digest(ctx, ctx.dp_rank)
-        (out_dir / mode).mkdir(parents=True, exist_ok=True)
-        (out_dir / mode / f"rank_{ctx.rank}.json").write_text(json.dumps(report), encoding="utf-8")
+    cfg = load_config("tiny", ["parallel.mode=data_parallel", "data.vocab_size=400"])
+    # joins the cluster: the data-parallel group is the world
+    ctx = init_parallel(make_plan(cfg, world_size_from_env(), backend), backend)
+    report = {"rank": ctx.rank, "dp_rank": ctx.dp_rank, "mode": "data_parallel",
+              "reductions": count_reductions(ctx), "overflow": overflow(ctx, ctx.rank),
+              "dropout": dropout_digest(ctx, ctx.dp_rank), "float16_wire": float16_wire(ctx)}
+    (out_dir / "data_parallel").mkdir(parents=True, exist_ok=True)
+    (out_dir / "data_parallel" / f"rank_{ctx.rank}.json").write_text(json.dumps(report), encoding="utf-8")
 
 
 if __name__ == "__main__":
