@@ -84,12 +84,21 @@ def run_tests(copy: Path, tests: Tuple[str, ...], data_dir: str) -> Tuple[int, s
     env = dict(os.environ, PYTHONPATH=f"{copy}{os.pathsep}{os.environ.get('PYTHONPATH', '')}".rstrip(os.pathsep),
                MINDRUN_DATA_DIR=data_dir)
     start = time.time()
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--tb=short",
                            "-o", "addopts=", *tests], cwd=copy, env=env, capture_output=True, text=True)
     lines = proc.stdout.splitlines()
-    failures = [line for line in lines if line.startswith("E ")][:3]
     summary = next((line for line in reversed(lines) if re.search(r"\d+ (passed|failed)", line)), "")
-    return proc.returncode, " / ".join([summary.strip("= "), *[f.strip() for f in failures]]), time.time() - start
+    caught_by, deepest = [], None  # per failing test, its deepest frame in tests/: the assertion that failed
+    for line in lines + ["___"]:
+        if line.startswith("___"):
+            if deepest:
+                caught_by.append(deepest)
+            deepest = None
+        found = re.match(r"^(tests/[\w/]+\.py):(\d+): in ", line)
+        if found:
+            source = (copy / found.group(1)).read_text(encoding="utf-8").splitlines()[int(found.group(2)) - 1]
+            deepest = f"`{found.group(1).split('/')[-1]}:{found.group(2)}: {source.strip()}`"
+    return proc.returncode, "; ".join([summary.strip("= "), *dict.fromkeys(caught_by)]), time.time() - start
 
 
 def main() -> int:
@@ -128,7 +137,7 @@ def main() -> int:
             rows.append(f"| {m.name}: {m.what} | {', '.join(t.split('::')[-1] for t in m.tests)} | "
                         f"{'caught' if caught else f'SURVIVED (pytest exit {code})'} | {seconds:.0f} s | {summary} |")
             print(rows[-1], flush=True)
-    print("\n| mutation | tests | result | time | pytest's summary and first failure |\n|---|---|---|---|---|")
+    print("\n| mutation | tests | result | time | pytest's summary; the assertions that failed |\n|---|---|---|---|---|")
     print("\n".join(rows))
     return 1 if survived else 0
 
