@@ -53,6 +53,7 @@ CLIPPED = ["optim.clip_norm=0.3", "optim.eps=1e-6", *PACKED]
 DECODER_ONLY = ["model.arch=decoder_only", "model.pre_norm=true", "model.decoder_layers=1", "model.ffn=swiglu",
                 "model.positions=learned", "train.gradient_accumulation_steps=2", *PACKED, *LINEAR]
 
+
 def settings(data_dir, out, *sets):
     fixed = ["--config", "tiny", "--data-dir", str(data_dir), "--set", f"train.out_dir={out}",
              "--set", f"train.max_steps={STEPS}", "--set", "train.log_every=1", "--set", "data.buckets=[64]",
