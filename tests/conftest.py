@@ -66,10 +66,7 @@ def envs(log_dir):
 def checkpoint_tensors(out, kinds=("weight",), step=None):
     """name -> full array of a run's latest checkpoint (or its step_<step>), of the given kinds
     ("weight", "optimizer": Adam's moments, step count and beta powers, the learning rate)."""
-    from trainer.ckpt.store import ShardReader
-    from trainer.ckpt.tools import open_verified
+    from trainer.ckpt.tools import _full_weights, open_verified
 
     root = Path(out) / "checkpoints"
-    directory, manifest = open_verified(root / (f"step_{step}" if step else "latest"))
-    reader = ShardReader(directory, manifest)
-    return {n: reader.read(n) for n, e in manifest["tensors"].items() if e["kind"] in kinds}
+    return _full_weights(*open_verified(root / (f"step_{step}" if step else "latest")), kinds)

@@ -150,13 +150,12 @@ def resumed_exactly(straight, resumed, rtol=0.0):
     kinds = ("weight", "optimizer")
     a, b = checkpoint_tensors(straight, kinds, STEPS), checkpoint_tensors(resumed, kinds, STEPS)
     assert set(a) == set(b) and any("moment" in n for n in a)
-    scale = {}  # resharded: float32 rounding of another summation order, relative to the scale of each kind
-    for name, array in a.items():  # (weights, moment1, moment2: the keys' bias moments are rounding noise)
-        kind = name.split(".")[0] if name.startswith("moment") else "weight"
-        scale[kind] = max(scale.get(kind, 0.0), float(np.abs(array).max()))
+    # resharded: float32 rounding of another summation order, relative to the scale of each kind (weights,
+    # moment1, moment2: the keys' bias moments are rounding noise)
+    kind = {name: name.split(".")[0] if name.startswith("moment") else "weight" for name in a}
+    scale = {k: max(float(np.abs(a[n]).max()) for n in a if kind[n] == k) for k in set(kind.values())}
     for name in a:
-        kind = name.split(".")[0] if name.startswith("moment") else "weight"
-        np.testing.assert_allclose(b[name], a[name], rtol=rtol, atol=rtol * scale[kind], err_msg=name)
+        np.testing.assert_allclose(b[name], a[name], rtol=rtol, atol=rtol * scale[kind[name]], err_msg=name)
 
 
 def resume_here(run, data_dir, *sets):
@@ -201,7 +200,7 @@ def test_a_data_parallel_checkpoint_resumes_in_one_process(data_parallel, data_d
     resumed_exactly(data_parallel, run, rtol=1e-5)
 
 
-# -- data x tensor parallel, packed rows, the recipe's Adam with clipping -----------------------------------
+# -- data x tensor parallel, packed rows, Adam with clipping that acts -----------------------------------
 
 @pytest.fixture(scope="module")
 def packed_standalone(data_dir, tmp_path_factory):

@@ -94,6 +94,19 @@ def snapshot(cells):
     return {p.name: p.asnumpy().copy() for cell in cells for p in cell.get_parameters() if p.name != "dropout_key"}
 
 
+def changes(model, train):
+    """The change of each of `model`'s parameters made by calling `train()`."""
+    before = snapshot([model])
+    train()
+    return {n: p - before[n] for n, p in snapshot([model]).items()}
+
+
+def relative_gap(moved, reference):
+    """(largest |moved - reference| over the largest reference change, that largest change)."""
+    largest = max(np.abs(m).max() for m in reference.values())
+    return float(max(np.abs(moved[n] - reference[n]).max() for n in reference) / largest), float(largest)
+
+
 def accumulation_gap(updates, ctx=None, speedups=None):
     """Largest |weights after k-micro-batch updates - weights after one-batch updates| over the largest change.
 
@@ -105,14 +118,12 @@ def accumulation_gap(updates, ctx=None, speedups=None):
     for merged in (False, True):
         model, _, stepper = build(ctx, 1 if merged else max(len(u) for u in updates), speedups=speedups,
                                   clip_norm=0.0)
-        before = snapshot([model])
-        for micro_batches in updates:
-            result = stepper.update([concatenated(micro_batches)] if merged else micro_batches)
-            assert result.finite
-        moves.append({n: p - before[n] for n, p in snapshot([model]).items()})
-    accumulated, single = moves
-    largest = max(np.abs(u).max() for u in single.values())
-    return float(max(np.abs(accumulated[n] - single[n]).max() for n in single) / largest), float(largest)
+
+        def train():
+            for micro_batches in updates:
+                assert stepper.update([concatenated(micro_batches)] if merged else micro_batches).finite
+        moves.append(changes(model, train))
+    return relative_gap(*moves)
 
 
 class CountingReduction(nn.Cell):
@@ -183,21 +194,18 @@ def float16_wire(ctx, updates=3):
     import dataclasses
 
     wire = dataclasses.replace(ctx, plan=dataclasses.replace(ctx.plan, grad_reduce_dtype="float16"))
-    scaled = PrecisionConfig(loss_scale="static", initial_scale=1024.0)
     batches = padded_micro_batches(seed=9, k=updates)
     runs = []
-    for context, precision in ((wire, scaled), (None, PrecisionConfig())):
+    for context, precision in ((wire, PrecisionConfig(loss_scale="static", initial_scale=1024.0)),
+                               (None, PrecisionConfig())):
         model, _, stepper = build(context, precision=precision, clip_norm=0.0)
-        before = snapshot([model])
-        norms = [stepper.update([batch]).grad_norm for batch in batches]
-        reduction = stepper.update_step.reduction
-        runs.append((norms, {n: p - before[n] for n, p in snapshot([model]).items()},
-                     f"{type(reduction).__name__} {getattr(reduction, 'wire', '')}"))
+        norms = []
+        runs.append((norms, changes(model, lambda: norms.extend(stepper.update([b]).grad_norm for b in batches)),
+                     stepper.update_step.reduction))
     (norms16, moved16, reduction), (norms32, moved32, _) = runs
-    largest = max(np.abs(m).max() for m in moved32.values())
-    return {"reduction": reduction, "largest_change": float(largest),
-            "norm_gap": float(max(abs(a - b) / b for a, b in zip(norms16, norms32))),
-            "weight_gap": float(max(np.abs(moved16[n] - moved32[n]).max() for n in moved32) / largest)}
+    weight_gap, largest = relative_gap(moved16, moved32)
+    return {"reduction": f"{type(reduction).__name__} {getattr(reduction, 'wire', '')}", "largest_change": largest,
+            "norm_gap": float(max(abs(a - b) / b for a, b in zip(norms16, norms32))), "weight_gap": weight_gap}
 
 
 def main(out_dir: Path) -> None:

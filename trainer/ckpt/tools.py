@@ -58,10 +58,11 @@ def describe(info: Dict) -> str:
     return "\n".join(lines)
 
 
-def _full_weights(directory: Path, manifest: Dict) -> Dict[str, np.ndarray]:
+def _full_weights(directory: Path, manifest: Dict, kinds=("weight",)) -> Dict[str, np.ndarray]:
+    """name -> whole array of every tensor of the given kinds ("weight", "optimizer") in a step directory."""
     reader = ShardReader(directory, manifest)
     try:
-        return {name: reader.read(name) for name, e in manifest["tensors"].items() if e["kind"] == "weight"}
+        return {name: reader.read(name) for name, e in manifest["tensors"].items() if e["kind"] in kinds}
     finally:
         reader.close()
 
