@@ -124,7 +124,8 @@ def test_workers_that_never_register_end_the_job(tmp_path):
                   str(SCRIPTS / "allreduce.py"), timeout=120)
     assert proc.returncode != 0
     assert "not all 2 workers reached the scheduler" in proc.stderr and "--cluster_time_out 5 s" in proc.stderr
-    assert "registered" not in proc.stderr  # no count read from MindSpore's log text
+    # no count read from MindSpore's log text (the worker log's tail, shown below the launcher's lines, may hold one)
+    assert not [line for line in proc.stderr.splitlines() if line.startswith("[mindrun]") and "registered" in line]
     assert time.monotonic() - start < 40
 
 

@@ -275,7 +275,12 @@ def test_time_budget_stops_every_rank_at_the_same_step_with_the_rate_annealed(da
     train_records = records(run, "train")
     rates = [r["lr"] for r in train_records]
     assert len(rates) > 20 and all(np.isfinite(r["loss"]) for r in train_records)  # the budget ended the run
-    assert max(rates) > 1e-3 and rates[-1] < 0.15 * max(rates)  # decayed toward 0 with the clock
+    # decayed with the clock: never rising after the warm-up's peak, and well below it at the end. The clock is
+    # read at most ~5 s apart (a third of this budget), further under load, so the end is not near 0 (0.6 of the
+    # peak seen with a second test job beside it; ~0.1 alone)
+    peak = rates.index(max(rates))
+    assert max(rates) > 1e-3 and all(b <= a for a, b in zip(rates[peak:], rates[peak + 1:])), rates
+    assert rates[-1] < 0.8 * max(rates), rates
     startup = records(run, "startup")  # where the start-up went (trainer/startup.py)
     assert len(startup) == 1 and startup[0]["step"] == 1 and not startup[0]["resumed"]
     phases = ("imports_s", "cluster_s", "data_s", "build_s", "checkpoint_s", "first_update_s")

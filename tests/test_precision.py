@@ -320,8 +320,9 @@ def test_float16_gradient_reduction_stays_within_its_tolerance_of_standalone_flo
 
 # -- the trainer -------------------------------------------------------------------------------------
 
-def _train(capsys, data_dir, out, *sets):
-    """`mindrun train` run in this process (trainer.cli.main: its exit code and error lines, as from the shell)."""
+def _train(capfd, data_dir, out, *sets):
+    """`mindrun train` run in this process (trainer.cli.main: its exit code and error lines, as from the shell).
+    capfd, not capsys: MindSpore can swap sys.stderr for a plain fd-2 printer (seen in pytest-xdist workers)."""
     from types import SimpleNamespace
 
     from trainer.cli import main
@@ -332,13 +333,13 @@ def _train(capsys, data_dir, out, *sets):
     for s in sets:
         args += ["--set", s]
     code = main(args)
-    captured = capsys.readouterr()
+    captured = capfd.readouterr()
     return SimpleNamespace(returncode=code, stdout=captured.out, stderr=captured.err)
 
 
 @pytest.mark.slow
-def test_trainer_runs_o2_with_accumulation_and_logs_the_scale(data_dir, tmp_path, capsys):
-    proc = _train(capsys, data_dir, tmp_path, "precision.level=O2", "train.gradient_accumulation_steps=2",
+def test_trainer_runs_o2_with_accumulation_and_logs_the_scale(data_dir, tmp_path, capfd):
+    proc = _train(capfd, data_dir, tmp_path, "precision.level=O2", "train.gradient_accumulation_steps=2",
                   "train.max_steps=4", "train.log_every=1")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "tokens per update: data.max_tokens 1024 x gradient_accumulation_steps 2 x data_parallel 1 = 2048" \
@@ -355,8 +356,8 @@ def test_trainer_runs_o2_with_accumulation_and_logs_the_scale(data_dir, tmp_path
 
 
 @pytest.mark.slow
-def test_a_model_that_always_overflows_stops_naming_the_step_and_saves_nothing(data_dir, tmp_path, capsys):
-    proc = _train(capsys, data_dir, tmp_path, "precision.level=O2", "precision.initial_scale=1e30",
+def test_a_model_that_always_overflows_stops_naming_the_step_and_saves_nothing(data_dir, tmp_path, capfd):
+    proc = _train(capfd, data_dir, tmp_path, "precision.level=O2", "precision.initial_scale=1e30",
                   "precision.min_scale=1e30", "precision.max_skips_at_min=3", "train.max_steps=20")
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "mindrun train: error: step 3: gradients were not finite for 3 consecutive steps" in proc.stderr
