@@ -5,6 +5,7 @@ from dataclasses import dataclass
 ARCHITECTURES = ("encoder_decoder", "decoder_only")  # built by model/api.py
 FFNS = ("relu", "swiglu")  # model/feedforward.py
 POSITIONS = ("sinusoidal", "learned")  # model/positional.py
+RECOMPUTE = ("none", "full", "selective")  # model/recompute.py
 
 
 @dataclass(frozen=True)
@@ -26,12 +27,14 @@ class ModelConfig:
     layer_norm_eps: float = 1e-5
     ffn: str = "relu"  # relu: max(0, xW1)W2 (the paper) | swiglu: (silu(xW1) * xW3)W2 (PaLM, LLaMA)
     positions: str = "sinusoidal"  # sinusoidal (fixed table) | learned (a trained table per stack, GPT-2)
+    recompute: str = "none"  # none | full (every block's activations rebuilt in the backward) | selective
+    #                          (the attention core's only: scores, softmax, dropout, weighted sum)
 
     def validate(self) -> None:
         """Raise ValueError naming the field when a size is impossible."""
         if self.arch not in ARCHITECTURES:
             raise ValueError(f"model.arch must be one of {', '.join(ARCHITECTURES)}, got {self.arch!r}")
-        for name, allowed in (("ffn", FFNS), ("positions", POSITIONS)):
+        for name, allowed in (("ffn", FFNS), ("positions", POSITIONS), ("recompute", RECOMPUTE)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"model.{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         for name in ("encoder_layers", "decoder_layers", "d_model", "n_heads", "d_ff", "max_positions"):

@@ -12,13 +12,16 @@ a wrong scale moves the weights as much as it moves the norm. The packed 2x2 job
 normalising regime and clipping that acts (clip_norm below the measured gradient norm), the path users train with.
 
     job                                            compared with           resumed
-    dp2 (data_parallel, flat buffer), padded,      standalone, same        in one process (dp 2 -> 1)
-        gradient accumulation 2, LINEAR            settings
-    2x2 (hybrid dp 2 x mp 2, per-tensor            packed standalone       launched 2x2 (exact); in one
-        reduction over dp sub-groups), packed,                             process (mp 2 -> 1)
-        Adam + clipping
-    decoder-only 2x2 (flat over sub-groups),       decoder-only standalone
-        packed, accumulation 2, LINEAR
+    dp2 (data_parallel, flat buffer), padded,      standalone, same        in one process (dp 2 -> 1,
+        gradient accumulation 2, LINEAR,           settings, no recompute  no recompute)
+        full recompute
+    2x2 (hybrid dp 2 x mp 2, per-tensor            packed standalone,      launched 2x2 (exact); in one
+        reduction over dp sub-groups), packed,     no recompute            process (mp 2 -> 1, no
+        Adam + clipping, full recompute (each                              recompute)
+        block's forward AllReduce rerun)
+    decoder-only 2x2 (flat over sub-groups),       decoder-only standalone,
+        packed, accumulation 2, LINEAR,            no recompute
+        selective recompute
 Standalone runs train in this process; a standalone resume is compared exactly, weights and Adam state included.
 The float16 wire is compared with standalone at the step level (tests/test_precision.py) and runs end to end in the
 time-budget job here.
@@ -177,13 +180,14 @@ def standalone(data_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def data_parallel(data_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("dp2")
-    return launched(data_dir, out, 2, "parallel.mode=data_parallel", *PADDED,
+    return launched(data_dir, out, 2, "parallel.mode=data_parallel", "model.recompute=full", *PADDED,
                     plan="data_parallel 2 x model_parallel 1")
 
 
 def test_data_parallel_with_accumulation_matches_standalone(standalone, data_parallel):
     log = (data_parallel.parent / "logs" / "worker_0.log").read_text()
     assert "one flat float32 buffer" in log  # parallel.grad_reduce=auto's choice at this size
+    assert "model.recompute=full on the CPU gives the same gradients" in log  # recompute was on
     for rank in (0, 1):  # each data-parallel rank decoded half of the validation split
         log = (data_parallel.parent / "logs" / f"worker_{rank}.log").read_text()
         assert f"validation: data-parallel rank {rank} decodes 20 of 40 sentences" in log
@@ -213,7 +217,8 @@ def two_by_two(data_dir, tmp_path_factory):
     gradients one AllReduce per gradient over each data-parallel sub-group (parallel.grad_reduce=per_tensor)."""
     out = tmp_path_factory.mktemp("2x2")
     run = launched(data_dir, out, 4, "parallel.model_parallel=2", "parallel.data_parallel=2",
-                   "parallel.grad_reduce=per_tensor", *CLIPPED, plan="data_parallel 2 x model_parallel 2")
+                   "parallel.grad_reduce=per_tensor", "model.recompute=full", *CLIPPED,
+                   plan="data_parallel 2 x model_parallel 2")
     assert "one flat" not in (out / "logs" / "worker_0.log").read_text()
     return run
 
@@ -226,7 +231,7 @@ def test_data_and_tensor_parallel_2x2_with_clipping_matches_standalone(packed_st
 def test_a_2x2_job_resumes_exactly_under_its_layout(two_by_two, data_dir, tmp_path):
     run = stopped_at_the_checkpoint(two_by_two, tmp_path / "run")
     launched(data_dir, tmp_path, 4, "parallel.model_parallel=2", "parallel.data_parallel=2",
-             "parallel.grad_reduce=per_tensor", *CLIPPED, "train.resume=auto", run=run)
+             "parallel.grad_reduce=per_tensor", "model.recompute=full", *CLIPPED, "train.resume=auto", run=run)
     resumed_exactly(two_by_two, run)
 
 
@@ -245,7 +250,7 @@ def test_decoder_only_under_data_and_model_parallel_2x2_matches_standalone(data_
     sub-group (the default), equals standalone."""
     ref = standalone_run(data_dir, tmp_path / "standalone", *DECODER_ONLY)
     run = launched(data_dir, tmp_path / "job", 4, "parallel.model_parallel=2", "parallel.data_parallel=2",
-                   *DECODER_ONLY, plan="data_parallel 2 x model_parallel 2")
+                   "model.recompute=selective", *DECODER_ONLY, plan="data_parallel 2 x model_parallel 2")
     assert "one flat float32 buffer" in (tmp_path / "job" / "logs" / "worker_0.log").read_text()
     same_run(ref, run)
 

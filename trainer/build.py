@@ -21,6 +21,7 @@ from model import build
 from model.dropout import shard_dropout
 from model.loss import LabelSmoothedCrossEntropy
 from model.parallel.layout import split_axes
+from model.recompute import apply_recompute
 from model.tokens import PAD
 from trainer import cpu
 from trainer.ckpt.layout import ShardLayout
@@ -53,6 +54,15 @@ def speedups_note(cfg: RunConfig, backend: str) -> Optional[str]:
     return None
 
 
+def recompute_note(cfg: RunConfig, backend: str) -> Optional[str]:
+    """What model.recompute buys on this backend, for the run's first lines (None if nothing to say)."""
+    if cfg.model.recompute != "none" and backend.lower() == "cpu":
+        return (f"model.recompute={cfg.model.recompute} on the CPU gives the same gradients but saves no memory: "
+                f"MindSpore 2.10's CPU runtime held ~20 % more at its peak and stepped ~20 % slower with it "
+                f"(bench/README.md); it is meant for Ascend")
+    return None
+
+
 def build_model(cfg: RunConfig, src_vocab_size: int, tgt_vocab_size: int, backend: str) -> nn.Cell:
     """The model `cfg.model` describes (its `arch`), with the CPU speed-ups applied on the CPU."""
     return _model(cfg, src_vocab_size, tgt_vocab_size, cpu_speedups(cfg, backend))
@@ -80,6 +90,7 @@ def build_training(cfg: RunConfig, ctx: ParallelContext, src_vocab_size: int, tg
     model = _model(cfg, src_vocab_size, tgt_vocab_size, speedups)  # same init on every rank
     axes = split_axes(model)  # the layout table's axes, recorded even when nothing is split
     parallel = parallelize(model, ctx)
+    apply_recompute(model, cfg.model.recompute)  # after every swap of sub-cells: it marks the cells it finds
     plan, split = ctx.plan, bool(parallel.shard_axis)
     if split and set(parallel.shard_axis) != set(axes):
         raise RuntimeError(f"the layout split {sorted(set(parallel.shard_axis) ^ set(axes))[:4]} unlike its table")

@@ -14,7 +14,7 @@ import yaml
 from tqdm import tqdm
 
 from model.tokens import PAD
-from trainer.build import build_training, speedups_note
+from trainer.build import build_training, recompute_note, speedups_note
 from trainer.ckpt.store import check_shared_storage
 from trainer.compile_cache import use_compile_cache
 from trainer.config import RunConfig
@@ -270,8 +270,9 @@ def train(cfg: RunConfig, corpus: Optional[Corpus] = None) -> Dict[str, object]:
     caveat, note = precision_caveat(cfg), speedups_note(cfg, backend)
     if ctx.is_main and caveat:
         tqdm.write(f"warning: {caveat}")
-    if ctx.is_main and note:
-        tqdm.write(f"note: {note}")
+    for note in (note, recompute_note(cfg, backend)):
+        if ctx.is_main and note:
+            tqdm.write(f"note: {note}")
     seed_everything(cfg.train.seed)
     run_dir = cfg.run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
