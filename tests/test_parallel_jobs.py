@@ -12,16 +12,18 @@ a wrong scale moves the weights as much as it moves the norm. The packed 2x2 job
 normalising regime and clipping that acts (clip_norm below the measured gradient norm), the path users train with.
 
     job                                            compared with           resumed
-    dp2 (data_parallel, flat buffer), padded,      standalone, same        in one process (dp 2 -> 1,
-        gradient accumulation 2, LINEAR,           settings, no recompute  no recompute)
-        full recompute
-    2x2 (hybrid dp 2 x mp 2, per-tensor            packed standalone,      launched 2x2 (exact); in one
-        reduction over dp sub-groups), packed,     no recompute            process (mp 2 -> 1, no
-        Adam + clipping, full recompute (each                              recompute)
-        block's forward AllReduce rerun)
-    decoder-only 2x2 (flat over sub-groups),       decoder-only standalone,
-        packed, accumulation 2, LINEAR,            no recompute
-        selective recompute
+    dp2 (data_parallel, optimizer sharding),       standalone, same        in one process (dp 2 -> 1,
+        padded, gradient accumulation 2, LINEAR,   settings, no recompute, no recompute, unsharded)
+        full recompute                             unsharded
+    2x2 (hybrid dp 2 x mp 2, optimizer             packed standalone,      launched 2x2 (exact); in one
+        sharding over dp sub-groups), packed,      no recompute,           process (mp 2 -> 1, no
+        Adam + clipping (one norm from the         unsharded               recompute, unsharded)
+        pieces), full recompute (each block's
+        forward AllReduce rerun)
+    decoder-only 2x2 (one AllReduce per            decoder-only standalone,
+        gradient over dp sub-groups), packed,      no recompute
+        accumulation 2, LINEAR, selective
+        recompute
 Standalone runs train in this process; a standalone resume is compared exactly, weights and Adam state included.
 The float16 wire is compared with standalone at the step level (tests/test_precision.py) and runs end to end in the
 time-budget job here.
@@ -133,6 +135,16 @@ def same_run(standalone, parallel, rtol=1e-4):
         np.testing.assert_allclose(got[name], want[name], rtol=rtol, atol=1e-6, err_msg=name)
 
 
+def assert_optimizer_sharded(logs, ranks):
+    """Each rank's log says it holds half (dp 2) of its Adam moments: the count of its optimizer's Parameters."""
+    for rank in ranks:
+        line = re.search(r"data-parallel rank (\d) holds (\d+) of (\d+) Adam moment elements",
+                         (logs / f"worker_{rank}.log").read_text())
+        assert line, rank
+        held, whole = int(line.group(2)), int(line.group(3))
+        assert whole / 2 <= held < whole / 2 + 2 * 2, (rank, held, whole)  # 1/dp of them, padded to dp
+
+
 def stopped_at_the_checkpoint(run, into):
     """A copy of `run` as a crash after step SAVED would leave it: step_SAVED its newest checkpoint."""
     shutil.copytree(run, into, symlinks=True, ignore=shutil.ignore_patterns("logs", "tb"))
@@ -180,14 +192,16 @@ def standalone(data_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def data_parallel(data_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("dp2")
-    return launched(data_dir, out, 2, "parallel.mode=data_parallel", "model.recompute=full", *PADDED,
+    return launched(data_dir, out, 2, "parallel.mode=data_parallel", "model.recompute=full",
+                    "parallel.optimizer_shard=true", *PADDED,
                     plan="data_parallel 2 x model_parallel 1")
 
 
 def test_data_parallel_with_accumulation_matches_standalone(standalone, data_parallel):
     log = (data_parallel.parent / "logs" / "worker_0.log").read_text()
-    assert "one flat float32 buffer" in log  # parallel.grad_reduce=auto's choice at this size
+    assert "gradients reduce-scattered in one flat float32 buffer, Adam's moments sharded" in log
     assert "model.recompute=full on the CPU gives the same gradients" in log  # recompute was on
+    assert_optimizer_sharded(data_parallel.parent / "logs", ranks=(0, 1))
     for rank in (0, 1):  # each data-parallel rank decoded half of the validation split
         log = (data_parallel.parent / "logs" / f"worker_{rank}.log").read_text()
         assert f"validation: data-parallel rank {rank} decodes 20 of 40 sentences" in log
@@ -213,13 +227,13 @@ def packed_standalone(data_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def two_by_two(data_dir, tmp_path_factory):
-    """Packed rows (segment ids and positions) over 2 data-parallel groups of 2 tensor-parallel ranks, the
-    gradients one AllReduce per gradient over each data-parallel sub-group (parallel.grad_reduce=per_tensor)."""
+    """Packed rows (segment ids and positions) over 2 data-parallel groups of 2 tensor-parallel ranks, Adam's
+    moments sharded over each data-parallel sub-group (parallel.optimizer_shard), full recompute."""
     out = tmp_path_factory.mktemp("2x2")
     run = launched(data_dir, out, 4, "parallel.model_parallel=2", "parallel.data_parallel=2",
-                   "parallel.grad_reduce=per_tensor", "model.recompute=full", *CLIPPED,
+                   "model.recompute=full", "parallel.optimizer_shard=true", *CLIPPED,
                    plan="data_parallel 2 x model_parallel 2")
-    assert "one flat" not in (out / "logs" / "worker_0.log").read_text()
+    assert_optimizer_sharded(out / "logs", ranks=(0, 1, 2, 3))
     return run
 
 
@@ -231,7 +245,7 @@ def test_data_and_tensor_parallel_2x2_with_clipping_matches_standalone(packed_st
 def test_a_2x2_job_resumes_exactly_under_its_layout(two_by_two, data_dir, tmp_path):
     run = stopped_at_the_checkpoint(two_by_two, tmp_path / "run")
     launched(data_dir, tmp_path, 4, "parallel.model_parallel=2", "parallel.data_parallel=2",
-             "parallel.grad_reduce=per_tensor", "model.recompute=full", *CLIPPED, "train.resume=auto", run=run)
+             "model.recompute=full", "parallel.optimizer_shard=true", *CLIPPED, "train.resume=auto", run=run)
     resumed_exactly(two_by_two, run)
 
 
@@ -246,12 +260,13 @@ def test_a_2x2_checkpoint_resumes_in_one_process(two_by_two, data_dir, tmp_path)
 def test_decoder_only_under_data_and_model_parallel_2x2_matches_standalone(data_dir, tmp_path):
     """The decoder-only model on packed rows (source + target in one causal sequence) through the same seam:
     data parallel x hybrid tensor parallel (vocabulary-parallel tied embedding, SwiGLU's two column-split
-    projections, a replicated learned position table), the gradients in one flat buffer over each data-parallel
-    sub-group (the default), equals standalone."""
+    projections, a replicated learned position table), one AllReduce per gradient over each data-parallel
+    sub-group (parallel.grad_reduce=per_tensor), selective recompute, equals standalone."""
     ref = standalone_run(data_dir, tmp_path / "standalone", *DECODER_ONLY)
     run = launched(data_dir, tmp_path / "job", 4, "parallel.model_parallel=2", "parallel.data_parallel=2",
-                   "model.recompute=selective", *DECODER_ONLY, plan="data_parallel 2 x model_parallel 2")
-    assert "one flat float32 buffer" in (tmp_path / "job" / "logs" / "worker_0.log").read_text()
+                   "model.recompute=selective", "parallel.grad_reduce=per_tensor", *DECODER_ONLY,
+                   plan="data_parallel 2 x model_parallel 2")
+    assert "one flat" not in (tmp_path / "job" / "logs" / "worker_0.log").read_text()
     same_run(ref, run)
 
 

@@ -28,6 +28,7 @@ from trainer.ckpt.layout import ShardLayout
 from trainer.config import PrecisionConfig, RunConfig
 from trainer.data.multi30k import cache_root
 from trainer.parallel.context import ParallelContext
+from trainer.parallel.zero import ShardedAdam, ShardedGradNorm, ShardedReduction
 from trainer.parallelize import Parallelized, parallelize
 from trainer.precision import LossScaler, mixed_precision
 from trainer.step import (GradAccumulator, GradNorm, GradStep, MicroStep, Stepper, TeacherForcedLoss, TrainStep,
@@ -99,8 +100,12 @@ def build_training(cfg: RunConfig, ctx: ParallelContext, src_vocab_size: int, tg
     layout = ShardLayout(ctx.mp_rank if split else 0, plan.model_parallel if split else 1,
                          ctx.dp_rank, plan.data_parallel, axes)
     opt = cfg.optim
-    optimizer = nn.Adam(model.trainable_params(), learning_rate=ms.Tensor(0.0, ms.float32),
-                        beta1=opt.beta1, beta2=opt.beta2, eps=opt.eps, weight_decay=opt.weight_decay)
+    shard = parallel.optimizer_shard(model.trainable_params())
+    if shard is not None:  # Adam's state split over the data-parallel ranks (trainer/parallel/zero.py)
+        optimizer = ShardedAdam(model.trainable_params(), shard, opt.beta1, opt.beta2, opt.eps, opt.weight_decay)
+    else:
+        optimizer = nn.Adam(model.trainable_params(), learning_rate=ms.Tensor(0.0, ms.float32),
+                            beta1=opt.beta1, beta2=opt.beta2, eps=opt.eps, weight_decay=opt.weight_decay)
     step = assemble_step(model, optimizer, opt.label_smoothing, opt.clip_norm, parallel, speedups,
                          cfg.precision, cfg.train.gradient_accumulation_steps, cfg.train.seed)
     return Built(model, parallel, optimizer, step, layout)
@@ -120,10 +125,15 @@ def assemble_step(model: nn.Cell, optimizer: nn.Optimizer, smoothing: float, cli
         criterion = cpu.criterion(smoothing, PAD, speedups) or LabelSmoothedCrossEntropy(smoothing, PAD)
         loss_fn = TeacherForcedLoss(mixed_precision(model, precision), criterion)
     grad_step = GradStep(loss_fn, weights, getattr(model, "dropout_key", None))
-    kernel = cpu.sum_of_squares_kernel(speedups, weights, split=bool(parallel.shard_axis))
-    norm = GradNorm(parallel.norm_weights(weights), parallel.mp_sum(), kernel)
+    if isinstance(optimizer, ShardedAdam):  # the flat gradient's pieces: reduce-scatter, one norm, gather
+        norm = ShardedGradNorm(optimizer.shard, parallel.norm_weights(weights), parallel.mp_sum())
+        reduction = ShardedReduction(optimizer.shard, parallel.wire_dtype())
+    else:
+        kernel = cpu.sum_of_squares_kernel(speedups, weights, split=bool(parallel.shard_axis))
+        norm = GradNorm(parallel.norm_weights(weights), parallel.mp_sum(), kernel)
+        reduction = parallel.reduction(weights)
     accumulator = GradAccumulator(weights) if accumulation_steps > 1 else None
-    update = UpdateStep(optimizer, clip_norm, parallel.reduction(weights), norm)
+    update = UpdateStep(optimizer, clip_norm, reduction, norm)
     train_step = TrainStep(grad_step, update, accumulator)
     micro_step = MicroStep(grad_step, accumulator) if accumulator is not None else None
     for cell in (train_step, micro_step):

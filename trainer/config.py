@@ -145,7 +145,9 @@ class ParallelConfig:
     model_parallel: int = 1  # tensor parallel: heads, FFN and vocabulary split Megatron-style
     pipeline_stages: int = 1  # > 1 is refused: pipeline parallelism is not wired yet
     micro_batches: int = 1  # pipeline micro-batches; > 1 is refused (no pipeline)
-    optimizer_shard: bool = False  # semi_auto only: shard Adam state over data-parallel ranks
+    # Adam's moments split over the data-parallel ranks (ZeRO-1; trainer/parallel/zero.py under data_parallel and
+    # hybrid, MindSpore's own under semi_auto); needs data_parallel >= 2
+    optimizer_shard: bool = False
     # the data-parallel gradient reduction (trainer/parallelize.py): per_tensor, one AllReduce per gradient
     # (MindSpore's DistributedGradReducer), or flat, all gradients in one buffer and one AllReduce; auto is
     # flat up to FLAT_LIMIT_BYTES of gradients (one more copy of them), per_tensor beyond; on the wire in

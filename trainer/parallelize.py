@@ -93,6 +93,11 @@ class Parallelized:
         """Whether the output projection is split over ranks (then no fused CPU loss)."""
         return self.mode == "semi_auto" or bool(self.shard_axis)
 
+    def wire_dtype(self):
+        """The dtype gradients are summed in on the wire (parallel.grad_reduce_dtype)."""
+        plan = self.ctx.plan if self.ctx is not None else None
+        return ms.float16 if plan is not None and plan.grad_reduce_dtype == "float16" else ms.float32
+
     def reduction(self, weights) -> nn.Cell:
         """The gradient and loss-sum reduction the update step applies first (parallel.grad_reduce and
         grad_reduce_dtype choose the flat one)."""
@@ -105,6 +110,16 @@ class Parallelized:
         if plan.grad_reduce == "flat" or (plan.grad_reduce == "auto" and flat_bytes <= FLAT_LIMIT_BYTES):
             return FlatReduction(weights, self.dp_group, ms.float32)
         return DataParallelReduction(weights, self.dp_group)
+
+    def optimizer_shard(self, weights) -> Optional["FlatShard"]:
+        """Where Adam's state is split (parallel.optimizer_shard under data_parallel or hybrid), or None."""
+        from trainer.parallel.zero import FlatShard
+
+        plan = self.ctx.plan if self.ctx is not None else None
+        if plan is None or not plan.optimizer_shard or self.dp_group is None or self.mode == "semi_auto":
+            return None
+        return FlatShard.of(weights, self.ctx.dp_rank, plan.data_parallel, self.dp_group, self.ctx.backend,
+                            self.ctx.mp_rank if self.shard_axis else 0, self.mp_size if self.shard_axis else 1)
 
     def norm_weights(self, weights) -> Tuple[float, ...]:
         """Per-parameter weight in the squared clipping norm: split ones every shard, replicated ones once."""

@@ -55,6 +55,10 @@ class Trainer:
         self.train_split = corpus.splits["train"]
         built = build_training(cfg, ctx, len(corpus.src_vocab), len(corpus.tgt_vocab))
         self.model, self.parallel, self.optimizer, self.stepper = built.model, built.parallel, built.optimizer, built.step
+        if hasattr(self.optimizer, "state_elements"):  # parallel.optimizer_shard (trainer/parallel/zero.py)
+            whole = 2 * sum(int(p.size) for p in self.optimizer.parameters)
+            print(f"optimizer state: data-parallel rank {ctx.dp_rank} holds {self.optimizer.state_elements()} of "
+                  f"{whole} Adam moment elements (parallel.optimizer_shard over {ctx.plan.data_parallel})", flush=True)
         self.checkpoints = RunCheckpoints(self.run_dir / "checkpoints", cfg.to_dict(), cfg.train.best_metric,
                                           self.optimizer, built.layout, ctx, cfg.train.keep_last, tqdm.write)
         self.validator = Validator(cfg, self.model, corpus, ctx)

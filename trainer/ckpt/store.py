@@ -203,9 +203,10 @@ class CheckpointStore:
             with contextlib.suppress(FileNotFoundError):  # a stale manifest of an earlier, failed save
                 os.unlink(directory / mf.MANIFEST)
         row, failure = np.zeros(_ROW, np.float32), None
+        state = self._state(optimizer, gathered=True)  # every rank: a sharded optimizer gathers its moments here
         if self.layout.writes:
             try:
-                row = _encode(*self._write_shard(directory, optimizer))
+                row = _encode(*self._write_shard(directory, state))
             except Exception as exc:  # every rank must still reach the exchange, then all raise
                 failure = exc
         table = np.zeros((self.layout.mp_size, _ROW), np.float32)
@@ -226,7 +227,7 @@ class CheckpointStore:
             manifest = {"format": mf.FORMAT, "step": step, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                         "layout": {"data_parallel": self.layout.dp_size, "model_parallel": self.layout.mp_size,
                                    "writers": "data-parallel rank 0 of every model-parallel rank"},
-                        "files": files, "tensors": self._tensors(optimizer), "position": position,
+                        "files": files, "tensors": self._tensors(optimizer, state), "position": position,
                         "config": config, **(extra or {})}
             write_text(directory / mf.MANIFEST, mf.dumps(manifest), mode=FILE_MODE)
             _point(self.root, "latest", directory.name)
@@ -237,7 +238,11 @@ class CheckpointStore:
             self.prune()
         return directory
 
-    def _state(self, optimizer) -> List:
+    def _state(self, optimizer, gathered: bool) -> List:
+        """The tensors a checkpoint keeps: the optimizer's Parameters, or a sharded optimizer's state in the
+        unsharded format (trainer/parallel/zero.py: moments gathered to save, zeros to load into)."""
+        if hasattr(optimizer, "checkpoint_state"):
+            return optimizer.checkpoint_state(gathered)
         seen, state = set(), []
         for param in optimizer.get_parameters():
             if param.name not in seen:
@@ -245,15 +250,15 @@ class CheckpointStore:
                 state.append(param)
         return state
 
-    def _write_shard(self, directory: Path, optimizer) -> Tuple[str, int]:
+    def _write_shard(self, directory: Path, state: List) -> Tuple[str, int]:
         make_private_dir(directory)
-        arrays = {p.name: p.asnumpy() for p in self._state(optimizer) if self.layout.owns(p.name)}
+        arrays = {p.name: p.asnumpy() for p in state if self.layout.owns(p.name)}
         return write_shard_file(directory / self.layout.file_name(), arrays)
 
-    def _tensors(self, optimizer) -> Dict:
+    def _tensors(self, optimizer, state: List) -> Dict:
         weights = {p.name for p in optimizer.parameters}
         tensors = {}
-        for p in self._state(optimizer):
+        for p in state:
             shape = self.layout.global_shape(p.name, p.shape)
             tensors[p.name] = mf.tensor_entry(shape, _dtype(p), "weight" if p.name in weights else "optimizer",
                                               self.layout.axis(p.name), self.layout.parts(p.name, shape))
@@ -314,7 +319,10 @@ class CheckpointStore:
 
     def load(self, optimizer, directory: Path, manifest: Dict) -> None:
         """Set every tensor of `optimizer` (weights, moments, counters) to this rank's slice of the checkpoint."""
-        load_tensors(self._state(optimizer), self.layout, directory, manifest)
+        state = self._state(optimizer, gathered=False)
+        load_tensors(state, self.layout, directory, manifest)
+        if hasattr(optimizer, "load_checkpoint_state"):
+            optimizer.load_checkpoint_state(state)  # the moments cut into this rank's pieces
 
 
 def _dtype(param) -> str:

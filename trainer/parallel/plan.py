@@ -47,6 +47,9 @@ class Plan:
             elif self.grad_reduce == "auto":
                 reduction = (f"; gradients summed in one flat float32 buffer (one AllReduce per gradient past "
                              f"{FLAT_LIMIT_BYTES >> 20} MiB of them)")
+        if self.optimizer_shard and self.mode != "semi_auto":
+            reduction = (f"; gradients reduce-scattered in one flat {self.grad_reduce_dtype} buffer, Adam's moments "
+                         f"sharded over data_parallel {self.data_parallel}")
         return (f"{self.mode}: data_parallel {self.data_parallel} x model_parallel {self.model_parallel} x "
                 f"pipeline_stages {self.pipeline_stages} = {self.world_size} workers{reduction}")
 
@@ -99,9 +102,10 @@ def make_plan(cfg: RunConfig, world_size: int, backend: str = "CPU", vocab_size:
         raise ConfigError(f"parallel.micro_batches={micro} only means something with pipeline stages, which are "
                           f"not wired; for more tokens per update use gradient accumulation instead, and "
                           f"set parallel.micro_batches=1")
-    if par.optimizer_shard and mode != "semi_auto":
-        raise ConfigError(f"parallel.optimizer_shard needs parallel.mode=semi_auto (MindSpore auto-parallel, "
-                          f"Ascend or GPU, untested on hardware); mode {mode} has no optimizer sharding")
+    if par.optimizer_shard and dp < 2:
+        raise ConfigError(f"parallel.optimizer_shard splits Adam's moments over the data-parallel ranks, but this "
+                          f"layout has data_parallel {dp} (mode {mode}); set parallel.optimizer_shard=false, or run "
+                          f"with data_parallel >= 2")
     if for_execution and mode == "semi_auto" and backend.lower() == "cpu":
         raise ConfigError("parallel.mode=semi_auto cannot compile on CPU (MindSpore: 'Invalid communication "
                           "backend: CPU for semi_auto_parallel'); use parallel.mode=hybrid or data_parallel here")
