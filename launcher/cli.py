@@ -108,9 +108,32 @@ def under_mpi(env=os.environ) -> bool:
     return any(k in env for k in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"))
 
 
+def split_module_args(parser: argparse.ArgumentParser, argv: List[str]):
+    """(launcher argv up to and including `-m MODULE`, the module's own arguments) as msrun splits them: every
+    argument after the module is the module's, even one that looks like a launcher option (`-m mymod --lr 3`,
+    `-m mymod --tail_worker_log 1`). No `-m` before the script: (argv, None)."""
+    flags = {o for a in parser._actions if a.nargs == 0 for o in a.option_strings}
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if token == "-m":
+            return (argv[:i + 2], argv[i + 2:]) if i + 1 < len(argv) else (argv, None)
+        if token.startswith("-m") and not token.startswith("--"):
+            return argv[:i + 1], argv[i + 1:]  # -mMODULE
+        if token == "--" or not token.startswith("-"):
+            return argv, None  # the script (or the end of options) comes first: argparse's REMAINDER keeps the rest
+        i += 1 if (token in flags or "=" in token) else 2
+    return argv, None
+
+
 def launch_main(argv: Optional[List[str]] = None) -> int:
     """Entry point of `mindrun launch`; returns the job's exit code."""
-    ns = launch_parser().parse_args(argv)
+    parser = launch_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    own, module_args = split_module_args(parser, argv)
+    ns = parser.parse_args(own)
+    if module_args is not None:
+        ns.script, ns.args = None, module_args
     try:
         cli = _cli_dict(ns)
         if ns.mpi or under_mpi():
@@ -231,6 +254,12 @@ SUBCOMMANDS: Dict[str, Subcommand] = {
 
 def main(argv: Optional[List[str]] = None) -> int:
     """`python -m launcher [launch options] SCRIPT`, or `python -m launcher launch|ranktable|doctor ...`."""
+    from launcher.console import closed_pipe_safe
+
+    return closed_pipe_safe(_main, argv)
+
+
+def _main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] and argv[0] in SUBCOMMANDS:
         return SUBCOMMANDS[argv[0]].main(argv[1:])

@@ -178,3 +178,19 @@ def _width(stream: TextIO) -> int:
         return os.get_terminal_size(stream.fileno()).columns
     except (OSError, ValueError, AttributeError):
         return 120
+
+
+def closed_pipe_safe(main, argv=None) -> int:
+    """Run a command's main; when stdout is a pipe its reader closed (`mindrun plan | head -3`), end quietly with
+    the shell's code for SIGPIPE (141) instead of a BrokenPipeError traceback, for every subcommand."""
+    import os
+    import sys
+
+    try:
+        code = main(argv)
+        sys.stdout.flush()  # a closed pipe shows at the last flush
+        return code
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's exit flush must not raise again
+        return 141

@@ -1,8 +1,11 @@
 """The decoder-only (GPT-style) Transformer, built from the encoder-decoder's blocks.
 
 One stack of self-attention + FFN blocks (model/layers.py EncoderLayer) under a causal bias,
-embeddings tied to the output projection, sinusoidal or learned positions (`model.positions`), pre-LN in recipes
-(`model.pre_norm`), with a final LayerNorm then. The same parallel layout table applies
+embeddings tied to the output projection (or an untied `out_proj`, model.share_embeddings=false),
+sinusoidal, learned or rotary positions (`model.positions`), pre-LN in recipes (`model.pre_norm`), with a
+final norm then. With rmsnorm, rotary positions, SwiGLU, no biases, unscaled embeddings and an untied output
+it is Llama's architecture (recipes llama_tiny, llama2_7b; tests/test_llama.py checks its logits against
+`transformers`' LlamaForCausalLM). The same parallel layout table applies
 (model/parallel/layout.py: attention and FFN by their generic paths, `embed` by vocabulary rows,
 `logits` vocabulary-parallel).
 
@@ -25,7 +28,9 @@ from model.config import ModelConfig
 from model.dropout import bind_dropout_key
 from model.layers import EncoderLayer
 from model.masks import cache_slots, causal_mask, mask_to_bias, padding_mask, segment_mask
+from model.norm import make_norm
 from model.positional import PositionalEncoding
+from model.rotary import Rotary
 from model.transformer import Logits
 
 
@@ -41,12 +46,16 @@ class DecoderOnly(nn.Cell):
         cfg.validate()
         self.cfg, self.vocab, self.pad_id = cfg, vocab, pad_id
         self.tgt_vocab = vocab  # what search and the trainer read (model/api.py)
-        self.embed_scale = math.sqrt(cfg.d_model)
+        self.embed_scale = math.sqrt(cfg.d_model) if cfg.scale_embeddings else 1.0
         self.embed = nn.Embedding(vocab, cfg.d_model, embedding_table=Normal(cfg.d_model ** -0.5))
         self.positions = PositionalEncoding(cfg.d_model, cfg.max_positions, cfg.dropout, cfg.positions)
+        self.rotary = (Rotary(cfg.head_dim, cfg.max_positions, cfg.rope_theta) if cfg.positions == "rotary"
+                       else None)
         self.layers = nn.CellList([EncoderLayer(cfg) for _ in range(cfg.decoder_layers)])
         if cfg.pre_norm:
-            self.final_norm = nn.LayerNorm((cfg.d_model,), epsilon=cfg.layer_norm_eps)
+            self.final_norm = make_norm(cfg.norm, cfg.d_model, cfg.layer_norm_eps)
+        if not cfg.share_embeddings:
+            self.out_proj = nn.Dense(cfg.d_model, vocab, has_bias=False)
         self.logits = Logits()
         self.dropout_key = bind_dropout_key(self)
 
@@ -59,8 +68,8 @@ class DecoderOnly(nn.Cell):
         return cls(cfg, tgt_vocab, pad_id)
 
     def output_weight(self):
-        """The output projection's weight [V, d]: the embedding table (tied)."""
-        return self.embed.embedding_table
+        """The output projection's weight [V, d]: the embedding table (tied) or out_proj's."""
+        return self.embed.embedding_table if self.cfg.share_embeddings else self.out_proj.weight
 
     def project(self, x):
         """States [B, L, d] -> logits [B, L, V]."""
@@ -76,8 +85,13 @@ class DecoderOnly(nn.Cell):
         else:
             bias = mask_to_bias(segment_mask(seg, seg, causal=True))
         x = self.positions(self.embed(tokens) * self.embed_scale, pos)
+        rope = None
+        if self.rotary is not None:
+            if pos is None:
+                pos = ops.broadcast_to(ops.arange(tokens.shape[1]).reshape(1, -1).astype(ms.int32), tokens.shape)
+            rope = self.rotary(pos)
         for layer in self.layers:
-            x = layer(x, bias)
+            x = layer(x, bias, rope)
         if self.cfg.pre_norm:
             x = self.final_norm(x)
         return x
@@ -123,14 +137,17 @@ class DecoderOnly(nn.Cell):
         """Run the source (the prompt) once and keep its keys and values.
 
         Returns (prompt_bias [B, 1, 1, Ls], prompt_k, prompt_v, self_k, self_v): per-block tuples of
-        the prompt's [B, H, Ls, dk] and of [B, H, max_len, dk] zeros for the generated tokens.
+        the prompt's [B, Hkv, Ls, dk] and of [B, Hkv, max_len, dk] zeros for the generated tokens.
         """
         keep = padding_mask(src, self.pad_id)
         bias = mask_to_bias(ops.logical_and(keep, causal_mask(src.shape[1])))
         x = self.positions(self.embed(src) * self.embed_scale)
+        rope = None
+        if self.rotary is not None:
+            rope = self.rotary(ops.broadcast_to(ops.arange(src.shape[1]).reshape(1, -1).astype(ms.int32), src.shape))
         prompt_k, prompt_v, self_k, self_v = (), (), (), ()
         for layer in self.layers:
-            x, k, v = layer.with_kv(x, bias)
+            x, k, v = layer.with_kv(x, bias, rope)
             b, h, _, dk = k.shape
             prompt_k += (k,)
             prompt_v += (v,)
@@ -143,10 +160,13 @@ class DecoderOnly(nn.Cell):
         [B, V] and the updated caches. Its sequence position is the row's source length + `position`."""
         write, self_bias = cache_slots(position, self_k[0].shape[2], self_k[0].dtype)
         lengths = ops.equal(prompt_bias, 0).astype(ms.int32).sum(-1).reshape(-1)  # [B] source lengths
-        x = self.positions.at_rows(self.embed(token) * self.embed_scale, (lengths + position).astype(ms.int32))
+        rows = (lengths + position).astype(ms.int32)
+        x = self.positions.at_rows(self.embed(token) * self.embed_scale, rows)
+        rope = None if self.rotary is None else self.rotary.at_rows(rows)
         new_k, new_v = (), ()
         for i, layer in enumerate(self.layers):
-            x, k, v = layer.step(x, write, self_k[i], self_v[i], self_bias, prompt_k[i], prompt_v[i], prompt_bias)
+            x, k, v = layer.step(x, write, self_k[i], self_v[i], self_bias, prompt_k[i], prompt_v[i], prompt_bias,
+                                 rope)
             new_k += (k,)
             new_v += (v,)
         if self.cfg.pre_norm:

@@ -11,13 +11,13 @@ class FeedForward(nn.Cell):
     under tensor parallelism, W2 by input rows (model/parallel/layout.py).
     """
 
-    def __init__(self, d_model: int, d_ff: int, activation_dropout: float, kind: str = "relu"):
+    def __init__(self, d_model: int, d_ff: int, activation_dropout: float, kind: str = "relu", bias: bool = True):
         super().__init__()
         self.swiglu = kind == "swiglu"
-        self.w1 = nn.Dense(d_model, d_ff)
+        self.w1 = nn.Dense(d_model, d_ff, has_bias=bias)
         if self.swiglu:
-            self.w3 = nn.Dense(d_model, d_ff)
-        self.w2 = nn.Dense(d_ff, d_model)
+            self.w3 = nn.Dense(d_model, d_ff, has_bias=bias)
+        self.w2 = nn.Dense(d_ff, d_model, has_bias=bias)
         self.dropout = Dropout(activation_dropout)
 
     def construct(self, x):

@@ -8,7 +8,15 @@ from model.residual import AddNorm
 
 
 def _add_norm(cfg: ModelConfig) -> AddNorm:
-    return AddNorm(cfg.d_model, cfg.dropout, cfg.pre_norm, cfg.layer_norm_eps)
+    return AddNorm(cfg.d_model, cfg.dropout, cfg.pre_norm, cfg.layer_norm_eps, cfg.norm)
+
+
+def _attention(cfg: ModelConfig) -> MultiHeadAttention:
+    return MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.attention_dropout, cfg.kv_heads, cfg.bias)
+
+
+def _ffn(cfg: ModelConfig) -> FeedForward:
+    return FeedForward(cfg.d_model, cfg.d_ff, cfg.activation_dropout, cfg.ffn, cfg.bias)
 
 
 class EncoderLayer(nn.Cell):
@@ -17,30 +25,32 @@ class EncoderLayer(nn.Cell):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.self_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.attention_dropout)
-        self.ffn = FeedForward(cfg.d_model, cfg.d_ff, cfg.activation_dropout, cfg.ffn)
+        self.self_attn = _attention(cfg)
+        self.ffn = _ffn(cfg)
         self.norm1 = _add_norm(cfg)
         self.norm2 = _add_norm(cfg)
 
-    def construct(self, x, src_bias):
-        """x [B, Ls, d], src_bias [B, 1, 1, Ls] (packed rows: [B, 1, Ls, Ls]) -> [B, Ls, d]."""
+    def construct(self, x, src_bias, rope=None):
+        """x [B, Ls, d], src_bias [B, 1, 1, Ls] (packed rows: [B, 1, Ls, Ls]) -> [B, Ls, d]. `rope`: rotary
+        positions' (cos, sin) of x's positions (model/rotary.py), None otherwise."""
         h = self.norm1.before(x)
-        x = self.norm1.after(x, self.self_attn(h, h, src_bias))
+        x = self.norm1.after(x, self.self_attn(h, h, src_bias, rope))
         return self.norm2.after(x, self.ffn(self.norm2.before(x)))
 
-    def with_kv(self, x, bias):
-        """`construct`, also returning the self-attention's keys and values [B, H, L, dk] (a prompt's cache)."""
+    def with_kv(self, x, bias, rope=None):
+        """`construct`, also returning the self-attention's keys and values [B, Hkv, L, dk] (a prompt's cache)."""
         h = self.norm1.before(x)
-        k, v = self.self_attn.project_kv(h)
-        x = self.norm1.after(x, self.self_attn.attend(h, k, v, bias))
+        k, v = self.self_attn.project_kv(h, rope)
+        x = self.norm1.after(x, self.self_attn.attend(h, k, v, bias, rope))
         return self.norm2.after(x, self.ffn(self.norm2.before(x))), k, v
 
-    def step(self, x, write, self_k, self_v, self_bias, prefix_k=None, prefix_v=None, prefix_bias=None):
+    def step(self, x, write, self_k, self_v, self_bias, prefix_k=None, prefix_v=None, prefix_bias=None,
+             rope=None):
         """One incremental decoding step of a causal stack (as DecoderLayer.step, without cross-attention).
         A decoder-only model's prompt comes as a fixed prefix cache (`MultiHeadAttention.cached`)."""
         h = self.norm1.before(x)
         out, self_k, self_v = self.self_attn.cached(h, write, self_k, self_v, self_bias, prefix_k, prefix_v,
-                                                    prefix_bias)
+                                                    prefix_bias, rope)
         x = self.norm1.after(x, out)
         return self.norm2.after(x, self.ffn(self.norm2.before(x))), self_k, self_v
 
@@ -50,9 +60,9 @@ class DecoderLayer(nn.Cell):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.self_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.attention_dropout)
-        self.cross_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.attention_dropout)
-        self.ffn = FeedForward(cfg.d_model, cfg.d_ff, cfg.activation_dropout, cfg.ffn)
+        self.self_attn = _attention(cfg)
+        self.cross_attn = _attention(cfg)
+        self.ffn = _ffn(cfg)
         self.norm1 = _add_norm(cfg)
         self.norm2 = _add_norm(cfg)
         self.norm3 = _add_norm(cfg)

@@ -23,7 +23,8 @@ class PositionalEncoding(nn.Cell):
     """Adds a position table to token embeddings, then dropout.
 
     sinusoidal: the fixed sinusoid table, a constant (never trained, never checkpointed); learned: a
-    trained [max_positions, d_model] Parameter `table`, replicated under tensor parallelism.
+    trained [max_positions, d_model] Parameter `table`, replicated under tensor parallelism; rotary: nothing
+    is added here (attention rotates queries and keys, model/rotary.py), only the dropout.
     """
 
     def __init__(self, d_model: int, max_positions: int, dropout: float, kind: str = "sinusoidal"):
@@ -32,21 +33,28 @@ class PositionalEncoding(nn.Cell):
             # fairseq's learned positions: N(0, d^-1/2), added to embeddings scaled by sqrt(d)
             self.table = ms.Parameter(initializer(Normal(d_model ** -0.5), (max_positions, d_model), ms.float32),
                                       name="table")
-        else:
+        elif kind == "sinusoidal":
             self.table = ms.Tensor(sinusoid_table(max_positions, d_model))
+        self.adds = kind != "rotary"
         self.dropout = Dropout(dropout)
 
     def construct(self, x, positions=None):
         """x [B, L, d] -> x + PE[:L], or x + PE[positions] for positions [B, L] (packed rows)."""
+        if not self.adds:
+            return self.dropout(x)
         if positions is None:
             return self.dropout(x + self.table[:x.shape[1]].expand_dims(0))
         return self.dropout(x + ops.gather(self.table, positions, 0))
 
     def at(self, x, position):
         """One decoding step: x [B, 1, d] at integer tensor `position` []."""
+        if not self.adds:
+            return self.dropout(x)
         row = ops.gather(self.table, position.reshape(1), 0)  # [1, d]
         return self.dropout(x + row.expand_dims(0))
 
     def at_rows(self, x, positions):
         """One decoding step at a position per row: x [B, 1, d], integer tensor `positions` [B]."""
+        if not self.adds:
+            return self.dropout(x)
         return self.dropout(x + ops.gather(self.table, positions, 0).expand_dims(1))

@@ -9,6 +9,7 @@ from model.config import ModelConfig
 from model.dropout import bind_dropout_key
 from model.layers import DecoderLayer, EncoderLayer
 from model.masks import cache_slots, causal_mask, mask_to_bias, padding_mask, segment_mask
+from model.norm import make_norm
 from model.positional import PositionalEncoding
 
 
@@ -44,7 +45,7 @@ class Transformer(nn.Cell):
         self.cfg = cfg
         self.pad_id = pad_id
         self.tgt_vocab = tgt_vocab
-        self.embed_scale = math.sqrt(cfg.d_model)
+        self.embed_scale = math.sqrt(cfg.d_model) if cfg.scale_embeddings else 1.0
         init = Normal(cfg.d_model ** -0.5)
         self.src_embed = nn.Embedding(src_vocab, cfg.d_model, embedding_table=init)
         if cfg.share_embeddings:
@@ -57,8 +58,8 @@ class Transformer(nn.Cell):
         self.encoder = nn.CellList([EncoderLayer(cfg) for _ in range(cfg.encoder_layers)])
         self.decoder = nn.CellList([DecoderLayer(cfg) for _ in range(cfg.decoder_layers)])
         if cfg.pre_norm:  # pre-LN stacks end with a LayerNorm of their own
-            self.encoder_norm = nn.LayerNorm((cfg.d_model,), epsilon=cfg.layer_norm_eps)
-            self.decoder_norm = nn.LayerNorm((cfg.d_model,), epsilon=cfg.layer_norm_eps)
+            self.encoder_norm = make_norm(cfg.norm, cfg.d_model, cfg.layer_norm_eps)
+            self.decoder_norm = make_norm(cfg.norm, cfg.d_model, cfg.layer_norm_eps)
         self.logits = Logits()
         self.dropout_key = bind_dropout_key(self)  # the train step sets it per call (model/dropout.py)
 

@@ -1,4 +1,5 @@
 """The command-line surface is frozen here, and bad input exits 2 with a message, no traceback."""
+import os
 import re
 import shutil
 import subprocess
@@ -22,8 +23,11 @@ def test_cli_surface_does_not_drift():
         "evaluate": sorted(["--checkpoint", "--beam", "--length-penalty", "--batch-size", "--average", "--split",
                             "--data-dir", "--output", "-h", "--help"]),
         "translate": sorted(["--checkpoint", "--beam", "--length-penalty", "--batch-size", "--average", "-h", "--help"]),
-        "plan": sorted(["--config", "--set", "--world-size", "--backend", "--vocab-size", "--cluster", "-h", "--help"]),
-        "ckpt": ["--help", "-h"],  # inspect | merge | reshard, frozen below
+        "plan": sorted(["--config", "--set", "--world-size", "--backend", "--vocab-size", "--cluster", "--strategies", "-h",
+                        "--help"]),
+        "ckpt": ["--help", "-h"],  # inspect | merge | reshard | import-hf | export-hf, frozen below
+        "generate": sorted(["--checkpoint", "--prompt", "--prompt-ids", "--max-new-tokens", "--temperature", "--top-p",
+                            "--seed", "-h", "--help"]),
         "launch": [],  # handed to launcher.cli, frozen below
         "ranktable": [],
         "doctor": [],
@@ -35,7 +39,9 @@ def test_ckpt_actions_do_not_drift():
     sub = next(a for a in parser._actions if a.dest == "command")
     actions = next(a for a in sub.choices["ckpt"]._actions if a.dest == "action")
     assert {name: sorted(o for a in p._actions for o in a.option_strings) for name, p in actions.choices.items()} == {
-        "inspect": ["--help", "--json", "-h"], "merge": ["--help", "-h"], "reshard": ["--help", "--out", "--parallel", "-h"]}
+        "inspect": ["--help", "--json", "-h"], "merge": ["--help", "-h"], "reshard": ["--help", "--out", "--parallel", "-h"],
+        "import-hf": ["--config", "--help", "--out", "--parallel", "--set", "-h"],
+        "export-hf": ["--dtype", "--help", "--max-shard-gb", "-h"]}
 
 
 def msrun_options():
@@ -97,3 +103,59 @@ def test_scheduler_process_only_joins_the_cluster(monkeypatch):
     monkeypatch.setattr(trainer.config, "load_config", lambda *a, **k: pytest.fail("the scheduler loaded a config"))
     assert cli.main(["train", "--config", "no-such-recipe"]) == 0
     assert joined == [()]
+
+
+def test_a_misspelt_set_key_is_blamed_on_the_command_line_with_the_sections_names(capsys):
+    from trainer.cli import main
+
+    assert main(["plan", "--config", "small", "--set", "model.layers=12"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("mindrun plan: error: --set model.layers=12: unknown config key 'model.layers'")
+    assert "did you mean 'model.decoder_layers' or 'model.encoder_layers'" in line and "small.yaml" not in line
+
+
+def test_ckpt_inspect_of_a_missing_path_says_it_is_missing(tmp_path, capsys):
+    from trainer.cli import main
+
+    assert main(["ckpt", "inspect", str(tmp_path / "nonexistent")]) == 2
+    err = capsys.readouterr().err
+    assert "does not exist" in err and "save did not complete" not in err
+
+
+def test_a_closed_pipe_ends_plan_and_dry_run_quietly():
+    """`mindrun plan ... | head -3`: no BrokenPipeError traceback, the shell's SIGPIPE code."""
+    for args in (["-m", "trainer", "plan", "--config", "gpt_125m", "--strategies"],
+                 ["-m", "launcher", "--worker_num", "8", "--local_worker_num", "8", "--dry_run", "--master_port",
+                  "0", "-m", "trainer", "train"]):
+        import fcntl
+
+        read_end, write_end = os.pipe()
+        fcntl.fcntl(write_end, 1031, 4096)  # F_SETPIPE_SZ: a one-page pipe, so the output cannot all fit in it
+        proc = subprocess.Popen([sys.executable, *args], stdout=write_end, stderr=subprocess.PIPE)
+        os.close(write_end)
+        assert os.read(read_end, 200)
+        os.close(read_end)  # what head does after its lines
+        err = proc.stderr.read().decode()
+        assert proc.wait(timeout=300) == 141 and "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+@pytest.mark.parametrize("argv, module, script, args", [
+    (["--worker_num", "2", "-m", "mymod", "--lr", "3"], "mymod", None, ["--lr", "3"]),
+    (["--worker_num", "2", "--join", "False", "-m", "mymod", "--tail_worker_log", "1"], "mymod", None,
+     ["--tail_worker_log", "1"]),
+    (["--dry_run", "-mtrainer", "train", "--config", "x"], "trainer", None, ["train", "--config", "x"]),
+    (["--worker_num", "2", "train.py", "--lr", "3", "--tail_worker_log", "1"], None, "train.py",
+     ["--lr", "3", "--tail_worker_log", "1"]),
+])
+def test_launch_passes_everything_after_the_module_or_script_to_it(argv, module, script, args):
+    """As msrun: arguments after `-m MODULE` (or the script) are the program's, even launcher-looking ones."""
+    from launcher.cli import _cli_dict, launch_parser, split_module_args
+
+    parser = launch_parser()
+    own, rest = split_module_args(parser, argv)
+    ns = parser.parse_args(own)
+    if rest is not None:
+        ns.script, ns.args = None, rest
+    cli = _cli_dict(ns)
+    assert (cli["module"], cli["script"], cli["args"], cli["tail_worker_log"]) == (module, script, args, None)
+    assert cli["worker_num"] == (None if argv[0] == "--dry_run" else 2)

@@ -2,6 +2,7 @@
 import pytest
 
 from trainer.config import ConfigError, load_config, parse_override
+from trainer.parallel.plan import make_plan
 
 
 def test_recipes_load_by_name():
@@ -102,9 +103,16 @@ def test_a_decoder_only_recipe_needs_one_vocabulary_and_room_for_both_sentences(
     load_config("hour", overrides[1:] if "joint" in overrides[0] else overrides)  # fine for the encoder-decoder
 
 
-def test_a_decoder_only_model_always_ties_its_embeddings():
-    with pytest.raises(ConfigError, match="decoder_only always ties"):
-        load_config("gpt_hour", ["model.share_embeddings=false"])
+def test_llama_block_options_are_checked_at_load():
+    assert load_config("gpt_hour", ["model.share_embeddings=false"]).model.share_embeddings is False  # untied: Llama
+    with pytest.raises(ConfigError, match=r"model.n_kv_heads \(3\) must divide model.n_heads \(4\)"):
+        load_config("gpt_hour", ["model.n_kv_heads=3"])
+    with pytest.raises(ConfigError, match="rotary is wired for model.arch=decoder_only only"):
+        load_config("small", ["model.positions=rotary"])
+    with pytest.raises(ConfigError, match="model.norm must be one of layernorm, rmsnorm"):
+        load_config("small", ["model.norm=batchnorm"])
+    with pytest.raises(ConfigError, match=r"n_kv_heads \(2\) is not divisible by parallel.model_parallel \(4\)"):
+        make_plan(load_config("llama_tiny", ["parallel.model_parallel=4"]), 4, "CPU")
 
 
 def test_float16_gradient_reduction_needs_loss_scaling():

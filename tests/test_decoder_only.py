@@ -25,9 +25,15 @@ def config(pre_norm=True, **kw):
     return ModelConfig(**{**base, **kw})
 
 
-def make_model(pre_norm=True, seed=0):
+# Llama's block (issue 33): rotary positions must follow per-segment positions in packed rows, GQA share heads
+LLAMA = dict(arch="decoder_only", norm="rmsnorm", positions="rotary", n_kv_heads=2, bias=False, share_embeddings=False,
+             scale_embeddings=False, ffn="swiglu")
+BLOCKS = pytest.mark.parametrize("options", [{}, LLAMA], ids=["gpt", "llama"])
+
+
+def make_model(pre_norm=True, seed=0, **options):
     ms.set_seed(seed)
-    model = DecoderOnly(config(pre_norm), VOCAB, pad_id=0)
+    model = DecoderOnly(config(pre_norm, **options), VOCAB, pad_id=0)
     model.set_train(False)
     return model
 
@@ -47,8 +53,9 @@ def test_a_later_token_never_changes_earlier_outputs(pre_norm):
     assert not np.allclose(a[:, 7:], b[:, 7:], atol=1e-3)
 
 
-def test_packed_sequences_do_not_see_each_other():
-    model = make_model()
+@BLOCKS
+def test_packed_sequences_do_not_see_each_other(options):
+    model = make_model(**options)
     first, second = tokens((1, 5)), tokens((1, 4), seed=2)
     row = np.concatenate([first, second, np.zeros((1, 3), np.int32)], 1)
     seg = np.array([[1] * 5 + [2] * 4 + [0] * 3], np.int32)
@@ -56,6 +63,31 @@ def test_packed_sequences_do_not_see_each_other():
     packed = model.lm_logits(ms.Tensor(row), ms.Tensor(seg), ms.Tensor(pos)).asnumpy()
     np.testing.assert_allclose(packed[:, :5], model.lm_logits(ms.Tensor(first)).asnumpy(), atol=2e-5)
     np.testing.assert_allclose(packed[:, 5:9], model.lm_logits(ms.Tensor(second)).asnumpy(), atol=2e-5)
+
+
+def test_llama_options_count_and_split_like_the_built_model():
+    """RMSNorm (gamma only), GQA's narrower key/value projections, no biases and the untied output layer are
+    counted by model/size.py as built, and the layout table splits w_k/w_v (whole key/value heads) and out_proj."""
+    from model.parallel.layout import split_axis_of
+    from model.size import replicated_parameters
+
+    cfg = config(True, **LLAMA)
+    model = make_model(**LLAMA)
+    assert decoder_only_parameters(cfg, VOCAB) == built_size(model)
+    shapes = {p.name: p.shape for p in model.trainable_params()}
+    assert shapes["layers.0.self_attn.w_k.weight"] == (2 * 8, 32) and "layers.0.self_attn.w_q.bias" not in shapes
+    assert shapes["out_proj.weight"] == (VOCAB, 32) and "layers.0.norm1.norm.beta" not in shapes
+    axes = split_axes(model)
+    assert axes["layers.0.self_attn.w_k.weight"] == 0 and axes["out_proj.weight"] == 0
+    assert all(split_axis_of(name) == axes.get(name) for name in shapes)  # the name-only lookup import-hf uses
+    assert replicated_parameters(cfg) == sum(int(np.prod(s)) for n, s in shapes.items() if n not in axes)
+    # the encoder-decoder takes the same block options (rotary positions excepted)
+    options = {k: v for k, v in LLAMA.items() if k not in ("arch", "positions", "share_embeddings")}
+    shaped = config(True, encoder_layers=2, **options)
+    built = Transformer(shaped, VOCAB, VOCAB, 0)
+    assert encoder_decoder_parameters(shaped, VOCAB, VOCAB) == built_size(built)
+    assert replicated_parameters(shaped) == sum(int(np.prod(p.shape)) for p in built.trainable_params()
+                                                if p.name not in split_axes(built))
 
 
 def test_the_parallel_layout_table_covers_the_decoder_only_model():
@@ -94,18 +126,20 @@ def padded(rows, width):
     return out
 
 
-def test_translation_is_the_language_model_on_source_then_target():
+@BLOCKS
+def test_translation_is_the_language_model_on_source_then_target(options):
     """Padded (src, tgt_in) batches give, at the target positions, the language model's logits on the gap-free
     sequence source + target: padding never moves a position or leaks into attention."""
-    model, pairs = make_model(), pairs_case()
+    model, pairs = make_model(**options), pairs_case()
     got = model(ms.Tensor(padded([p[0] for p in pairs], 8)), ms.Tensor(padded([p[1] for p in pairs], 7))).asnumpy()
     for i, (src, tgt) in enumerate(pairs):
         lm = model.lm_logits(ms.Tensor(np.concatenate([src, tgt])[None])).asnumpy()[0]
         np.testing.assert_allclose(got[i, :len(tgt)], lm[len(src):], atol=2e-5, err_msg=f"pair {i}")
 
 
-def test_packed_translation_rows_equal_padded_ones():
-    model, pairs = make_model(), pairs_case()
+@BLOCKS
+def test_packed_translation_rows_equal_padded_ones(options):
+    model, pairs = make_model(**options), pairs_case()
     src_row, tgt_row = np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])
     src_seg = np.concatenate([[i + 1] * len(p[0]) for i, p in enumerate(pairs)]).astype(np.int32)
     tgt_seg = np.concatenate([[i + 1] * len(p[1]) for i, p in enumerate(pairs)]).astype(np.int32)

@@ -19,10 +19,16 @@ def pynative():
 ARCHS = sorted(ARCHITECTURES)
 
 
-def make_model(pre_norm=False, share=True, seed=0, vocab=50, arch="encoder_decoder"):
+# the decoder-only model with Llama's block (issue 33): rotary positions of padded prompts, GQA caches
+LLAMA = dict(norm="rmsnorm", positions="rotary", n_kv_heads=2, bias=False, scale_embeddings=False, ffn="swiglu")
+
+
+def make_model(pre_norm=False, share=True, seed=0, vocab=50, arch="encoder_decoder", **options):
     ms.set_seed(seed)
+    if arch == "llama":
+        arch, options = "decoder_only", {**LLAMA, **options}
     cfg = ModelConfig(arch=arch, encoder_layers=2, decoder_layers=2, d_model=32, n_heads=4, d_ff=64, dropout=0.0,
-                      pre_norm=pre_norm, share_embeddings=share, max_positions=64)
+                      pre_norm=pre_norm, share_embeddings=share, max_positions=64, **options)
     model = build(cfg, vocab, vocab, 0)
     model.set_train(False)
     return model
@@ -33,7 +39,7 @@ def full_lprobs(model, src, prefix):
     return ops.log_softmax(logits, -1).asnumpy()
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", [*ARCHS, "llama"])
 @pytest.mark.parametrize("pre_norm, share", [(False, True), (True, False)])
 def test_cached_step_equals_full_recomputation(pre_norm, share, arch):
     model = make_model(pre_norm, share, arch=arch)

@@ -20,8 +20,9 @@ normalising regime and clipping that acts (clip_norm below the measured gradient
         Adam + clipping (one norm from the         unsharded               recompute, unsharded)
         pieces), full recompute (each block's
         forward AllReduce rerun)
-    decoder-only 2x2 (one AllReduce per            decoder-only standalone,
-        gradient over dp sub-groups), packed,      no recompute
+    decoder-only 2x2, Llama block (one            decoder-only standalone,
+        AllReduce per gradient over dp             no recompute
+        sub-groups), packed,
         accumulation 2, LINEAR, selective
         recompute
 Standalone runs train in this process; a standalone resume is compared exactly, weights and Adam state included.
@@ -55,8 +56,12 @@ PADDED = ["train.gradient_accumulation_steps=2", *LINEAR]
 # in theory since softmax is blind to that bias, by its own size: up to lr a step in either direction, 4e-5 apart
 # after 6 updates in one measured run; eps 1e-6 leaves that noise where it is.)
 CLIPPED = ["optim.clip_norm=0.3", "optim.eps=1e-6", *PACKED]
+# Llama's block (issue 33): RMSNorm, rotary positions, 4 query heads reading 2 key/value heads (one per rank under
+# mp 2), no biases, an untied output layer split by vocabulary rows
 DECODER_ONLY = ["model.arch=decoder_only", "model.pre_norm=true", "model.decoder_layers=1", "model.ffn=swiglu",
-                "model.positions=learned", "train.gradient_accumulation_steps=2", *PACKED, *LINEAR]
+                "model.norm=rmsnorm", "model.positions=rotary", "model.n_heads=4", "model.n_kv_heads=2",
+                "model.bias=false", "model.share_embeddings=false", "model.scale_embeddings=false",
+                "train.gradient_accumulation_steps=2", *PACKED, *LINEAR]
 
 
 def settings(data_dir, out, *sets):
@@ -258,9 +263,10 @@ def test_a_2x2_checkpoint_resumes_in_one_process(two_by_two, data_dir, tmp_path)
 # -- the decoder-only model ---------------------------------------------------------------
 
 def test_decoder_only_under_data_and_model_parallel_2x2_matches_standalone(data_dir, tmp_path):
-    """The decoder-only model on packed rows (source + target in one causal sequence) through the same seam:
-    data parallel x hybrid tensor parallel (vocabulary-parallel tied embedding, SwiGLU's two column-split
-    projections, a replicated learned position table), one AllReduce per gradient over each data-parallel
+    """The decoder-only model with Llama's block on packed rows (source + target in one causal sequence) through
+    the same seam: data parallel x hybrid tensor parallel (vocabulary-parallel embedding and untied output rows,
+    SwiGLU's two column-split projections, grouped-query attention with one key/value head per rank, rotary
+    positions per packed segment, replicated RMSNorm scales), one AllReduce per gradient over each data-parallel
     sub-group (parallel.grad_reduce=per_tensor), selective recompute, equals standalone."""
     ref = standalone_run(data_dir, tmp_path / "standalone", *DECODER_ONLY)
     run = launched(data_dir, tmp_path / "job", 4, "parallel.model_parallel=2", "parallel.data_parallel=2",

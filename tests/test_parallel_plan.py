@@ -24,7 +24,8 @@ def cfg(*sets, recipe="tiny"):
     (["parallel.pipeline_stages=2", "parallel.mode=hybrid"], 2, "CPU", "pipeline parallelism is not wired"),
     (["parallel.micro_batches=2", "parallel.mode=data_parallel"], 2, "CPU", "use gradient accumulation"),
     (["parallel.micro_batches=2"], 8, "Ascend", "use gradient accumulation"),
-    (["parallel.optimizer_shard=true", "parallel.mode=data_parallel"], 2, "CPU", "optimizer_shard needs"),
+    (["parallel.optimizer_shard=true", "parallel.mode=hybrid", "parallel.model_parallel=2"], 2, "CPU",
+     "parallel.optimizer_shard splits Adam's moments over the data-parallel ranks, but this layout has data_parallel 1"),
     (["parallel.mode=semi_auto"], 2, "CPU", "cannot compile on CPU"),
     (["parallel.mode=standalone"], 2, "CPU", "runs one process, but the job has 2 workers"),
     (["parallel.mode=data_parallel", "parallel.model_parallel=2"], 2, "CPU", "use parallel.mode=hybrid"),
@@ -57,7 +58,8 @@ def test_auto_mode_picks_the_verified_explicit_collectives_on_every_backend(sets
 
 def test_plan_command_prints_base_strategies():
     proc = subprocess.run([sys.executable, "-m", "trainer", "plan", "--config", "base", "--world-size", "8",
-                           "--set", "parallel.model_parallel=2"], capture_output=True, text=True, timeout=300)
+                           "--set", "parallel.model_parallel=2", "--strategies"], capture_output=True, text=True,
+                          timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout
     assert "hybrid: data_parallel 4 x model_parallel 2" in out and "has not run" not in out

@@ -37,7 +37,7 @@ def declared(model):
 def test_parameter_counts_equal_the_built_models_at_full_size_and_tiny(recipe):
     full = load_config(recipe)
     vocab = full.data.vocab_size
-    with no_init_parameters():  # shapes only: gpt_7b's 26 GB of float32 are never allocated
+    with no_init_parameters():  # shapes only: llama2_7b's 27 GB of float32 are never allocated
         assert parameter_count(full.model, vocab, vocab) == declared(built(full, vocab))
     tiny = load_config(recipe, SHRINK)
     assert parameter_count(tiny.model, 128, 128) == declared(built(tiny, 128))
@@ -46,7 +46,7 @@ def test_parameter_counts_equal_the_built_models_at_full_size_and_tiny(recipe):
 def test_replicated_parameters_are_what_the_hybrid_layout_leaves_whole():
     from model.parallel.layout import split_axes
 
-    for recipe in ("small", "gpt_125m"):
+    for recipe in ("small", "gpt_125m", "llama2_7b"):
         cfg = load_config(recipe, SHRINK)
         model = built(cfg, 128)
         axes = split_axes(model)
@@ -54,7 +54,7 @@ def test_replicated_parameters_are_what_the_hybrid_layout_leaves_whole():
         assert whole == replicated_parameters(cfg.model), recipe
 
 
-@pytest.mark.parametrize("recipe", ["gpt_125m", "gpt_1b3", "gpt_7b"])
+@pytest.mark.parametrize("recipe", ["gpt_125m", "gpt_1b3", "llama2_7b", "llama_tiny"])
 def test_decoder_only_recipes_build_and_take_a_step_at_tiny_scale(recipe):
     ms.set_context(mode=ms.PYNATIVE_MODE)
     cfg = load_config(recipe, SHRINK)
@@ -84,29 +84,51 @@ def test_a_decoder_only_sequence_spans_both_sides_of_a_pair():
 
 
 def test_memory_scales_with_the_layout():
-    cfg = load_config("gpt_7b")
+    cfg = load_config("llama2_7b")
     one, eight = memory(cfg, 32000, dp=1, mp=8), memory(cfg, 32000, dp=8, mp=1)
-    assert eight.weights / one.weights == pytest.approx(8, rel=0.01)  # all but LayerNorms and row biases split
-    assert 24 * GIB < eight.weights < 25 * GIB  # 6.58e9 float32 parameters
+    assert eight.weights / one.weights == pytest.approx(8, rel=0.01)  # all but the RMSNorm scales split
+    assert 25 * GIB < eight.weights < 25.2 * GIB  # 6,738,415,616 float32 parameters
     assert eight.optimizer_sharded == pytest.approx(eight.optimizer / 8)
     assert one.activations_recompute < one.activations
 
 
 def test_a_layout_that_cannot_fit_is_an_error_naming_the_shortfall(capsys):
-    code = main(["plan", "--config", "gpt_7b", "--cluster", "cluster_configs/ascend_1x8.yaml",
+    code = main(["plan", "--config", "llama2_7b", "--cluster", "cluster_configs/ascend_1x8.yaml",
                  "--set", "parallel.model_parallel=1", "--set", "data.max_tokens=16384"])
     out, err = capsys.readouterr()
     assert code == 2
     (line,) = err.strip().splitlines()
-    assert line.startswith("mindrun plan: error: dp 8 x mp 1 of gpt_7b needs ") and "short by" in line
+    assert line.startswith("mindrun plan: error: dp 8 x mp 1 of llama2_7b needs ") and "short by" in line
+    assert "it fits with" not in line  # not even with the levers
     assert "does NOT fit" in out
 
 
 def test_the_recipes_layout_fits_and_the_layouts_are_ranked(capsys):
-    assert main(["plan", "--config", "gpt_7b", "--cluster", "cluster_configs/ascend_1x8.yaml"]) == 0
+    assert main(["plan", "--config", "llama2_7b", "--cluster", "cluster_configs/ascend_1x8.yaml"]) == 0
     out = capsys.readouterr().out
-    assert "6,575,235,072 parameters" in out and ": fits" in out
+    assert "6,738,415,616 parameters" in out and ": fits" in out  # Llama-2-7B's published count
     table = out.split("est. step  note\n")[1].splitlines()
-    rows = [line.split() for line in table if line.strip() and line.split()[0].isdigit()]
-    assert {(r[0], r[1]) for r in rows} == {("1", "8"), ("2", "4"), ("4", "2"), ("8", "1")}
-    assert rows[0][-1] == "fits" and rows[-1][-1] != "fits"
+    rows = [line for line in table if line.strip() and line.split()[0].isdigit()]
+    assert {tuple(r.split()[:2]) for r in rows} == {("1", "8"), ("2", "4"), ("4", "2"), ("8", "1")}
+    fitting = [r for r in rows if "does not fit" not in r]
+    times = [float(r.split()[4]) for r in fitting]
+    assert len(fitting) == 3 and times == sorted(times) and rows[:3] == fitting  # ranked by step time
+    assert rows[0].endswith("<- fastest") and sum("<- " in r for r in rows) == 2
+    mine = next(r for r in rows if r.split()[:2] == ["1", "8"])  # the recipe's layout, marked
+    assert mine.endswith("this config") or mine.endswith("this config, fastest")
+    assert "fits with optimizer sharding" in next(r for r in rows if r.split()[:2] == ["4", "2"])
+    assert "even with optimizer sharding and full recompute" in rows[-1] and rows[-1].split()[:2] == ["8", "1"]
+    first = rows[0].split()
+    assert f"select the fastest: --set parallel.data_parallel={first[0]} --set parallel.model_parallel={first[1]}" \
+        in out
+
+
+def test_a_layout_that_fits_only_with_the_levers_names_the_settings(capsys):
+    sets = ["--set", "parallel.model_parallel=2", "--set", "data.max_tokens=16384"]
+    assert main(["plan", "--config", "llama2_7b", "--cluster", "cluster_configs/ascend_1x8.yaml", *sets]) == 2
+    err = capsys.readouterr().err
+    assert "it fits with --set parallel.optimizer_shard=true --set model.recompute=selective" in err
+    assert main(["plan", "--config", "llama2_7b", "--cluster", "cluster_configs/ascend_1x8.yaml", *sets,
+                 "--set", "parallel.optimizer_shard=true", "--set", "model.recompute=selective"]) == 0
+    out = capsys.readouterr().out
+    assert ": fits" in out and "with this config's levers (optimizer_shard true, recompute selective)" in out

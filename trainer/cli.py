@@ -77,15 +77,18 @@ def _plan(args) -> int:
     lines, problem = sizing_report(cfg, vocab, plan.data_parallel, plan.model_parallel, cluster)
     for line in lines:
         print(line)
-    print("hybrid layout (model parallel, Megatron-style):")
-    for pattern, kind in TRANSFORMER_LAYOUT:
-        print(f"  {pattern:<14} {kind}")
-    with no_init_parameters():  # shapes only: a 7B model is not allocated to list its strategies
-        model = build_model(cfg, vocab, vocab, args.backend)
-    print(f"semi_auto shard() strategies (dp={plan.data_parallel}, mp={plan.model_parallel}), "
-          f"used only with parallel.mode=semi_auto:")
-    for path, op, strategy in semi_auto_plan(model, plan.data_parallel, plan.model_parallel):
-        print(f"  {path:<44} {op:<12} {strategy}")
+    if args.strategies:
+        print("hybrid layout (model parallel, Megatron-style):")
+        for pattern, kind in TRANSFORMER_LAYOUT:
+            print(f"  {pattern:<14} {kind}")
+        with no_init_parameters():  # shapes only: a 7B model is not allocated to list its strategies
+            model = build_model(cfg, vocab, vocab, args.backend)
+        print(f"semi_auto shard() strategies (dp={plan.data_parallel}, mp={plan.model_parallel}), "
+              f"used only with parallel.mode=semi_auto:")
+        for path, op, strategy in semi_auto_plan(model, plan.data_parallel, plan.model_parallel):
+            print(f"  {path:<44} {op:<12} {strategy}")
+    else:
+        print("(the layout table and every sharded operator's semi_auto strategy: add --strategies)")
     if problem:
         print(f"mindrun plan: error: {problem}", file=sys.stderr)
         return 2
@@ -119,9 +122,68 @@ def _ckpt(args) -> int:
     if args.action == "merge":
         print(f"wrote {tools.merge(args.dir, args.out)}")
         return 0
+    if args.action == "import-hf":
+        from trainer.ckpt.hf import import_hf
+
+        sizes = args.parallel or {}
+        with _progress("tensors") as bar:
+            step = import_hf(args.hf_dir, args.out, args.config, sizes.get("dp", 1), sizes.get("mp", 1),
+                             args.set, progress=lambda name: bar.update(1))
+        print(f"wrote {args.out} (config.yaml, {step.relative_to(args.out)}); fine-tune it with "
+              f"--set train.init_from={args.out}")
+        return 0
+    if args.action == "export-hf":
+        from trainer.ckpt.hf import export_hf
+
+        with _progress("tensors") as bar:
+            out = export_hf(args.dir, args.out, args.dtype, int(args.max_shard_gb * 2 ** 30),
+                            progress=lambda name: bar.update(1))
+        print(f"wrote {out} (config.json, safetensors); load it with transformers' "
+              f"LlamaForCausalLM.from_pretrained('{out}')")
+        return 0
     sizes = args.parallel
     out = tools.reshard(args.dir, sizes.get("mp", 1), sizes.get("dp", 1), args.out)
     print(f"wrote {out}")
+    return 0
+
+
+def _progress(unit: str):
+    """A tqdm bar on stderr for long conversions (quiet when stderr is not a terminal)."""
+    from tqdm import tqdm
+
+    return tqdm(unit=f" {unit}", file=sys.stderr, disable=not sys.stderr.isatty(), leave=False)
+
+
+def _generate(args) -> int:
+    from trainer.config import ConfigError
+
+    try:
+        return _generate_or_raise(args)
+    except ValueError as exc:  # a bad prompt, length or checkpoint kind: one line, exit 2
+        raise ConfigError(str(exc)) from None
+
+
+def _generate_or_raise(args) -> int:
+    from model.generate import check_ids, generate, parse_ids
+    from trainer.run_dir import load_language_model
+
+    cfg, model, vocab = load_language_model(args.checkpoint)
+    if args.prompt_ids is not None:
+        prompt = parse_ids(args.prompt_ids)
+    elif vocab is None:
+        raise FileNotFoundError(f"{args.checkpoint}: the run has no vocab/ (imported without tokenizer.model): "
+                                f"give --prompt-ids")
+    else:
+        prompt = [vocab.sp.bos_id()] + vocab.encode(args.prompt) if hasattr(vocab, "sp") else vocab.encode(args.prompt)
+    size = model.embed.embedding_table.shape[0] if hasattr(model.embed, "embedding_table") else len(vocab)
+    check_ids(prompt, size)
+    stops = [] if vocab is None or not hasattr(vocab, "sp") or vocab.sp.eos_id() < 0 else [vocab.sp.eos_id()]
+    ids = generate(model, prompt, args.max_new_tokens, args.temperature, args.top_p, args.seed,
+                   [] if args.prompt_ids is not None else stops)
+    if args.prompt_ids is not None or vocab is None:
+        print(" ".join(str(i) for i in ids))
+    else:
+        print(vocab.sp.decode(ids) if hasattr(vocab, "sp") else vocab.decode(ids))
     return 0
 
 
@@ -195,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     _decoding_options(p)
     p.set_defaults(func=_translate)
 
-    p = sub.add_parser("plan", help="check a parallel layout and print every sharded operator's strategy")
+    p = sub.add_parser("plan", help="check a parallel layout: parameters, memory per device, the layouts that fit")
     p.add_argument("--config", default="small", help=f"recipe name ({', '.join(_recipes())}) or YAML path")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     p.add_argument("--world-size", type=int, help="workers in the job (default: the cluster file's, else 1)")
@@ -203,6 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "device_memory_gib and rank every layout for its devices")
     p.add_argument("--backend", default="Ascend", choices=["CPU", "GPU", "Ascend"], help="where it would run")
     p.add_argument("--vocab-size", type=int, help="the real vocabulary size (default: data.vocab_size)")
+    p.add_argument("--strategies", action="store_true", help="also print the layout table and every sharded "
+                   "operator's shard() strategy (parallel.mode=semi_auto)")
     p.set_defaults(func=_plan)
 
     p = sub.add_parser("ckpt", help="inspect, merge or reshard a sharded checkpoint")
@@ -217,7 +281,33 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("dir", type=Path)
     a.add_argument("--parallel", type=_parallel_sizes, required=True, metavar="dp=N,mp=M")
     a.add_argument("--out", type=Path, help="where (default: beside it, <step>-dp<N>-mp<M>)")
+    a = actions.add_parser("import-hf", help="a run directory from a Hugging Face Llama directory (config.json + "
+                           "safetensors [+ tokenizer.model])")
+    a.add_argument("hf_dir", type=Path)
+    a.add_argument("--out", type=Path, required=True, help="the run directory to write")
+    a.add_argument("--config", help="a recipe to check config.json against and take the other sections from "
+                   "(default: llama2_7b's)")
+    a.add_argument("--parallel", type=_parallel_sizes, metavar="dp=N,mp=M", help="the layout to split for")
+    a.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    a = actions.add_parser("export-hf", help="a Hugging Face Llama directory (config.json + safetensors + index) "
+                           "from a step directory")
+    a.add_argument("dir", type=Path, help="a step directory, a pointer (best, latest) or <run>/checkpoints")
+    a.add_argument("out", type=Path, help="the directory to write")
+    a.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    a.add_argument("--max-shard-gb", type=float, default=2.0, help="largest safetensors file (GiB)")
     p.set_defaults(func=_ckpt)
+
+    p = sub.add_parser("generate", help="continue a prompt with a decoder-only model (key/value cache)")
+    p.add_argument("--checkpoint", type=Path, required=True,
+                   help="a run directory's step directory, pointer (best, latest) or <run>/checkpoints")
+    prompt = p.add_mutually_exclusive_group(required=True)
+    prompt.add_argument("--prompt", help="text, encoded with the run's tokenizer (BOS first)")
+    prompt.add_argument("--prompt-ids", help='token ids, e.g. "1 17 42"; the output is ids too')
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling's probability mass")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_generate)
 
     # Handed to the launcher package before parsing (see main); listed here for --help.
     from launcher.cli import SUBCOMMANDS
@@ -229,6 +319,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the `mindrun` console script."""
+    from launcher.console import closed_pipe_safe
+
+    return closed_pipe_safe(_main, argv)
+
+
+def _main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     from launcher.cli import SUBCOMMANDS  # launch, ranktable, doctor: dispatched by the launcher's own table
 

@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional, Union
 import yaml
 
 from model.config import ModelConfig
-from trainer.typed_yaml import ConfigError, build, parse_override, set_dotted
+from trainer.typed_yaml import ConfigError, build, check_key, parse_override, set_dotted
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 
@@ -76,6 +76,10 @@ class TrainConfig:
     # never | auto (true is auto): continue from the newest complete checkpoint of
     # <run>/checkpoints whose files verify (trainer/ckpt); none there: start afresh
     resume: Union[bool, str] = False
+    # a run directory (or step directory) whose newest checkpoint's weights start this run (fine-tuning, e.g.
+    # after `mindrun ckpt import-hf`): weights only, resliced to this layout; fresh optimizer, step 0. A resume
+    # of this run's own checkpoints takes precedence
+    init_from: Optional[str] = None
     # sharded checkpoints (trainer/ckpt): at every validation, every N optimizer steps and/or
     # every M minutes (0: off), at the end and on SIGTERM/SIGINT; the newest keep_last
     # complete ones are kept, plus the best by train.best_metric
@@ -260,9 +264,6 @@ class RunConfig:
         if self.model.arch == "decoder_only" and not self.data.joint_vocab:
             raise ConfigError("model.arch=decoder_only reads source and target with one embedding: it needs "
                               "data.joint_vocab=true")
-        if self.model.arch == "decoder_only" and not self.model.share_embeddings:
-            raise ConfigError("model.arch=decoder_only always ties its embedding and output weight: set "
-                              "model.share_embeddings=true")
         if self.model.share_embeddings and not self.data.joint_vocab:
             raise ConfigError(
                 "model.share_embeddings=true needs data.joint_vocab=true (one vocabulary for both "
@@ -335,6 +336,10 @@ def load_config(recipe: str, overrides: Optional[List[str]] = None) -> RunConfig
     tree.setdefault("name", path.stem)
     for text in overrides or []:
         key, value = parse_override(text)
+        try:
+            check_key(RunConfig, key)
+        except ConfigError as exc:  # the command line's key, not the recipe's
+            raise ConfigError(f"--set {text}: {exc}") from None
         set_dotted(tree, key, value)
     try:
         cfg = build(RunConfig, tree)

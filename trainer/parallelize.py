@@ -17,7 +17,7 @@ data_parallel and hybrid are what `parallel.mode: auto` picks on every backend: 
 CPU tests run with real processes, and the one that runs unchanged over HCCL on Ascend.
 """
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import mindspore as ms
@@ -28,6 +28,9 @@ from model.parallel.mappings import all_gather_works
 from trainer.parallel.context import ParallelContext
 from trainer.parallel.data import shard_rows
 from trainer.parallel.plan import FLAT_LIMIT_BYTES
+
+if TYPE_CHECKING:
+    from trainer.parallel.zero import FlatShard
 
 _hyper_map = ops.HyperMap()
 

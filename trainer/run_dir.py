@@ -26,6 +26,8 @@ def run_dir_of(checkpoint_path: Path) -> Path:
     checkpoint_path = Path(checkpoint_path)
     if not checkpoint_path.exists():
         raise FileNotFoundError(f"checkpoint not found: {checkpoint_path}")
+    if (checkpoint_path / "config.yaml").is_file() and (checkpoint_path / "checkpoints").is_dir():
+        return checkpoint_path  # the run directory itself
     run = (checkpoint_path.resolve() if checkpoint_path.is_file() else resolve(checkpoint_path)).parent.parent
     if not (run / "config.yaml").is_file():
         raise FileNotFoundError(
@@ -38,6 +40,8 @@ def load_for_inference(checkpoint_path: Path, average: int = 1) -> Tuple[RunConf
     pointer, checkpoints root, or merged .ckpt file); with `average` > 1, the mean weights of that
     checkpoint and the average - 1 kept before it."""
     run = run_dir_of(checkpoint_path)
+    if Path(checkpoint_path).resolve() == run.resolve():
+        checkpoint_path = run / "checkpoints"
     cfg = config_from_dict(yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")))
     src_vocab, tgt_vocab = load_vocabs(run / "vocab")
     model = build_model(cfg, len(src_vocab), len(tgt_vocab), select_backend())
@@ -47,3 +51,28 @@ def load_for_inference(checkpoint_path: Path, average: int = 1) -> Tuple[RunConf
         load_weights(model, checkpoint_path)
     model.set_train(False)
     return cfg, model, src_vocab, tgt_vocab
+
+
+def load_language_model(checkpoint_path: Path):
+    """(config, decoder-only model with weights, vocabulary or None) for `mindrun generate`: the vocabulary size
+    comes from the checkpoint's embedding when the run has no vocab/ (an import without tokenizer.model)."""
+    from trainer.ckpt import manifest as mf
+
+    run = run_dir_of(checkpoint_path)
+    if Path(checkpoint_path).resolve() == run.resolve():
+        checkpoint_path = run / "checkpoints"
+    cfg = config_from_dict(yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")))
+    if cfg.model.arch != "decoder_only":
+        raise ValueError(f"{run}: model.arch is {cfg.model.arch}; generate runs decoder-only language models "
+                         f"(use mindrun translate for the encoder-decoder)")
+    try:
+        vocab, _ = load_vocabs(run / "vocab")
+        size = len(vocab)
+    except FileNotFoundError:
+        vocab = None
+        step = resolve(checkpoint_path)
+        size = mf.read(step)["tensors"]["embed.embedding_table"]["shape"][0]
+    model = build_model(cfg, size, size, select_backend())
+    load_weights(model, checkpoint_path)
+    model.set_train(False)
+    return cfg, model, vocab

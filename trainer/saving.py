@@ -96,6 +96,24 @@ class RunCheckpoints:
             restore_host_rng(rng["host"])
         return {**manifest["position"], "directory": str(directory)}
 
+    def init_weights(self, source: str) -> Path:
+        """Set the weights (not the optimizer's moments, not the position) from another run's newest checkpoint
+        (`train.init_from`: a run directory, its checkpoints/, a pointer or a step directory), resliced to this
+        run's layout; returns the step directory read."""
+        from trainer.checkpoint import CheckpointError
+        from trainer.ckpt.store import load_tensors
+        from trainer.ckpt.tools import open_verified
+
+        path = Path(source)
+        if (path / "checkpoints").is_dir():
+            path = path / "checkpoints"
+        try:
+            directory, manifest = open_verified(path)
+            load_tensors(list(self.optimizer.parameters), self.store.layout, directory, manifest, kinds=("weight",))
+        except (CheckpointError, FileNotFoundError) as exc:
+            raise CheckpointError(f"train.init_from={source}: {exc}") from None
+        return directory
+
     def improves(self, value: float) -> bool:
         """Whether a validation value beats the best so far (higher BLEU, or lower loss)."""
         if self.best_value is None:

@@ -5,6 +5,8 @@
     Trainer     the loop of one rank
 """
 import json
+import os
+import resource
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -175,6 +177,10 @@ class Trainer:
         """Train until max_epochs, max_steps or the time budget; return the summary."""
         cfg = self.cfg
         resumed = cfg.resumes() and self.resume()
+        if not resumed and cfg.train.init_from:
+            source = self.checkpoints.init_weights(cfg.train.init_from)
+            if self.ctx.is_main:
+                tqdm.write(f"weights from {source} (train.init_from; fresh optimizer, step 0)")
         if self.startup is not None:
             self.startup.close("checkpoint")
         self.log = MetricsLog(self.run_dir, enabled=self.ctx.is_main, resume_step=self.step if resumed else None)
@@ -241,13 +247,25 @@ class Trainer:
             catch_signals(None, handlers)
         self.log.close()
         ckpt = self.checkpoints
-        summary = {"steps": self.step, "interrupted_by_signal": self.stop_signal,
+        peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+        print(f"peak host memory: {peak_mib:,.0f} MiB (rank {self.ctx.rank}; {_resident_mib():,.0f} MiB at the end)",
+              flush=True)
+        summary = {"steps": self.step, "interrupted_by_signal": self.stop_signal, "peak_host_mib": round(peak_mib),
                    "epochs": round(self.step / max(per_epoch, 1), 2),
                    "train_seconds": round(time.time() - start, 1), "best": ckpt.best, "run_dir": str(self.run_dir),
                    "best_checkpoint": str(ckpt.best_path), "last_checkpoint": str(ckpt.last)}
         if self.ctx.is_main:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
         return summary
+
+
+def _resident_mib() -> float:
+    """This process's resident memory now (0 where /proc is missing)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
 
 def train(cfg: RunConfig, corpus: Optional[Corpus] = None) -> Dict[str, object]:

@@ -70,10 +70,29 @@ def _coerce(key: str, tp, value):
 
 def _unknown_key(key: str, valid) -> ConfigError:
     name = key.rsplit(".", 1)[-1]
-    close = difflib.get_close_matches(name, list(valid), n=1)
+    # names of the same section that contain the typo (layers -> encoder_layers, decoder_layers) first, then
+    # difflib's closest spellings
+    close = [v for v in sorted(valid) if name and (name in v or v in name)]
+    close += [c for c in difflib.get_close_matches(name, list(valid), n=2) if c not in close]
     prefix = key[: -len(name)]
-    hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; valid keys: {', '.join(sorted(valid))}"
+    if close:
+        hint = "; did you mean " + " or ".join(f"'{prefix}{c}'" for c in close[:3]) + "?"
+    else:
+        hint = f"; valid keys: {', '.join(sorted(valid))}"
     return ConfigError(f"unknown config key '{key}'{hint}")
+
+
+def check_key(cls, dotted: str) -> None:
+    """ConfigError when dotted key 'section.key' names no field of dataclass `cls` (and its section dataclasses)."""
+    node, done = cls, []
+    for part in dotted.split("."):
+        if not dataclasses.is_dataclass(node):
+            raise ConfigError(f"'{'.'.join(done)}' is a value, not a section")
+        fields = {f.name: f for f in dataclasses.fields(node)}
+        if part not in fields:
+            raise _unknown_key(".".join([*done, part]), fields)
+        node = typing.get_type_hints(node)[part]
+        done.append(part)
 
 
 def build(cls, data: Dict[str, Any], prefix: str = ""):

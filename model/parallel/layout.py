@@ -81,6 +81,13 @@ def split_axes(model: nn.Cell) -> Dict[str, int]:
     return axes
 
 
+def split_axis_of(name: str):
+    """The axis the layout splits parameter `name` along (None: replicated), from its name alone (no model
+    built): what `split_axes` gives for a model holding that parameter."""
+    path, _, attr = name.rpartition(".")
+    return _AXES.get(_kind(path), {}).get(attr)
+
+
 def apply_hybrid(model: nn.Cell, group: str, rank: int, size: int, all_gather: bool = True) -> Applied:
     """Split `model` in place for tensor parallelism over `group` (this process is `rank` of `size`).
 
@@ -88,7 +95,10 @@ def apply_hybrid(model: nn.Cell, group: str, rank: int, size: int, all_gather: b
     """
     if size == 1:
         return Applied({})
-    heads = model.cfg.n_heads
+    heads, kv_heads = model.cfg.n_heads, model.cfg.kv_heads
+    if kv_heads % size:
+        raise ValueError(f"model.n_kv_heads ({kv_heads}) does not split over model_parallel={size}: each rank needs "
+                         f"whole key/value heads (replicating them when model_parallel > n_kv_heads is not wired)")
     new_cells: Dict[int, nn.Cell] = {}
     targets: List[Tuple[str, nn.Cell]] = []
     for path, cell in model.cells_and_names():
@@ -97,6 +107,8 @@ def apply_hybrid(model: nn.Cell, group: str, rank: int, size: int, all_gather: b
             targets.append((path, cell))
         elif path.endswith("_attn"):
             cell.n_heads = heads // size  # this rank's heads; d_k is unchanged
+            cell.n_kv_heads = kv_heads // size  # w_k/w_v's column split gives each rank whole key/value heads,
+            #                                     the ones its query heads read (grouped in order)
     for path, cell in targets:
         if id(cell) not in new_cells:  # a tied embedding is one cell under two names
             new_cells[id(cell)] = _LAYERS[_kind(path)](cell, group, rank, size)

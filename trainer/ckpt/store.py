@@ -106,8 +106,11 @@ def step_dirs(root: Path) -> List[Tuple[int, Path]]:
 
 
 def resolve(path: Path) -> Path:
-    """A step directory from a step directory, a pointer (best, latest) or a checkpoints root (its latest)."""
+    """A step directory from a step directory, a pointer (best, latest), a checkpoints root or a run directory
+    (its latest)."""
     path = Path(path)
+    if path.is_dir() and not (path / mf.MANIFEST).exists() and (path / "checkpoints" / "latest").exists():
+        path = path / "checkpoints"
     if path.is_dir() and not (path / mf.MANIFEST).exists() and (path / "latest").exists():
         path = path / "latest"
     return path.resolve()

@@ -26,6 +26,9 @@ def open_verified(path: Path) -> Tuple[Path, Dict]:
 def inspect(path: Path) -> Dict:
     """What a checkpoint holds: step, layout, files, tensors by kind, position, versions, verification."""
     directory = resolve(path)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"checkpoint not found: {path} does not exist" if not Path(path).exists() else
+                                f"{path} holds no step directory (expected step_<N>/, latest, best or checkpoints/)")
     manifest = mf.read(directory)
     problem = mf.verify(directory, manifest)
     tensors = manifest["tensors"]
@@ -84,9 +87,10 @@ def merge(path: Path, out: Path) -> Path:
 def reshard(path: Path, model_parallel: int, data_parallel: int = 1, out: Optional[Path] = None) -> Path:
     """A copy of a checkpoint split for another layout (what resume does on load, written out)."""
     directory, manifest = open_verified(path)
-    heads = manifest.get("config", {}).get("model", {}).get("n_heads")
-    if heads and heads % model_parallel:
-        raise CheckpointError(f"model.n_heads {heads} does not split over model_parallel={model_parallel}")
+    model = manifest.get("config", {}).get("model", {})
+    for key in ("n_heads", "n_kv_heads"):
+        if model.get(key) and model[key] % model_parallel:
+            raise CheckpointError(f"model.{key} {model[key]} does not split over model_parallel={model_parallel}")
     tensors = manifest["tensors"]
     for name, e in tensors.items():
         if e["split_axis"] is not None and e["shape"][e["split_axis"]] % model_parallel:

@@ -113,6 +113,10 @@ def make_plan(cfg: RunConfig, world_size: int, backend: str = "CPU", vocab_size:
         if model.n_heads % mp:
             raise ConfigError(f"model.n_heads ({model.n_heads}) is not divisible by parallel.model_parallel ({mp}): "
                               f"each rank needs whole heads; choose model_parallel from the divisors of n_heads")
+        if model.kv_heads % mp:
+            raise ConfigError(f"model.n_kv_heads ({model.kv_heads}) is not divisible by parallel.model_parallel "
+                              f"({mp}): each rank needs whole key/value heads (replicating them when model_parallel "
+                              f"> n_kv_heads is not wired); choose model_parallel from the divisors of n_kv_heads")
         if model.d_ff % mp:
             raise ConfigError(f"model.d_ff ({model.d_ff}) is not divisible by parallel.model_parallel ({mp})")
         vocab = vocab_size if vocab_size is not None else (cfg.data.vocab_size if cfg.data.tokenizer != "word"

@@ -20,21 +20,23 @@ def sizing_report(cfg: RunConfig, vocab: int, dp: int, mp: int, cluster=None) ->
     mem = memory(cfg, vocab, dp, mp)
     act = "16-bit" if cfg.precision.level in ("O1", "O2", "O3") else "float32"
     rows = rows_per_device(cfg, dp)
+    shard, recompute = cfg.parallel.optimizer_shard and dp > 1, cfg.model.recompute
     lines = [f"model: {model.arch}, {params:,} parameters (vocabulary {vocab:,}); "
              f"{flops_per_token(model, vocab, seq) / 1e9:,.2f} GFLOPs per training token (3 x forward matmuls)",
              f"memory per device at dp {dp} x mp {mp} (micro-batch {rows} x {seq} tokens, {act} activations):",
              f"  weights (float32)     {_gib(mem.weights):>14}",
              f"  gradients (float32)   {_gib(mem.gradients):>14}",
              f"  Adam moments          {_gib(mem.optimizer):>14}   sharded over dp {dp}: {_gib(mem.optimizer_sharded)} "
-             f"(parallel.optimizer_shard, semi_auto only)",
-             f"  activations           {_gib(mem.activations):>14}   with full recompute: "
-             f"{_gib(mem.activations_recompute)} (not wired yet)",
-             f"  total                 {_gib(mem.total()):>14}"]
+             f"(parallel.optimizer_shard=true)",
+             f"  activations           {_gib(mem.activations):>14}   recompute selective: "
+             f"{_gib(mem.activations_selective)}, full: {_gib(mem.activations_recompute)} (model.recompute)",
+             f"  total                 {_gib(mem.total(shard, recompute)):>14}   with this config's levers "
+             f"(optimizer_shard {str(shard).lower()}, recompute {recompute})"]
     if cluster is None or not cluster.device_memory_gib:
         lines.append("  (give --cluster with device_memory_gib to check the fit and rank layouts)")
         return lines, None
     device = cluster.device_memory_gib
-    here = Fit(dp, mp, mem, device * GIB, False, False)
+    here = Fit(dp, mp, mem, device * GIB, shard, recompute)
     verdict = "fits" if here.fits else "does NOT fit"
     lines.append(f"  of {device:g} GiB per device ({_gib(here.usable)} usable with {HEADROOM:.0%} headroom): "
                  f"{verdict}")
@@ -45,22 +47,30 @@ def sizing_report(cfg: RunConfig, vocab: int, dp: int, mp: int, cluster=None) ->
     lines.append(f"layouts for {cluster.worker_num} devices of {device:g} GiB ({cluster.name}), fitting ones by "
                  f"estimated step time{assumed}:")
     lines.append("     dp   mp   per device  est. step  note")
+    fastest = next((r for r in ranked if r.seconds is not None), None)
     for r in ranked:
         if r.seconds is not None:
-            note, when = "fits", f"{r.seconds:.3f} s"
+            note, when = "fits" + _levers(r.fit), f"{r.seconds:.3f} s"
         else:
-            when = "-"
-            note = "does not fit" + (f" (would with {_rescue(r.rescue)}, not wired for hybrid/data_parallel)"
-                                     if r.rescue else ", even with optimizer sharding and recompute")
+            note, when = "does not fit, even with optimizer sharding and full recompute", "-"
+        marks = [m for m, on in (("this config", (r.fit.dp, r.fit.mp) == (dp, mp)), ("fastest", r is fastest)) if on]
+        note += f"  <- {', '.join(marks)}" if marks else ""
         lines.append(f"  {r.fit.dp:>5} {r.fit.mp:>4}  {r.fit.needed / GIB:>8.1f} GiB  {when:>9}  {note}")
+    if fastest is not None:
+        lines.append("select the fastest: " + " ".join(f"--set {s}" for s in fastest.settings()))
     problem = None
     if not here.fits:
+        mine = next(r for r in ranked if (r.fit.dp, r.fit.mp) == (dp, mp))
+        rescue = (f"it fits with {' '.join('--set ' + s for s in mine.settings()[2:])}; "
+                  if mine.seconds is not None else "")
         fitting = [f"dp {r.fit.dp} x mp {r.fit.mp}" for r in ranked if r.seconds is not None]
-        problem = (f"dp {dp} x mp {mp} of {cfg.name} {here.shortfall()}; layouts that fit: "
-                   f"{', '.join(fitting) or 'none'} (set parallel.model_parallel)")
+        problem = (f"dp {dp} x mp {mp} of {cfg.name} {here.shortfall()}; {rescue}layouts that fit: "
+                   f"{', '.join(fitting) or 'none'} (set parallel.model_parallel, see the table)")
     return lines, problem
 
 
-def _rescue(fit: Fit) -> str:
-    return " + ".join(n for n, on in (("optimizer sharding", fit.optimizer_shard), ("full recompute", fit.recompute))
-                      if on)
+def _levers(fit: Fit) -> str:
+    """' with optimizer sharding + selective recompute' (the levers a fitting layout needs), or ''."""
+    used = [n for n, on in (("optimizer sharding", fit.optimizer_shard),
+                            (f"{fit.recompute} recompute", fit.recompute != "none")) if on]
+    return f" with {' + '.join(used)}" if used else ""

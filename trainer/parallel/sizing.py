@@ -12,7 +12,8 @@ Estimates, from the config alone (nothing is allocated):
   rank takes its share of the rows): Korthikanti et al. 2022,
   per layer s*b*h*(10 + 24/t + 5*a*s/(h*t)) 16-bit units (x2 in float32), a decoder layer with
   cross-attention counted as 1.5 encoder layers, plus the float32 logits and their gradient;
-  with full recompute only each layer's input is kept, plus one layer's activations.
+  with full recompute only each layer's input is kept, plus one layer's activations; with selective
+  recompute the attention core's 5*a*s/(h*t) term is not kept.
 
 Measured against the peak memory of CPU runs in bench/README.md ("planner").
 """
@@ -36,11 +37,18 @@ class Memory:
     optimizer: float
     optimizer_sharded: float
     activations: float
-    activations_recompute: float
+    activations_recompute: float  # model.recompute=full
+    activations_selective: float = 0.0  # model.recompute=selective
 
-    def total(self, optimizer_shard: bool = False, recompute: bool = False) -> float:
+    def activations_with(self, recompute: str) -> float:
+        """Activation bytes under model.recompute = none | selective | full."""
+        return {"none": self.activations, "selective": self.activations_selective,
+                "full": self.activations_recompute}[recompute]
+
+    def total(self, optimizer_shard: bool = False, recompute="none") -> float:
+        recompute = {False: "none", True: "full"}.get(recompute, recompute)
         return (self.weights + self.gradients + (self.optimizer_sharded if optimizer_shard else self.optimizer)
-                + (self.activations_recompute if recompute else self.activations))
+                + self.activations_with(recompute))
 
 
 def side_length(cfg: RunConfig) -> int:
@@ -80,11 +88,14 @@ def _layers(model: ModelConfig, cross_weight: float = 1.0) -> float:
     return model.encoder_layers + cross_weight * model.decoder_layers
 
 
-def _activation_units(model: ModelConfig, seq: int, rows: int, mp: int) -> Tuple[float, float]:
-    """(all layers' activations, one layer's) in 16-bit units for `rows` sequences of `seq` tokens."""
+def _activation_units(model: ModelConfig, seq: int, rows: int, mp: int) -> Tuple[float, float, float]:
+    """(all layers' activations, one layer's, all layers' under selective recompute) in 16-bit units for
+    `rows` sequences of `seq` tokens."""
     h, a = model.d_model, model.n_heads
-    layer = seq * rows * h * (10 + 24 / mp + 5 * a * seq / (h * mp))
-    return _layers(model, cross_weight=1.5) * layer, 1.5 * layer
+    kept = seq * rows * h * (10 + 24 / mp)
+    layer = kept + seq * rows * h * 5 * a * seq / (h * mp)
+    layers = _layers(model, cross_weight=1.5)
+    return layers * layer, 1.5 * layer, layers * kept
 
 
 def memory(cfg: RunConfig, vocab: int, dp: int, mp: int) -> Memory:
@@ -96,14 +107,14 @@ def memory(cfg: RunConfig, vocab: int, dp: int, mp: int) -> Memory:
     act_bytes = 2.0 if cfg.precision.level in ("O1", "O2", "O3") else 4.0
     seq = sequence_length(cfg)
     rows = rows_per_device(cfg, dp)
-    units, one_layer = _activation_units(model, seq, rows, mp)
+    units, one_layer, selective = _activation_units(model, seq, rows, mp)
     layers = _layers(model)
     logits = 2 * 4.0 * side_length(cfg) * rows * vocab / mp  # float32 logits and their gradient (targets)
     activations = units * act_bytes / 2 + logits
     recompute = (layers * 2 * seq * rows * model.d_model + one_layer) * act_bytes / 2 + logits
     return Memory(weights=4.0 * per_device, gradients=4.0 * per_device, optimizer=8.0 * per_device,
                   optimizer_sharded=8.0 * per_device / dp, activations=activations,
-                  activations_recompute=recompute)
+                  activations_recompute=recompute, activations_selective=selective * act_bytes / 2 + logits)
 
 
 @dataclass(frozen=True)
@@ -115,7 +126,7 @@ class Fit:
     memory: Memory
     device_bytes: float
     optimizer_shard: bool
-    recompute: bool
+    recompute: str  # none | selective | full
 
     @property
     def needed(self) -> float:
@@ -136,9 +147,10 @@ class Fit:
 
 
 def valid_layouts(model: ModelConfig, vocab: int, world: int) -> List[Tuple[int, int]]:
-    """(dp, mp) with dp x mp = world and mp dividing heads, d_ff and the vocabulary."""
+    """(dp, mp) with dp x mp = world and mp dividing heads, key/value heads, d_ff and the vocabulary."""
     return [(world // mp, mp) for mp in range(1, world + 1)
-            if world % mp == 0 and model.n_heads % mp == 0 and model.d_ff % mp == 0 and vocab % mp == 0]
+            if world % mp == 0 and model.n_heads % mp == 0 and model.kv_heads % mp == 0 and model.d_ff % mp == 0
+            and vocab % mp == 0]
 
 
 def step_seconds(cfg: RunConfig, vocab: int, dp: int, mp: int, peak_flops: float, link_bytes_s: float) -> float:
@@ -158,26 +170,51 @@ def step_seconds(cfg: RunConfig, vocab: int, dp: int, mp: int, peak_flops: float
     return compute + comm
 
 
+RECOMPUTE_COST = {"none": 1.0, "selective": 1.03, "full": 4.0 / 3.0}  # compute: full reruns the forward (1 of 3)
+# the memory levers in the order they are tried: the cheapest in step time first (sharding costs no compute and,
+# with ReduceScatter + AllGather, no more bytes than the AllReduce it replaces)
+LEVERS = ((False, "none"), (True, "none"), (False, "selective"), (True, "selective"), (False, "full"),
+          (True, "full"))
+
+
 @dataclass(frozen=True)
 class Ranked:
-    """A layout as mindrun trains it (`fit`: no optimizer sharding, no recompute: neither is wired for the
-    verified modes), what would make it fit otherwise (`rescue`, or None), and its estimated step time."""
+    """A layout with the cheapest memory levers that make it fit (`fit`; without levers when none does) and
+    its estimated step time (None: it does not fit even with all of them)."""
 
     fit: Fit
-    rescue: Optional[Fit]
     seconds: Optional[float]
+
+    def settings(self) -> List[str]:
+        """The --set lines that select this layout and its levers."""
+        out = [f"parallel.data_parallel={self.fit.dp}", f"parallel.model_parallel={self.fit.mp}"]
+        if self.fit.optimizer_shard:
+            out.append("parallel.optimizer_shard=true")
+        if self.fit.recompute != "none":
+            out.append(f"model.recompute={self.fit.recompute}")
+        return out
+
+
+def fit_with_levers(cfg: RunConfig, vocab: int, dp: int, mp: int, device_gib: float) -> Fit:
+    """The layout with the first of LEVERS that fits (sharding only with dp > 1), else with none."""
+    mem = memory(cfg, vocab, dp, mp)
+    for shard, recompute in LEVERS:
+        if shard and dp < 2:
+            continue
+        fit = Fit(dp, mp, mem, device_gib * GIB, shard, recompute)
+        if fit.fits:
+            return fit
+    return Fit(dp, mp, mem, device_gib * GIB, False, "none")
 
 
 def rank(cfg: RunConfig, vocab: int, world: int, device_gib: float, peak_flops: float,
          link_bytes_s: float) -> List[Ranked]:
-    """Every valid layout: those that fit first, by estimated step time; then the rest by what they need."""
+    """Every valid layout with the levers it needs: those that fit first, by estimated step time (recompute's
+    extra forward counted); then the rest by what they need."""
     out = []
     for dp, mp in valid_layouts(cfg.model, vocab, world):
-        mem = memory(cfg, vocab, dp, mp)
-        fit = Fit(dp, mp, mem, device_gib * GIB, False, False)
-        rescue = None if fit.fits else next(
-            (f for f in (Fit(dp, mp, mem, device_gib * GIB, s, r) for s, r in ((True, False), (False, True),
-                                                                              (True, True))) if f.fits), None)
-        seconds = step_seconds(cfg, vocab, dp, mp, peak_flops, link_bytes_s) if fit.fits else None
-        out.append(Ranked(fit, rescue, seconds))
+        fit = fit_with_levers(cfg, vocab, dp, mp, device_gib)
+        seconds = (step_seconds(cfg, vocab, dp, mp, peak_flops, link_bytes_s) * RECOMPUTE_COST[fit.recompute]
+                   if fit.fits else None)
+        out.append(Ranked(fit, seconds))
     return sorted(out, key=lambda r: (r.seconds is None, r.seconds if r.seconds is not None else r.fit.needed))
