@@ -29,6 +29,7 @@ CASES = {
     # gpt_125m's width and depth (12 x 768, 50k-entry table cut to the data's vocabulary) at a sequence the CPU
     # affords
     "gpt_125m_levers": ("gpt_125m", 2, ["train.max_steps=20", "data.pack_length=64", "data.max_tokens=512",
+                                       "model.max_positions=128",
                                        "data.buckets=[64]", "data.vocab_size=8000"],
                         [[], ["parallel.optimizer_shard=true", "model.recompute=full"]]),
 }
