@@ -66,10 +66,14 @@ class CounterMask(nn.Cell):
         self.low_bits = Tensor((1 << BITS) - 1, ms.int32)
         # attributes, not module constants: mindspore.amp's O1 rewrites construct into another module
         self.golden, self.mix1, self.mix2 = _i32(_GOLDEN), _i32(_MIX1), _i32(_MIX2)
-        self.shift = ops.RightShift()
 
     def _mix(self, h, bits: int, low: int):
-        return ops.bitwise_xor(h, ops.bitwise_and(self.shift(h, Tensor(bits, ms.int32)), Tensor(low, ms.int32)))
+        """h ^ (h >>> bits) on int32 bits. The logical shift is a floor division by 2^bits (an arithmetic shift,
+        exact for int32) masked to the low 32 - bits bits: RightShift itself runs only as an AICPU operator on
+        Atlas A2 (a host launch per call, three per dropout site); FloorDiv and BitwiseAnd have AICore kernels.
+        tests/test_dropout.py: the same bits as fmix32; tests/test_ascend_ops.py: no deny-listed op in the step."""
+        shifted = ops.bitwise_and(ops.floor_div(h, Tensor(1 << bits, ms.int32)), Tensor(low, ms.int32))
+        return ops.bitwise_xor(h, shifted)
 
     def construct(self, x, base):
         h = ops.arange(0, x.size, dtype=ms.int32).reshape(x.shape) * self.golden + base

@@ -7,6 +7,31 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 
+MINDSPORE_OLDEST = (2, 10)  # the oldest MindSpore the trainer is tested with (pyproject.toml's train extra)
+
+
+def _trainer_needs() -> Optional[str]:
+    """None when MindSpore (a tested version) and the trainer's packages import, else what to install."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        found = version("mindspore")
+    except PackageNotFoundError:
+        return ("MindSpore is not installed: `pip install 'mindrun[train]'` on a CPU machine, or on an Ascend "
+                "server the MindSpore build matched to its CANN (then `pip install 'mindrun[train]'` keeps it)")
+    numbers = tuple(int(p) for p in found.split(".")[:2] if p.isdigit())
+    if numbers < MINDSPORE_OLDEST:
+        return (f"MindSpore {found} is older than {'.'.join(map(str, MINDSPORE_OLDEST))}, the oldest the trainer is "
+                f"tested with; install MindSpore {'.'.join(map(str, MINDSPORE_OLDEST))} or newer")
+    for module, package in (("yaml", "pyyaml"), ("sentencepiece", "sentencepiece"), ("safetensors", "safetensors"),
+                            ("sacrebleu", "sacrebleu"), ("tqdm", "tqdm"), ("tensorboardX", "tensorboardX")):
+        try:
+            __import__(module)
+        except ImportError:
+            return f"the trainer needs {package}: `pip install 'mindrun[train]'`"
+    return None
+
+
 def _serve_as_scheduler() -> int:
     """MindSpore's scheduler (MS_ROLE=MS_SCHED) only hosts the cluster: join it with MindSpore alone, without
     the trainer's imports, so that the workers' imports do not share the cores with a third copy of them."""
@@ -96,9 +121,9 @@ def _plan(args) -> int:
 
 
 def _recipes():
-    from trainer.config import RECIPES_DIR
-
-    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+    # the directory trainer.config reads (not imported here: it imports the model, hence MindSpore, and
+    # `mindrun --help` must work on a launcher-only install)
+    return sorted(p.stem for p in (Path(__file__).parent / "recipes").glob("*.yaml"))
 
 
 def _parallel_sizes(text: str) -> Dict[str, int]:
@@ -330,6 +355,11 @@ def _main(argv: Optional[List[str]] = None) -> int:
 
     if argv[:1] and argv[0] in SUBCOMMANDS:
         return SUBCOMMANDS[argv[0]].main(argv[1:])
+    if argv[:1] and not argv[0].startswith("-") and os.environ.get("MS_ROLE") != "MS_SCHED":
+        missing = _trainer_needs()  # before the parser: listing the recipes imports the model, hence MindSpore
+        if missing:
+            print(f"mindrun {argv[0]}: error: {missing}", file=sys.stderr)
+            return 2
     args = build_parser().parse_args(argv)
     if args.command == "train" and os.environ.get("MS_ROLE") == "MS_SCHED":  # msrun-style launchers run the
         return _serve_as_scheduler()                                          # worker command there too
