@@ -144,7 +144,7 @@ def launch_main(argv: Optional[List[str]] = None) -> int:
         from launcher.agent import Agent, say
         from launcher.spec import resolve
 
-        spec = resolve(cli)
+        spec = resolve(cli, probe_port=True)  # a busy master port is refused before the log directory exists
         if not ns.join:
             say("--join False is accepted for msrun scripts; mindrun still supervises its workers")
         if spec.launch_mode == "ranktable":

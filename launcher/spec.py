@@ -149,8 +149,9 @@ def describes_job(cli: Dict) -> bool:
                                                           and cli.get("master_addr") is not None)
 
 
-def resolve(cli: Dict, env: Optional[Dict[str, str]] = None) -> LaunchSpec:
-    """Merge the layers into a LaunchSpec and check it; LaunchError names the bad option."""
+def resolve(cli: Dict, env: Optional[Dict[str, str]] = None, probe_port: bool = False) -> LaunchSpec:
+    """Merge the layers into a LaunchSpec and check it; LaunchError names the bad option. `probe_port`: also
+    refuse a busy master port (a bind attempt on this machine) before the log directory is created."""
     env = dict(os.environ if env is None else env)
     cluster = load_cluster(cli["cluster"]) if cli.get("cluster") else None
     disc = from_environment(env)
@@ -235,9 +236,14 @@ def resolve(cli: Dict, env: Optional[Dict[str, str]] = None) -> LaunchSpec:
         spec.run_scheduler = _runs_scheduler(spec, disc) and spec.sim_level is None
         spec.run_workers = not disc.scheduler_only
         given, spec.master_addr = spec.master_addr, resolve_host(spec.master_addr)
-        if spec.master_port == 0:
+        if spec.master_port == 0 and spec.sim_level is None:  # simulation runs no scheduler: no port to pick
             _pick_master_port(spec, given)
+        elif probe_port and spec.run_scheduler and not spec.dry_run:
+            from launcher.ports import check_master_port
+
+            check_master_port(spec.master_addr, spec.master_port)  # before anything is created on disk
     check_log_dir(spec.log_dir, create=not spec.dry_run)
+    _check_log_names(spec)
     if ignored:
         spec.notes.append(f"ignored {', '.join(ignored)} from the environment: the command line describes the "
                           f"whole job (unset them to silence this)")
@@ -294,6 +300,18 @@ def _log_name(name: Optional[str]) -> str:
         raise LaunchError(f"--worker_log_name {name!r} must be a file name without '{os.sep}'; use --log_dir "
                           f"for the directory")
     return text
+
+
+def _check_log_names(spec: LaunchSpec) -> None:
+    """LaunchError when a log the job will write (scheduler.log, <worker_log_name>_<rank>.log) is a directory
+    in --log_dir, before any process starts (it would end in an IsADirectoryError)."""
+    if not spec.log_dir.is_dir():
+        return
+    for entry in sorted(spec.log_dir.iterdir()):
+        if entry.is_dir() and (entry.name == "scheduler.log" or
+                               (entry.name.startswith(f"{spec.worker_log_name}_") and entry.name.endswith(".log"))):
+            raise LaunchError(f"--log_dir {spec.log_dir}: {entry.name} is a directory, but the job writes its log "
+                              f"there; remove it or choose another --log_dir (or --worker_log_name)")
 
 
 def check_log_dir(path: Path, create: bool) -> None:

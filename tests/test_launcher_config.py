@@ -163,3 +163,34 @@ def test_dry_run_prints_each_rank_and_starts_nothing(tmp_path):
 def test_missing_script_exits_2(tmp_path):
     proc = launch("--worker_num", "1", "--local_worker_num", "1", str(tmp_path / "nope.py"))
     assert proc.returncode == 2 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_busy_master_port_creates_no_log_directory(tmp_path):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = launch("--worker_num", "1", "--local_worker_num", "1", "--master_port", str(port), "--log_dir",
+                      str(tmp_path / "logs"), SCRIPT)
+    assert proc.returncode == 2 and f"master port {port}" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "logs").exists()
+
+
+def test_a_log_name_that_is_a_directory_is_refused_before_anything_starts(tmp_path):
+    (tmp_path / "logs" / "worker_1.log").mkdir(parents=True)
+    proc = launch("--worker_num", "2", "--local_worker_num", "2", "--master_port", "0", "--log_dir",
+                  str(tmp_path / "logs"), SCRIPT)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "worker_1.log is a directory" in lines[0]
+    assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == ["worker_1.log"]  # nothing started, nothing written
+
+
+def test_simulation_of_one_rank_takes_master_port_0(tmp_path):
+    """msrun's --sim_level with --sim_rank_id starts one process and no scheduler: port 0 needs nothing picked."""
+    proc = launch("--worker_num", "8", "--local_worker_num", "8", "--sim_level", "1", "--sim_rank_id", "0",
+                  "--master_port", "0", "--log_dir", str(tmp_path / "logs"), "--dry_run", SCRIPT)
+    assert proc.returncode == 0, proc.stderr
+    assert "rank 0:" in proc.stdout and "rank 1:" not in proc.stdout and "scheduler:" not in proc.stdout
