@@ -38,6 +38,9 @@ def clean(env: Mapping[str, str]) -> Tuple[Dict[str, str], List[str]]:
 def _common(spec: LaunchSpec, base: Mapping[str, str], restart: int) -> Dict[str, str]:
     env = dict(base)
     env.setdefault("HCCL_CONNECT_TIMEOUT", "600")  # what importing mindspore sets in msrun's children
+    # how long a collective may wait for its slowest rank on Ascend: a resume or a save holds the other ranks in
+    # one while a rank hashes or writes its shards (minutes at 7B), so never below --cluster_time_out or 30 min
+    env.setdefault("HCCL_EXEC_TIMEOUT", str(max(1800, int(spec.cluster_time_out))))
     # MindSpore's cluster nodes poll the scheduler (heartbeat, "is the cluster built yet") at a random
     # interval between these bounds, in seconds; its default (several seconds) left a 2-worker CPU job
     # waiting 4-6 s in init() after every rank had registered (bench/README.md, bench.startup). Inherited values win.

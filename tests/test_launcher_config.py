@@ -194,3 +194,12 @@ def test_simulation_of_one_rank_takes_master_port_0(tmp_path):
                   "--master_port", "0", "--log_dir", str(tmp_path / "logs"), "--dry_run", SCRIPT)
     assert proc.returncode == 0, proc.stderr
     assert "rank 0:" in proc.stdout and "rank 1:" not in proc.stdout and "scheduler:" not in proc.stdout
+
+
+def test_hccl_exec_timeout_follows_the_cluster_time_out(tmp_path):
+    """A collective waiting on a rank that hashes or writes shards (a resume or save at 7B) must not time out first."""
+    proc = launch("--worker_num", "2", "--local_worker_num", "2", "--master_port", "0", "--cluster_time_out", "3600",
+                  "--dry_run", SCRIPT)
+    assert proc.returncode == 0 and proc.stdout.count("HCCL_EXEC_TIMEOUT=3600") == 3  # scheduler and both ranks
+    proc = launch("--worker_num", "1", "--local_worker_num", "1", "--master_port", "0", "--dry_run", SCRIPT)
+    assert "HCCL_EXEC_TIMEOUT=1800" in proc.stdout  # never below 30 minutes

@@ -34,7 +34,10 @@ _ROW = 20  # ok flag, 16 x 16 bits of SHA-256, 3 x 16 bits of size: exact in flo
 
 
 def _contiguous(array: np.ndarray) -> np.ndarray:
-    """A C-contiguous copy keeping 0-d arrays 0-d (np.ascontiguousarray makes them 1-d)."""
+    """`array` itself when C-contiguous, else a C-contiguous copy, keeping 0-d arrays 0-d (np.ascontiguousarray
+    makes them 1-d). Saving a 7B shard must not copy every array a second time after asnumpy()."""
+    if isinstance(array, np.ndarray) and array.flags.c_contiguous:
+        return array
     return np.array(array, order="C", copy=True)
 
 

@@ -59,8 +59,12 @@ def init_parallel(plan: Plan, backend: str) -> ParallelContext:
     trainer/parallelize.py)."""
     if plan.world_size == 1:
         return ParallelContext(plan, backend)
+    import mindspore as ms
     from mindspore.communication import GlobalComm, create_group, get_group_size, get_rank, init
 
+    # the device explicitly, before init(), as MindSpore's rank-table tutorial does (the launcher exports
+    # DEVICE_ID per rank; on the CPU the same call runs with device 0)
+    ms.set_device(backend, int(os.environ.get("DEVICE_ID", "0")) if backend != "CPU" else 0)
     init()
     if get_group_size() != plan.world_size:
         raise RuntimeError(f"the cluster has {get_group_size()} ranks but the plan expects {plan.world_size}")
