@@ -18,7 +18,7 @@ from launcher.ranktable import address_problem
 
 BACKENDS = ("cpu", "gpu", "ascend")
 LAUNCH_MODES = ("dynamic", "ranktable")
-DEVICE_IP_SOURCES = ("config", "hccn_tool", "hccn_conf")
+DEVICE_IP_SOURCES = ("config", "auto", "hccn_tool", "hccn_conf")  # auto: hccn_tool when on PATH, else hccn_conf
 
 
 @dataclass
@@ -45,7 +45,7 @@ class ClusterConfig:
     master_addr: Optional[str] = None  # default: the first node's host
     master_port: int = 8118
     launch_mode: str = "dynamic"  # dynamic (scheduler + workers) | ranktable (Ascend, no scheduler)
-    device_ip_source: str = "config"  # where device_ip comes from: config | hccn_tool | hccn_conf
+    device_ip_source: str = "config"  # where device_ip comes from: config | auto | hccn_tool | hccn_conf
     hccn_conf: str = "/etc/hccn.conf"
     device_memory_gib: Optional[float] = None  # per device; read by `mindrun plan`, not by the launcher
     device_peak_tflops: Optional[float] = None  # dense 16-bit peak per device: `mindrun plan`'s step estimates
@@ -180,7 +180,7 @@ def _check_nodes(cfg: ClusterConfig, src: str) -> None:
         if missing:
             raise LaunchError(f"{src}: launch_mode ranktable with device_ip_source config needs "
                               f"'device_ips' on every node; missing on {', '.join(missing)} "
-                              f"(or set device_ip_source: hccn_tool)")
+                              f"(or set device_ip_source: auto)")
 
 
 def this_node(cfg: ClusterConfig, node_rank: int = -1) -> Optional[int]:

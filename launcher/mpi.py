@@ -65,9 +65,27 @@ def run_under_mpi(cli: Dict) -> int:
     spec.run_scheduler = spec.launch_mode == "dynamic" and shape["rank"] == 0
     spec.tail_ranks = [0]
     if spec.launch_mode == "ranktable":
-        path, table, server = _rank_table(comm, shape, spec)
+        if spec.rank_table_file:
+            path, table, server = _given_rank_table(spec, shape)
+        else:
+            path, table, server = _rank_table(comm, shape, spec)
         return Agent(spec, ranks.table_workers(spec, table, path, server), rank_table=path).run()
     return Agent(spec, ranks.dynamic_workers(spec)).run()
+
+
+def _given_rank_table(spec, shape: Dict) -> Tuple[str, Dict, str]:
+    """--rank_table_file under mpirun: that table as written (validated against the MPI world size), this node's
+    server in it, and this node's devices as the table lists them (MPI local rank i takes the server's i-th)."""
+    from launcher import ranktable_job
+
+    path, table = ranktable_job.prepare(spec)  # world_size is the MPI world's here
+    server = ranks.this_server(table, spec)
+    pairs = ranktable.server_devices(table, server)
+    if len(pairs) != shape["local_size"]:
+        raise LaunchError(f"{path}: server {server} has {len(pairs)} devices but mpirun started "
+                          f"{shape['local_size']} processes on this node")
+    spec.device_ids = [device for _, device in pairs]
+    return path, table, server
 
 
 def _rank_table(comm, shape: Dict, spec) -> Tuple[str, Dict, str]:

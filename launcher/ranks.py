@@ -67,6 +67,8 @@ def dynamic_workers(spec: "LaunchSpec") -> List[Worker]:
 def this_server(table: Dict, spec: "LaunchSpec") -> str:
     """Which server of `table` this node is: the cluster file's node, a local address, or node_rank."""
     servers = ranktable.server_ids(table)
+    if len(servers) == 1 and spec.worker_num == spec.local_worker_num:
+        return servers[0]  # a one-server table on a one-node job: nothing to choose
     if spec.cluster is not None and spec.node_rank >= 0:
         host = spec.cluster.nodes[spec.node_rank].host
         for sid in servers:

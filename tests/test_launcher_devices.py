@@ -154,3 +154,20 @@ def test_visible_devices_narrow_a_cluster_files_node(tmp_path, fake_hccn):
     assert [seen[f"rank {r}"]["DEVICE_ID"] for r in (0, 1)] == ["0", "1"]
     table = dry_run_table(proc.stdout)
     assert [d["device_id"] for d in table["server_list"][0]["device"]] == ["6", "7"]
+
+
+def test_device_ip_source_auto_in_a_cluster_file_reads_hccn_conf_without_hccn_tool(tmp_path):
+    """What the shipped ascend_1x8.yaml says: hccn_tool when on PATH, else the hccn.conf file."""
+    conf = tmp_path / "hccn.conf"
+    conf.write_text("".join(f"address_{i}=192.168.100.{101 + i}\nnetmask_{i}=255.255.255.0\n" for i in range(2)))
+    path = tmp_path / "c.yaml"
+    path.write_text(f"backend: ascend\nlaunch_mode: ranktable\ndevice_ip_source: auto\nhccn_conf: {conf}\n"
+                    "nodes:\n  - host: 127.0.0.1\n    devices: 2\n")
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable))  # no hccn_tool on this PATH
+    proc = launch("--cluster", str(path), "--log_dir", str(tmp_path / "logs"), "--dry_run", SCRIPT, env=env)
+    assert proc.returncode == 0, proc.stderr
+    table = dry_run_table(proc.stdout)
+    assert [d["device_ip"] for d in table["server_list"][0]["device"]] == ["192.168.100.101", "192.168.100.102"]
+    from launcher.cluster import load_cluster
+
+    assert load_cluster("cluster_configs/ascend_1x8.yaml").device_ip_source == "auto"

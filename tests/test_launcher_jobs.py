@@ -203,3 +203,35 @@ def test_mpirun_builds_the_rank_table_over_mpi(tmp_path):
     # under mpirun the launcher has OMPI_*/PMIX_*; rank-table workers must not (MindSpore would bypass the table)
     assert [k for e in seen.values() for k in e if k.startswith(("OMPI_", "PMIX_", "PMI_"))] == []
     assert all(e["MINDRUN_DEVICE_TARGET"] == "Ascend" for e in seen.values())
+
+
+def _one_server_table(tmp_path) -> Path:
+    """A 2-device rank table of a server that is not this machine (10.0.0.1), as `ranktable generate` writes it."""
+    from trainer.cli import main
+
+    conf = tmp_path / "hccn.conf"
+    conf.write_text("".join(f"address_{i}=192.168.100.{101 + i}\nnetmask_{i}=255.255.255.0\n" for i in range(2)))
+    table = tmp_path / "given_table.json"
+    assert main(["ranktable", "generate", "--devices", "0-1", "--server_id", "10.0.0.1", "--device_ip_source",
+                 "hccn_conf", "--hccn_conf", str(conf), "-o", str(table)]) == 0
+    return table
+
+
+def test_mpirun_uses_the_given_rank_table(tmp_path):
+    """Under mpirun, --rank_table_file is the table every worker gets (not one rebuilt from hccn, which a machine
+    without hccn_tool could not do), and a one-server table needs no --node_rank."""
+    table = _one_server_table(tmp_path)
+    proc = mpirun("--launch_mode", "ranktable", "--rank_table_file", str(table), "--log_dir", str(tmp_path / "logs"),
+                  "--dry_run", str(SCRIPTS / "print_env.py"))
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert proc.stdout.count(f"RANK_TABLE_FILE={table.resolve()}") == 2  # both MPI processes' workers
+    assert not (tmp_path / "logs" / "rank_table.json").exists()
+
+
+def test_a_one_server_table_needs_no_node_rank(tmp_path):
+    table = _one_server_table(tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "launcher", "--worker_num", "2", "--local_worker_num", "2",
+                           "--launch_mode", "ranktable", "--rank_table_file", str(table), "--dry_run",
+                           str(SCRIPTS / "print_env.py")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "RANK_ID=0" in proc.stdout and "RANK_ID=1" in proc.stdout and "--node_rank" not in proc.stderr
