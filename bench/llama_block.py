@@ -22,7 +22,7 @@ from pathlib import Path
 from bench.memory_levers import run
 
 COMMON = ["train.max_steps={steps}", "train.eval_every=100000", "data.valid_limit=8", "eval.max_len_b=2",
-          "train.time_budget_minutes=0", "model.dropout=0.0", "model.attention_dropout=0.0",
+          "model.dropout=0.0", "model.attention_dropout=0.0",
           "model.activation_dropout=0.0"]
 CONTESTANTS = {
     "gpt": [],
