@@ -31,6 +31,15 @@ class _Step(nn.Cell):
         return self.model.decode_step(token, position, bias, pk, pv, sk, sv)
 
 
+def _cells(model, max_len: int):
+    """The compiled prompt and step Cells of `model` for caches of `max_len` slots, made once: a new Cell would
+    compile its graph again on every call."""
+    cache = model.__dict__.setdefault("_generation_cells", {})
+    if max_len not in cache:
+        cache[max_len] = (_Start(model, max_len), _Step(model))
+    return cache[max_len]
+
+
 def _sample(logprobs: np.ndarray, temperature: float, top_p: float, rng: np.random.Generator) -> int:
     """One id from log-probabilities [V]: argmax at temperature 0, else softmax(logprobs / T) cut to the
     smallest set of ids whose probability reaches top_p."""
@@ -61,7 +70,7 @@ def generate(model, prompt: Sequence[int], max_new_tokens: int, temperature: flo
                          f"(model.max_positions {model.cfg.max_positions})")
     model.set_train(False)
     rng = np.random.default_rng(seed)
-    start, step = _Start(model, max_new_tokens), _Step(model)
+    start, step = _cells(model, max_new_tokens)
     pad_id, model.pad_id = model.pad_id, -1  # one unpadded row: every prompt id is a token (Llama's id 0 is <unk>)
     try:
         bias, pk, pv, sk, sv = start(ms.Tensor([prompt[:-1]], ms.int32))

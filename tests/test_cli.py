@@ -26,6 +26,7 @@ def test_cli_surface_does_not_drift():
         "plan": sorted(["--config", "--set", "--world-size", "--backend", "--vocab-size", "--cluster", "--strategies", "-h",
                         "--help"]),
         "ckpt": ["--help", "-h"],  # inspect | merge | reshard | import-hf | export-hf, frozen below
+        "data": ["--help", "-h"],  # prepare
         "generate": sorted(["--checkpoint", "--prompt", "--prompt-ids", "--max-new-tokens", "--temperature", "--top-p",
                             "--seed", "-h", "--help"]),
         "launch": [],  # handed to launcher.cli, frozen below

@@ -5,6 +5,7 @@ import, and generation (greedy = the uncached argmax chain = transformers' greed
 
 The Hugging Face models are created here with random weights (nothing is downloaded)."""
 import json
+from pathlib import Path
 
 import numpy as np
 import mindspore as ms
@@ -197,3 +198,34 @@ def test_fine_tuning_starts_from_an_import_under_the_recipe(tmp_path, data_dir, 
     assert 0 < moved < 5e-4, moved  # Adam moves each weight by about lr a step: these are the imported weights
     optimizer = checkpoint_tensors(tmp_path / "tuned", kinds=("optimizer",))
     assert any("moment1" in n for n in optimizer)
+
+
+@pytest.mark.multiprocess
+def test_logits_under_model_parallel_2_equal_transformers(tmp_path):
+    """The same comparison as above in a launched job of 2 model-parallel ranks: each rank holds 2 of the 4 query
+    heads and 1 of the 2 key/value heads, half the FFN and half of the vocabulary (embedding and untied output);
+    every rank's gathered logits and cached-decoding log-probabilities equal transformers'."""
+    import os
+    import subprocess
+    import sys
+
+    reference = hf_model(2)
+    run = imported(tmp_path, reference, mp=2)
+    tokens = ids((2, 12))
+    np.save(tmp_path / "tokens.npy", tokens)
+    with torch.no_grad():
+        theirs = reference(torch.tensor(tokens, dtype=torch.long)).logits.numpy()
+    script = Path(__file__).parent / "launch_scripts" / "hf_logits_mp.py"
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    proc = subprocess.run([sys.executable, "-m", "launcher", "--worker_num", "2", "--local_worker_num", "2",
+                           "--master_port", "0", "--log_dir", str(tmp_path / "logs"), str(script), str(run),
+                           str(tmp_path / "tokens.npy"), str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    with torch.no_grad():
+        full = torch.log_softmax(reference(torch.tensor(tokens, dtype=torch.long)).logits, -1).numpy()
+    for r in (0, 1):
+        got = np.load(tmp_path / "out" / f"rank_{r}.npz")
+        assert int(got["kv_heads"]) == 1  # the key/value heads really are split
+        assert np.abs(got["logits"] - theirs).max() < 1e-4
+        assert np.abs(got["steps"] - full[:, 4:11]).max() < 1e-4  # step j predicts the token after position 4 + j

@@ -212,6 +212,21 @@ def _generate_or_raise(args) -> int:
     return 0
 
 
+def _data(args) -> int:
+    from trainer.config import ConfigError
+    from trainer.data.token_files import PrepareError, prepare
+
+    with _progress("documents") as bar:
+        try:
+            done = prepare(args.inputs, args.out, args.tokenizer, args.vocab_size, args.format, args.field,
+                           args.workers, progress=bar.update)
+        except PrepareError as exc:
+            raise ConfigError(str(exc)) from None
+    verb = "already prepared (same sources and tokenizer)" if done.skipped else "wrote"
+    print(f"{verb} {done.directory}: {done.documents:,} documents, {done.tokens:,} tokens")
+    return 0
+
+
 def _decoding_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", type=Path, required=True,
                    help="a step directory, <run>/checkpoints/best or latest, <run>/checkpoints, or a merged .ckpt")
@@ -321,6 +336,20 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     a.add_argument("--max-shard-gb", type=float, default=2.0, help="largest safetensors file (GiB)")
     p.set_defaults(func=_ckpt)
+
+    p = sub.add_parser("data", help="prepare your own corpus: tokenize it once into memory-mapped token files")
+    actions = p.add_subparsers(dest="action", required=True)
+    a = actions.add_parser("prepare", help="tokenize text files into DIR (tokens.bin, index.npy, manifest.json)")
+    a.add_argument("inputs", nargs="+", type=Path, help="text or JSONL files")
+    a.add_argument("--out", type=Path, required=True, help="the prepared directory to write")
+    a.add_argument("--tokenizer", type=Path, help="a sentencepiece .model to encode with")
+    a.add_argument("--vocab-size", type=int, help="instead of --tokenizer: train a BPE model of this size on a "
+                   "sample of the corpus")
+    a.add_argument("--format", default="lines", choices=["lines", "blank_lines", "jsonl"],
+                   help="one document per line (default), blank-line separated documents, or JSON lines")
+    a.add_argument("--field", default="text", help="the JSONL field holding the text (default: text)")
+    a.add_argument("--workers", type=int, help="encoding processes (default: the CPU count)")
+    p.set_defaults(func=_data)
 
     p = sub.add_parser("generate", help="continue a prompt with a decoder-only model (key/value cache)")
     p.add_argument("--checkpoint", type=Path, required=True,
