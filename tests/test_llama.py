@@ -229,3 +229,14 @@ def test_logits_under_model_parallel_2_equal_transformers(tmp_path):
         assert int(got["kv_heads"]) == 1  # the key/value heads really are split
         assert np.abs(got["logits"] - theirs).max() < 1e-4
         assert np.abs(got["steps"] - full[:, 4:11]).max() < 1e-4  # step j predicts the token after position 4 + j
+
+
+def test_an_interrupted_import_leaves_no_run_directory(tmp_path):
+    hf = save(hf_model(2), tmp_path / "hf")
+
+    def interrupt(_):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        import_hf(hf, tmp_path / "runs" / "llama", progress=interrupt)
+    assert list((tmp_path / "runs").iterdir()) == []  # neither the run nor its work directory

@@ -17,8 +17,10 @@ config.json, safetensors files of at most `max_shard_bytes` with their index, to
 Fine-tuning starts from an import with `--set train.init_from=RUN` (weights only, step 0).
 """
 import json
+import os
 import re
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -178,7 +180,6 @@ def _source_tensors(hf_dir: Path) -> Dict[str, Tuple[TensorFile, str]]:
 def import_hf(hf_dir: Path, out: Path, recipe: Optional[str] = None, dp: int = 1, mp: int = 1,
               overrides: Optional[List[str]] = None, progress=None) -> Path:
     """Write a run directory `out` from Hugging Face directory `hf_dir` (module docstring); returns the step dir."""
-    from model.parallel.layout import split_axis_of
     from model.size import decoder_only_parameters
     from trainer.config import config_from_dict, load_config
 
@@ -217,6 +218,24 @@ def import_hf(hf_dir: Path, out: Path, recipe: Optional[str] = None, dp: int = 1
                            f"{expected:,} (missing or extra tensors)")
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not empty; remove it or give another --out")
+    # built beside the target and renamed onto it at the end: an interrupted import leaves no run directory
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.import-", dir=out.parent))
+    try:
+        _write_run(work, cfg, hf, hf_dir, sources, dp, mp, progress)
+        if out.exists():
+            out.rmdir()  # empty (checked above)
+        os.replace(work, out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return out / "checkpoints" / "step_0"
+
+
+def _write_run(out: Path, cfg, hf: Dict, hf_dir: Path, sources, dp: int, mp: int, progress) -> None:
+    """config.yaml, vocab/ and checkpoints/step_0 (weights split for dp x mp) of an import, into `out`."""
+    from model.parallel.layout import split_axis_of
+
     step_dir = out / "checkpoints" / "step_0"
     make_private_dir(step_dir)
     names = sorted(sources)
@@ -256,7 +275,6 @@ def import_hf(hf_dir: Path, out: Path, recipe: Optional[str] = None, dp: int = 1
     for pointer in ("latest", "last", "best"):
         link = out / "checkpoints" / pointer
         link.symlink_to("step_0")
-    return step_dir
 
 
 def _producer(f: TensorFile, name: str, axis: Optional[int], span, progress):
