@@ -108,6 +108,50 @@ def under_mpi(env=os.environ) -> bool:
     return any(k in env for k in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"))
 
 
+def known_options(parser: argparse.ArgumentParser) -> set:
+    """Every option string of `parser` and of its sub-commands' parsers."""
+    found = set()
+    for action in parser._actions:
+        found.update(action.option_strings)
+        for sub in (getattr(action, "choices", None) or {}).values() if isinstance(action, argparse._SubParsersAction) \
+                else ():
+            found |= known_options(sub)
+    return found
+
+
+def respell(argv: List[str], known: set, stop: Optional[int] = None) -> List[str]:
+    """`--x_y` and `--x-y` both accepted: an option spelt with the other separator than the parser's is
+    rewritten to the parser's spelling (msrun's underscores are canonical for launch, dashes elsewhere). Only
+    argv[:stop] is looked at (the rest belongs to the launched program), and nothing after `--`."""
+    out = list(argv)
+    for i, token in enumerate(out[:stop]):
+        if token == "--":
+            break
+        if not token.startswith("--"):
+            continue
+        name, eq, value = token.partition("=")
+        if name in known:
+            continue
+        body = name[2:]
+        for other in (body.replace("_", "-"), body.replace("-", "_")):
+            if f"--{other}" in known:
+                out[i] = f"--{other}{eq}{value}"
+                break
+    return out
+
+
+def _program_index(parser: argparse.ArgumentParser, argv: List[str]) -> int:
+    """Where the launched program (script or -m MODULE) starts in a launch command line."""
+    flags = {o for a in parser._actions if a.nargs == 0 for o in a.option_strings}
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if token == "--" or not token.startswith("-") or token.startswith("-m") and not token.startswith("--"):
+            return i
+        i += 1 if (token in flags or "=" in token) else 2
+    return len(argv)
+
+
 def split_module_args(parser: argparse.ArgumentParser, argv: List[str]):
     """(launcher argv up to and including `-m MODULE`, the module's own arguments) as msrun splits them: every
     argument after the module is the module's, even one that looks like a launcher option (`-m mymod --lr 3`,
@@ -130,6 +174,7 @@ def launch_main(argv: Optional[List[str]] = None) -> int:
     """Entry point of `mindrun launch`; returns the job's exit code."""
     parser = launch_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
+    argv = respell(argv, known_options(parser), _program_index(parser, argv))
     own, module_args = split_module_args(parser, argv)
     ns = parser.parse_args(own)
     if module_args is not None:
@@ -193,7 +238,8 @@ def ranktable_main(argv: Optional[List[str]] = None) -> int:
     from launcher import devices, ranktable, ranktable_job
     from launcher.cluster import load_cluster
 
-    ns = ranktable_parser().parse_args(argv)
+    parser = ranktable_parser()
+    ns = parser.parse_args(respell(sys.argv[1:] if argv is None else list(argv), known_options(parser)))
     try:
         if ns.action == "generate":
             if ns.cluster:

@@ -429,7 +429,10 @@ def run_checks(target: Target) -> List[Check]:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of `mindrun doctor`: print one line per check; 0 if all pass, 1 if not, 2 on bad input."""
-    ns = parser().parse_args(argv)
+    from launcher.cli import known_options, respell
+
+    options = parser()
+    ns = options.parse_args(respell(sys.argv[1:] if argv is None else list(argv), known_options(options)))
     try:
         target = target_from(ns)
     except LaunchError as exc:

@@ -160,3 +160,36 @@ def test_launch_passes_everything_after_the_module_or_script_to_it(argv, module,
     cli = _cli_dict(ns)
     assert (cli["module"], cli["script"], cli["args"], cli["tail_worker_log"]) == (module, script, args, None)
     assert cli["worker_num"] == (None if argv[0] == "--dry_run" else 2)
+
+
+def test_every_subcommand_takes_both_spellings_of_an_option():
+    """`--x_y` and `--x-y` alike (msrun's underscores are canonical for launch, dashes elsewhere); the launched
+    program's own arguments are left as they are."""
+    from launcher.cli import _program_index, known_options, launch_parser, respell
+
+    known = known_options(build_parser())
+    assert respell(["plan", "--world_size", "2", "--vocab_size=8000"], known) == \
+        ["plan", "--world-size", "2", "--vocab-size=8000"]
+    assert respell(["ckpt", "export-hf", "a", "b", "--max_shard_gb", "1"], known)[-2] == "--max-shard-gb"
+    parser = launch_parser()
+    for argv, want in ((["--worker-num", "2", "--log-dir=x", "train.py", "--log-dir", "y"],
+                        ["--worker_num", "2", "--log_dir=x", "train.py", "--log-dir", "y"]),
+                       (["--local-worker-num", "2", "-m", "trainer", "train", "--data_dir", "x"],
+                        ["--local_worker_num", "2", "-m", "trainer", "train", "--data_dir", "x"])):
+        assert respell(argv, known_options(parser), _program_index(parser, argv)) == want
+    proc = run("plan", "--config", "tiny", "--world_size", "2", "--set", "parallel.mode=data_parallel")
+    assert proc.returncode == 0 and "data_parallel 2" in proc.stdout, proc.stderr[-500:]
+
+
+@pytest.mark.slow
+def test_a_direct_train_run_keeps_mindsporess_warnings_off_the_console(data_dir, tmp_path):
+    """`mindrun train` run directly (not launched) shows the job's output, not MindSpore's INFO/WARNING lines."""
+    env = {k: v for k, v in os.environ.items() if k not in ("GLOG_v", "MINDRUN_RESTART_COUNT", "MS_ROLE", "RANK_ID")}
+    proc = subprocess.run([sys.executable, "-m", "trainer", "train", "--config", "tiny", "--data-dir", str(data_dir),
+                           "--set", f"train.out_dir={tmp_path / 'run'}", "--set", "train.max_steps=2",
+                           "--set", "data.valid_limit=4", "--set", "eval.max_len_b=2"],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    noise = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith(("[WARNING]", "[INFO]"))]
+    assert noise == [], noise[:3]
+    assert "peak host memory" in proc.stdout

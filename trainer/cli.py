@@ -32,6 +32,17 @@ def _trainer_needs() -> Optional[str]:
     return None
 
 
+def _quiet_mindspore() -> None:
+    """Run directly (not by `mindrun launch`, whose console filter keeps them in the log files), the console
+    shows MindSpore's own log lines from ERROR up only: its INFO and WARNING lines (compile-cache misses,
+    deprecations) are not the job's output. GLOG_v set by the user wins. Must run before MindSpore is imported."""
+    from launcher.environment import RESTART_COUNT
+
+    launched = RESTART_COUNT in os.environ or "MS_ROLE" in os.environ or "RANK_ID" in os.environ
+    if not launched and "mindspore" not in sys.modules:  # imported already (a test process): too late, leave it
+        os.environ.setdefault("GLOG_v", "3")
+
+
 def _serve_as_scheduler() -> int:
     """MindSpore's scheduler (MS_ROLE=MS_SCHED) only hosts the cluster: join it with MindSpore alone, without
     the trainer's imports, so that the workers' imports do not share the cores with a third copy of them."""
@@ -385,11 +396,15 @@ def _main(argv: Optional[List[str]] = None) -> int:
     if argv[:1] and argv[0] in SUBCOMMANDS:
         return SUBCOMMANDS[argv[0]].main(argv[1:])
     if argv[:1] and not argv[0].startswith("-") and os.environ.get("MS_ROLE") != "MS_SCHED":
+        _quiet_mindspore()
         missing = _trainer_needs()  # before the parser: listing the recipes imports the model, hence MindSpore
         if missing:
             print(f"mindrun {argv[0]}: error: {missing}", file=sys.stderr)
             return 2
-    args = build_parser().parse_args(argv)
+    from launcher.cli import known_options, respell
+
+    parser = build_parser()
+    args = parser.parse_args(respell(argv, known_options(parser)))
     if args.command == "train" and os.environ.get("MS_ROLE") == "MS_SCHED":  # msrun-style launchers run the
         return _serve_as_scheduler()                                          # worker command there too
     from trainer.checkpoint import CheckpointError  # imports MindSpore: not needed by the launcher's subcommands
