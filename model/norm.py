@@ -18,9 +18,16 @@ class RMSNorm(nn.Cell):
         self.eps = eps
 
     def construct(self, x):
-        h = x.astype(ms.float32)
-        h = h * ops.rsqrt(ops.mean(h * h, -1, keep_dims=True) + self.eps)
-        return self.gamma.astype(x.dtype) * h.astype(x.dtype)
+        # broadcasts made explicit: MindSpore's CPU Mul with an implicit broadcast holds several times its output
+        # in a compiled graph (the same finding as model/rotary.py's apply_rotary); casts only where needed
+        h = x if x.dtype == ms.float32 else x.astype(ms.float32)
+        scale = ops.rsqrt(ops.mean(ops.square(h), -1, keep_dims=True) + self.eps)
+        h = h * ops.broadcast_to(scale, h.shape)
+        if x.dtype != ms.float32:
+            h, gamma = h.astype(x.dtype), self.gamma.astype(x.dtype)
+        else:
+            gamma = self.gamma
+        return h * ops.broadcast_to(gamma, h.shape)
 
 
 def make_norm(kind: str, d_model: int, eps: float) -> nn.Cell:
