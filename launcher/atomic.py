@@ -6,6 +6,8 @@ Readers see the old file or the whole new one, never a torn one, even after a cr
     write_bytes(path, data)           # our own bytes (downloads, kernels)
     with atomic_path(path) as tmp:    # a library that writes a file by name
         save_checkpoint(net, str(tmp))
+    with atomic_directory(path) as work:   # a directory of files, all or nothing
+        ...
 """
 import contextlib
 import os
@@ -72,3 +74,24 @@ def write_bytes(path: PathLike, data: bytes, mode: int = 0o644) -> Path:
 def write_text(path: PathLike, text: str, mode: int = 0o640) -> Path:
     """Write `text` (UTF-8) to `path` atomically with permissions `mode`; returns the path."""
     return write_bytes(path, text.encode("utf-8"), mode=mode)
+
+
+@contextlib.contextmanager
+def atomic_directory(path: PathLike) -> Iterator[Path]:
+    """Yield a fresh hidden directory beside `path` to fill; on success rename it onto `path` (which must be
+    missing or empty) and fsync the parent, so readers see no directory or the whole one; on failure remove it."""
+    import shutil
+    import tempfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        yield work
+        if path.exists():
+            path.rmdir()  # empty, or this raises: never replace what is there
+        os.replace(work, path)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    _fsync(path.parent)

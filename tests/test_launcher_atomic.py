@@ -67,3 +67,19 @@ def test_atomic_path_sets_the_mode_when_asked(tmp_path):
     with atomic.atomic_path(tmp_path / "k.so", mode=0o755) as tmp:
         tmp.write_bytes(b"\x7fELF")
     assert stat.S_IMODE((tmp_path / "k.so").stat().st_mode) == 0o755
+
+
+def test_atomic_directory_is_all_or_nothing(tmp_path):
+    from launcher.atomic import atomic_directory
+
+    with atomic_directory(tmp_path / "done") as work:
+        (work / "a").write_text("1")
+    assert (tmp_path / "done" / "a").read_text() == "1"
+    with pytest.raises(RuntimeError):
+        with atomic_directory(tmp_path / "failed") as work:
+            (work / "a").write_text("1")
+            raise RuntimeError("interrupted")
+    with pytest.raises(OSError):
+        with atomic_directory(tmp_path / "done") as work:  # a non-empty target is never replaced
+            (work / "b").write_text("2")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["done"] and (tmp_path / "done" / "a").exists()

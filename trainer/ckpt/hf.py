@@ -17,10 +17,8 @@ config.json, safetensors files of at most `max_shard_bytes` with their index, to
 Fine-tuning starts from an import with `--set train.init_from=RUN` (weights only, step 0).
 """
 import json
-import os
 import re
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -28,7 +26,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import yaml
 
-from launcher.atomic import write_text
+from launcher.atomic import atomic_directory, write_text
 from trainer.checkpoint import CheckpointError
 from trainer.ckpt import manifest as mf
 from trainer.ckpt.layout import ShardLayout
@@ -218,17 +216,8 @@ def import_hf(hf_dir: Path, out: Path, recipe: Optional[str] = None, dp: int = 1
                            f"{expected:,} (missing or extra tensors)")
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not empty; remove it or give another --out")
-    # built beside the target and renamed onto it at the end: an interrupted import leaves no run directory
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.import-", dir=out.parent))
-    try:
+    with atomic_directory(out) as work:  # an interrupted import leaves no run directory
         _write_run(work, cfg, hf, hf_dir, sources, dp, mp, progress)
-        if out.exists():
-            out.rmdir()  # empty (checked above)
-        os.replace(work, out)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
     return out / "checkpoints" / "step_0"
 
 

@@ -26,7 +26,6 @@ import json
 import multiprocessing
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,9 +158,9 @@ def prepare(paths: Sequence[Path], out: Path, tokenizer: Optional[Path] = None, 
                               f"choose another --out")
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not a prepared corpus; remove it or choose another --out")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    from launcher.atomic import atomic_directory, write_text
+
+    with atomic_directory(out) as work:  # a crash or a kill leaves no half-prepared directory
         model = work / "tokenizer.model"
         if tokenizer is not None:
             shutil.copyfile(tokenizer, model)
@@ -215,20 +214,7 @@ def prepare(paths: Sequence[Path], out: Path, tokenizer: Optional[Path] = None, 
                                   "trained_vocab_size": vocab_size},
                     "eod_id": eod, "dtype": np.dtype(dtype).name, "documents": documents, "tokens": tokens,
                     "seconds": round(time.time() - started, 1)}
-        from launcher.atomic import write_text
-
         write_text(work / MANIFEST, json.dumps(manifest, indent=1) + "\n", mode=0o644)
-        if out.exists():
-            out.rmdir()  # empty (checked above)
-        os.replace(work, out)
-        fd = os.open(out.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
     return Prepared(out, documents, tokens, skipped=False)
 
 
