@@ -15,17 +15,13 @@ import sys
 import numpy as np
 
 
-def resident_mib() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096 // 2 ** 20
-
-
 def main(argv) -> int:
     import mindspore as ms
     from mindspore import nn
 
     from model.config import ModelConfig
     from model.decoder_only import DecoderOnly
+    from trainer.train import resident_mib
 
     ms.set_context(mode=ms.GRAPH_MODE)
     options = {}
@@ -53,8 +49,8 @@ def main(argv) -> int:
         tgt = ms.Tensor(rng.integers(4, 8000, (rows, length)).astype(np.int32))
         before = resident_mib()
         forward(src, tgt).asnumpy()
-        print(f"{options or 'defaults'}: graph [{rows} x {length}+{length}]: {before} -> {resident_mib()} MiB "
-              f"(+{resident_mib() - before})", flush=True)
+        print(f"{options or 'defaults'}: graph [{rows} x {length}+{length}]: {before:.0f} -> {resident_mib():.0f} MiB "
+              f"(+{resident_mib() - before:.0f})", flush=True)
     return 0
 
 

@@ -119,11 +119,12 @@ def known_options(parser: argparse.ArgumentParser) -> set:
     return found
 
 
-def respell(argv: List[str], known: set, stop: Optional[int] = None) -> List[str]:
+def respell(argv: Optional[List[str]], known: set, stop: Optional[int] = None) -> List[str]:
     """`--x_y` and `--x-y` both accepted: an option spelt with the other separator than the parser's is
     rewritten to the parser's spelling (msrun's underscores are canonical for launch, dashes elsewhere). Only
-    argv[:stop] is looked at (the rest belongs to the launched program), and nothing after `--`."""
-    out = list(argv)
+    argv[:stop] is looked at (the rest belongs to the launched program), and nothing after `--`. argv None:
+    this process's command line."""
+    out = list(sys.argv[1:] if argv is None else argv)
     for i, token in enumerate(out[:stop]):
         if token == "--":
             break
@@ -156,18 +157,13 @@ def split_module_args(parser: argparse.ArgumentParser, argv: List[str]):
     """(launcher argv up to and including `-m MODULE`, the module's own arguments) as msrun splits them: every
     argument after the module is the module's, even one that looks like a launcher option (`-m mymod --lr 3`,
     `-m mymod --tail_worker_log 1`). No `-m` before the script: (argv, None)."""
-    flags = {o for a in parser._actions if a.nargs == 0 for o in a.option_strings}
-    i = 0
-    while i < len(argv):
-        token = argv[i]
-        if token == "-m":
-            return (argv[:i + 2], argv[i + 2:]) if i + 1 < len(argv) else (argv, None)
-        if token.startswith("-m") and not token.startswith("--"):
-            return argv[:i + 1], argv[i + 1:]  # -mMODULE
-        if token == "--" or not token.startswith("-"):
-            return argv, None  # the script (or the end of options) comes first: argparse's REMAINDER keeps the rest
-        i += 1 if (token in flags or "=" in token) else 2
-    return argv, None
+    i = _program_index(parser, argv)
+    token = argv[i] if i < len(argv) else ""
+    if token == "-m":
+        return (argv[:i + 2], argv[i + 2:]) if i + 1 < len(argv) else (argv, None)
+    if token.startswith("-m") and not token.startswith("--"):
+        return argv[:i + 1], argv[i + 1:]  # -mMODULE
+    return argv, None  # the script (or the end of options) comes first: argparse's REMAINDER keeps the rest
 
 
 def launch_main(argv: Optional[List[str]] = None) -> int:
@@ -239,7 +235,7 @@ def ranktable_main(argv: Optional[List[str]] = None) -> int:
     from launcher.cluster import load_cluster
 
     parser = ranktable_parser()
-    ns = parser.parse_args(respell(sys.argv[1:] if argv is None else list(argv), known_options(parser)))
+    ns = parser.parse_args(respell(argv, known_options(parser)))
     try:
         if ns.action == "generate":
             if ns.cluster:

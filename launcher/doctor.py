@@ -432,7 +432,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from launcher.cli import known_options, respell
 
     options = parser()
-    ns = options.parse_args(respell(sys.argv[1:] if argv is None else list(argv), known_options(options)))
+    ns = options.parse_args(respell(argv, known_options(options)))
     try:
         target = target_from(ns)
     except LaunchError as exc:

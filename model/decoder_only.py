@@ -34,6 +34,11 @@ from model.rotary import Rotary
 from model.transformer import Logits
 
 
+def _counting(tokens):
+    """Positions 0, 1, ... of every row of tokens [B, L] (int32 [B, L])."""
+    return ops.broadcast_to(ops.arange(tokens.shape[1]).reshape(1, -1).astype(ms.int32), tokens.shape)
+
+
 class DecoderOnly(nn.Cell):
     """Causal language model over one vocabulary, used for translation as prompt + continuation.
 
@@ -88,7 +93,7 @@ class DecoderOnly(nn.Cell):
         rope = None
         if self.rotary is not None:
             if pos is None:
-                pos = ops.broadcast_to(ops.arange(tokens.shape[1]).reshape(1, -1).astype(ms.int32), tokens.shape)
+                pos = _counting(tokens)
             rope = self.rotary(pos)
         for layer in self.layers:
             x = layer(x, bias, rope)
@@ -112,7 +117,7 @@ class DecoderOnly(nn.Cell):
         tokens = ops.concat((src, tgt_in), 1)
         if src_seg is None:
             lengths = ops.not_equal(src, self.pad_id).astype(ms.int32).sum(1, keepdims=True)  # [B, 1]
-            src_pos = ops.broadcast_to(ops.arange(src_len).reshape(1, -1).astype(ms.int32), src.shape)
+            src_pos = _counting(src)
             tgt_pos = (lengths + ops.arange(tgt_in.shape[1]).reshape(1, -1)).astype(ms.int32)
             pos = ops.concat((src_pos, tgt_pos), 1)
             states = self.states(tokens, None, pos)
@@ -144,7 +149,7 @@ class DecoderOnly(nn.Cell):
         x = self.positions(self.embed(src) * self.embed_scale)
         rope = None
         if self.rotary is not None:
-            rope = self.rotary(ops.broadcast_to(ops.arange(src.shape[1]).reshape(1, -1).astype(ms.int32), src.shape))
+            rope = self.rotary(_counting(src))
         prompt_k, prompt_v, self_k, self_v = (), (), (), ()
         for layer in self.layers:
             x, k, v = layer.with_kv(x, bias, rope)

@@ -6,7 +6,7 @@ Hugging Face's `generate`: prompt[:-1] fills the prompt cache (`start_decoding`)
 position j sees sequence position len(prompt) - 1 + j. Greedy output is the argmax chain of the uncached
 forward (tests/test_llama.py), and equals `transformers`' greedy generate on imported weights.
 """
-from typing import List, Optional, Sequence
+from typing import List, Sequence
 
 import numpy as np
 import mindspore as ms
@@ -88,7 +88,9 @@ def generate(model, prompt: Sequence[int], max_new_tokens: int, temperature: flo
     return out
 
 
-class _Forward(nn.Cell):
+class LmLogits(nn.Cell):
+    """`model.lm_logits` as a Cell of its own, so that graph mode compiles it once per input shape."""
+
     def __init__(self, model):
         super().__init__(auto_prefix=False)
         self.model = model
@@ -101,7 +103,7 @@ def greedy_uncached(model, prompt: Sequence[int], max_new_tokens: int) -> List[i
     """The argmax chain of the full forward over the growing sequence (no cache): generate's reference."""
     ids = [int(i) for i in prompt]
     out: List[int] = []
-    forward = _Forward(model)
+    forward = LmLogits(model)
     for _ in range(max_new_tokens):
         logits = forward(ms.Tensor([ids], ms.int32)).asnumpy()[0, -1]
         out.append(int(np.argmax(logits)))
@@ -117,7 +119,7 @@ def parse_ids(text: str) -> List[int]:
         raise ValueError(f"--prompt-ids {text!r}: expected integers separated by spaces") from None
 
 
-def check_ids(ids: Sequence[int], vocab: int, pad_id: Optional[int] = None) -> None:
+def check_ids(ids: Sequence[int], vocab: int) -> None:
     """ValueError for an id outside the vocabulary."""
     bad = [i for i in ids if not 0 <= i < vocab]
     if bad:

@@ -53,12 +53,14 @@ class Rotary(nn.Cell):
         cos, sin = rotary_tables(max_positions, head_dim, theta)
         self.cos, self.sin = Tensor(cos), Tensor(signed_sin(sin))
 
-    def construct(self, positions):
-        """positions [B, L] int -> (cos, signed sin) [B, 1, L, dk] (see apply_rotary)."""
+    def _lookup(self, positions):
         return (ops.gather(self.cos, positions, 0).expand_dims(1),
                 ops.gather(self.sin, positions, 0).expand_dims(1))
 
+    def construct(self, positions):
+        """positions [B, L] int -> (cos, signed sin) [B, 1, L, dk] (see apply_rotary)."""
+        return self._lookup(positions)
+
     def at_rows(self, positions):
         """One decoding step, a position per row: positions [B] -> (cos, sin) [B, 1, 1, dk]."""
-        rows = positions.reshape(-1, 1)
-        return (ops.gather(self.cos, rows, 0).expand_dims(1), ops.gather(self.sin, rows, 0).expand_dims(1))
+        return self._lookup(positions.reshape(-1, 1))

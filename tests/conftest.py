@@ -88,3 +88,17 @@ def checkpoint_tensors(out, kinds=("weight",), step=None):
 
     root = Path(out) / "checkpoints"
     return _full_weights(*open_verified(root / (f"step_{step}" if step else "latest")), kinds)
+
+
+def step_worker():
+    """tests/launch_scripts/step_worker.py imported as the module `step_worker` (its helpers build the small models
+    and micro-batches the in-process step tests share); graph mode resolves the module of a Cell it compiles by
+    name, so it must be registered under that name."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("step_worker", Path(__file__).parent / "launch_scripts" /
+                                                  "step_worker.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["step_worker"] = module
+    spec.loader.exec_module(module)
+    return module

@@ -14,7 +14,7 @@ import pytest
 import torch  # the dev extra's CPU torch and transformers: the reference (a missing one fails, never skips)
 import transformers
 
-from model.generate import _Forward, generate, greedy_uncached
+from model.generate import LmLogits, generate, greedy_uncached
 from trainer.ckpt import manifest as mf
 from trainer.ckpt.hf import export_hf, import_hf, model_config, to_hf, to_mindrun
 from trainer.ckpt.safetensors_io import TensorFile
@@ -70,7 +70,7 @@ def test_logits_equal_transformers_llama_full_forward_and_cached_decoding(tmp_pa
     tokens = ids((2, 12))
     with torch.no_grad():
         theirs = reference(torch.tensor(tokens, dtype=torch.long)).logits.numpy()
-    ours = _Forward(model)(ms.Tensor(tokens)).asnumpy()
+    ours = LmLogits(model)(ms.Tensor(tokens)).asnumpy()
     assert np.abs(ours - theirs).max() < 1e-4, np.abs(ours - theirs).max()
     assert np.abs(theirs).max() > 1.0  # logits of real size: the comparison is not of zeros
 

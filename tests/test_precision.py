@@ -3,7 +3,6 @@
 The step-level checks run tests/launch_scripts/step_worker.py's helpers in this process
 (standalone) and the same script as a 2-worker job (data_parallel, hybrid).
 """
-import importlib.util
 import json
 import os
 import subprocess
@@ -14,20 +13,14 @@ import mindspore as ms
 import numpy as np
 import pytest
 
+from conftest import step_worker
+
 from model.dropout import Dropout, mask_reference, step_key
 from trainer.config import ConfigError, PrecisionConfig, load_config
 from trainer.precision import LossScaler, ScaleCollapsed, check_precision
 
 SCRIPTS = Path(__file__).parent / "launch_scripts"
 BIN = Path(sys.executable).parent
-
-
-def _worker():
-    spec = importlib.util.spec_from_file_location("step_worker", SCRIPTS / "step_worker.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["step_worker"] = module  # graph mode resolves the module of a Cell it compiles by name
-    spec.loader.exec_module(module)
-    return module
 
 
 # -- configuration ---------------------------------------------------------------------------
@@ -126,7 +119,7 @@ def test_dropout_keys_differ_per_step_and_repeat_and_ranks_draw_their_rows_masks
     keys = {call: step_key(1, call) for call in (0, 1, 1024)}
     assert len(set(keys.values())) == len(keys)  # another mask per call
     assert step_key(1, 1024) == keys[1024]  # a pure function: a resumed run draws the same
-    sites = [c for _, c in _worker().tiny_model(dropout=0.3).cells_and_names() if isinstance(c, Dropout)]
+    sites = [c for _, c in step_worker().tiny_model(dropout=0.3).cells_and_names() if isinstance(c, Dropout)]
     assert len(sites) >= 5 and len({c.salt_offset for c in sites}) == len(sites)  # a salt per site
     whole = mask_reference((64, 256), keys[0], 1, sites[0].threshold)
     halves = [mask_reference((32, 256), keys[0], 1, sites[0].threshold, shard=r) for r in (0, 1)]
@@ -146,7 +139,7 @@ def test_four_micro_batches_update_as_one_batch_of_four(kind, cpu_speedups, tmp_
     from trainer.cpu import CpuSpeedups
 
     ms.set_context(mode=ms.GRAPH_MODE)
-    worker = _worker()
+    worker = step_worker()
     make = worker.padded_micro_batches if kind == "padded" else worker.packed_micro_batches
     updates = [make(seed=seed) for seed in (0, 1)]
     speedups = CpuSpeedups(kernel_dir=tmp_path) if cpu_speedups else None  # fused loss, kernels
@@ -158,7 +151,7 @@ def test_four_micro_batches_update_as_one_batch_of_four(kind, cpu_speedups, tmp_
 @pytest.mark.slow
 def test_accumulation_reduces_once_per_update_and_refuses_too_many_micro_batches():
     ms.set_context(mode=ms.GRAPH_MODE)
-    worker = _worker()
+    worker = step_worker()
     assert worker.count_reductions() == (3, False)  # 3 updates of 4 micro-batches
     _, _, single = worker.build(k=1)
     with pytest.raises(ValueError, match="2 micro-batches .*gradient_accumulation_steps=1"):
@@ -170,7 +163,7 @@ def test_the_learning_rate_set_between_steps_reaches_every_compiled_shape():
     """The update sits in an `if` (skip on overflow); MindSpore kept a host-set rate stale there in
     graphs compiled earlier, so a rate of 0 still moved the weights by the old rate."""
     ms.set_context(mode=ms.GRAPH_MODE)
-    worker = _worker()
+    worker = step_worker()
     a = worker.padded_micro_batches(seed=1, k=2, width=12)
     b = worker.padded_micro_batches(seed=2, k=2, width=16)
     model, _, stepper = worker.build(optimizer="adam")
@@ -189,7 +182,7 @@ def test_the_learning_rate_set_between_steps_reaches_every_compiled_shape():
 @pytest.mark.slow
 def test_an_overflowing_step_is_skipped_whole_and_the_halved_scale_trains():
     ms.set_context(mode=ms.GRAPH_MODE)
-    worker = _worker()
+    worker = step_worker()
     precision = PrecisionConfig(level="O2", dtype="float16", loss_scale="dynamic", initial_scale=2.0 ** 30)
     model, _, stepper = worker.build(precision=precision, optimizer="adam")
     optimizer = stepper.update_step.optimizer
@@ -216,7 +209,7 @@ def test_o1_trains_and_leaves_nothing_in_the_working_directory(tmp_path, monkeyp
     """O1 goes through mindspore.rewrite, which writes generated source to ./rewritten_network."""
     ms.set_context(mode=ms.GRAPH_MODE)
     monkeypatch.chdir(tmp_path)
-    worker = _worker()
+    worker = step_worker()
     model, _, stepper = worker.build(precision=PrecisionConfig(level="O1"))
     before = worker.snapshot([model])
     assert stepper.update(worker.padded_micro_batches(k=1)).finite
@@ -230,7 +223,7 @@ def test_float16_o2_training_follows_float32():
     mean loss of the last 4 steps 0.18 % apart, any step's loss at most 0.27 %, its (unscaled) gradient norm at
     most 0.46 %; the bounds are about 2.5x those. A loss scale left in the gradients would be off by 65536."""
     ms.set_context(mode=ms.GRAPH_MODE)
-    worker = _worker()
+    worker = step_worker()
     batches = worker.padded_micro_batches(seed=2, k=4)
     runs = {}
     for level in ("O0", "O2"):
@@ -253,7 +246,7 @@ def test_float16_o2_updates_follow_float32_with_an_update_linear_in_the_gradient
     runs): gradient norms 2.7e-4 apart (relative), weight changes 1.0e-2 of the largest change (float16 matmuls);
     bounds at 1e-3 and 2.5e-2. A scale left in or divided twice would be off by a factor of 2 or more."""
     ms.set_context(mode=ms.GRAPH_MODE)
-    worker = _worker()
+    worker = step_worker()
     batches = worker.padded_micro_batches(seed=2, k=2)
     runs = {}
     for level in ("O0", "O2"):

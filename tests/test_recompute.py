@@ -4,15 +4,12 @@ Three SGD updates (rate 1, no clipping: the weights move by the gradient itself,
 gradient, or its scale, shows in the weights) with dropout on, in this process; the launched data-parallel and
 tensor-parallel jobs with recompute are in tests/test_parallel_jobs.py.
 """
-import importlib.util
-import sys
-from pathlib import Path
-
 import mindspore as ms
 import numpy as np
 import pytest
 from mindspore import nn
 
+from conftest import step_worker
 from model import build
 from model.config import ModelConfig
 from model.layers import DecoderLayer, EncoderLayer
@@ -22,17 +19,6 @@ from model.tokens import PAD
 from trainer import cpu
 from trainer.build import assemble_step
 from trainer.config import ConfigError, PrecisionConfig, load_config
-
-SCRIPTS = Path(__file__).parent / "launch_scripts"
-
-
-def _worker():
-    spec = importlib.util.spec_from_file_location("step_worker", SCRIPTS / "step_worker.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["step_worker"] = module  # graph mode resolves the module of a Cell it compiles by name
-    spec.loader.exec_module(module)
-    return module
-
 
 def _model(arch: str, recompute: str):
     ms.set_seed(0)
@@ -44,7 +30,7 @@ def _model(arch: str, recompute: str):
 
 def _train(arch, recompute, speedups, precision=PrecisionConfig(), k=1):
     """(per-update gradient norms, final weights) of 3 updates of k micro-batches each."""
-    worker = _worker()
+    worker = step_worker()
     model = cpu.accelerate(_model(arch, recompute), speedups)
     marked = apply_recompute(model, recompute)
     stepper = assemble_step(model, nn.SGD(model.trainable_params(), learning_rate=1.0), 0.1, 0.0,

@@ -59,7 +59,7 @@ def recompute_note(cfg: RunConfig, backend: str) -> Optional[str]:
     """What model.recompute buys on this backend, for the run's first lines (None if nothing to say)."""
     if cfg.model.recompute != "none" and backend.lower() == "cpu":
         return (f"model.recompute={cfg.model.recompute} on the CPU gives the same gradients but saves no memory: "
-                f"MindSpore 2.10's CPU runtime held ~20 % more at its peak and stepped ~20 % slower with it "
+                f"MindSpore 2.10's CPU runtime held 2-5 % more at its peak and stepped up to ~20 % slower with it "
                 f"(bench/README.md); it is meant for Ascend")
     return None
 

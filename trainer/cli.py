@@ -23,12 +23,12 @@ def _trainer_needs() -> Optional[str]:
     if numbers < MINDSPORE_OLDEST:
         return (f"MindSpore {found} is older than {'.'.join(map(str, MINDSPORE_OLDEST))}, the oldest the trainer is "
                 f"tested with; install MindSpore {'.'.join(map(str, MINDSPORE_OLDEST))} or newer")
+    from importlib.util import find_spec
+
     for module, package in (("yaml", "pyyaml"), ("sentencepiece", "sentencepiece"), ("safetensors", "safetensors"),
                             ("sacrebleu", "sacrebleu"), ("tqdm", "tqdm"), ("tensorboardX", "tensorboardX")):
-        try:
-            __import__(module)
-        except ImportError:
-            return f"the trainer needs {package}: `pip install 'mindrun[train]'`"
+        if find_spec(module) is None:  # found, not imported: every worker runs this at start-up, and importing
+            return f"the trainer needs {package}: `pip install 'mindrun[train]'`"  # tensorboardX imports torch
     return None
 
 
@@ -211,8 +211,7 @@ def _generate_or_raise(args) -> int:
                                 f"give --prompt-ids")
     else:
         prompt = [vocab.sp.bos_id()] + vocab.encode(args.prompt) if hasattr(vocab, "sp") else vocab.encode(args.prompt)
-    size = model.embed.embedding_table.shape[0] if hasattr(model.embed, "embedding_table") else len(vocab)
-    check_ids(prompt, size)
+    check_ids(prompt, model.vocab)
     stops = [] if vocab is None or not hasattr(vocab, "sp") or vocab.sp.eos_id() < 0 else [vocab.sp.eos_id()]
     ids = generate(model, prompt, args.max_new_tokens, args.temperature, args.top_p, args.seed,
                    [] if args.prompt_ids is not None else stops)

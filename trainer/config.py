@@ -324,6 +324,19 @@ def resolve_recipe(name_or_path: str) -> Path:
     raise ConfigError(f"no recipe named '{name_or_path}' (recipes: {', '.join(names)}){hint}")
 
 
+def apply_overrides(tree: Dict[str, Any], overrides: Optional[List[str]]) -> Dict[str, Any]:
+    """Set each 'section.key=value' of `overrides` in a config tree; a key no section has is blamed on the
+    command line (`--set ...`). Returns the tree."""
+    for text in overrides or []:
+        key, value = parse_override(text)
+        try:
+            check_key(RunConfig, key)
+        except ConfigError as exc:  # the command line's key, not the recipe's
+            raise ConfigError(f"--set {text}: {exc}") from None
+        set_dotted(tree, key, value)
+    return tree
+
+
 def load_config(recipe: str, overrides: Optional[List[str]] = None) -> RunConfig:
     """Load a recipe (name or path), apply dotted overrides, validate, return the config."""
     path = resolve_recipe(recipe)
@@ -334,13 +347,7 @@ def load_config(recipe: str, overrides: Optional[List[str]] = None) -> RunConfig
     if not isinstance(tree, dict):
         raise ConfigError(f"{path}: a recipe must be a mapping of sections")
     tree.setdefault("name", path.stem)
-    for text in overrides or []:
-        key, value = parse_override(text)
-        try:
-            check_key(RunConfig, key)
-        except ConfigError as exc:  # the command line's key, not the recipe's
-            raise ConfigError(f"--set {text}: {exc}") from None
-        set_dotted(tree, key, value)
+    apply_overrides(tree, overrides)
     try:
         cfg = build(RunConfig, tree)
     except ConfigError as exc:

@@ -21,13 +21,11 @@ from trainer.parallel.context import select_backend
 
 
 def run_dir_of(checkpoint_path: Path) -> Path:
-    """<run>/checkpoints/step_<N> (or best, latest, <run>/checkpoints itself, or a merged
+    """<run>/checkpoints/step_<N> (or best, latest, <run>/checkpoints itself, <run> itself, or a merged
     <run>/checkpoints/x.ckpt) -> <run>; a clear error if the layout is not there."""
     checkpoint_path = Path(checkpoint_path)
     if not checkpoint_path.exists():
         raise FileNotFoundError(f"checkpoint not found: {checkpoint_path}")
-    if (checkpoint_path / "config.yaml").is_file() and (checkpoint_path / "checkpoints").is_dir():
-        return checkpoint_path  # the run directory itself
     run = (checkpoint_path.resolve() if checkpoint_path.is_file() else resolve(checkpoint_path)).parent.parent
     if not (run / "config.yaml").is_file():
         raise FileNotFoundError(
@@ -40,8 +38,6 @@ def load_for_inference(checkpoint_path: Path, average: int = 1) -> Tuple[RunConf
     pointer, checkpoints root, or merged .ckpt file); with `average` > 1, the mean weights of that
     checkpoint and the average - 1 kept before it."""
     run = run_dir_of(checkpoint_path)
-    if Path(checkpoint_path).resolve() == run.resolve():
-        checkpoint_path = run / "checkpoints"
     cfg = config_from_dict(yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")))
     src_vocab, tgt_vocab = load_vocabs(run / "vocab")
     model = build_model(cfg, len(src_vocab), len(tgt_vocab), select_backend())
@@ -59,8 +55,6 @@ def load_language_model(checkpoint_path: Path):
     from trainer.ckpt import manifest as mf
 
     run = run_dir_of(checkpoint_path)
-    if Path(checkpoint_path).resolve() == run.resolve():
-        checkpoint_path = run / "checkpoints"
     cfg = config_from_dict(yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")))
     if cfg.model.arch != "decoder_only":
         raise ValueError(f"{run}: model.arch is {cfg.model.arch}; generate runs decoder-only language models "

@@ -104,11 +104,8 @@ class RunCheckpoints:
         from trainer.ckpt.store import load_tensors
         from trainer.ckpt.tools import open_verified
 
-        path = Path(source)
-        if (path / "checkpoints").is_dir():
-            path = path / "checkpoints"
         try:
-            directory, manifest = open_verified(path)
+            directory, manifest = open_verified(Path(source))  # a run directory resolves to its latest
             load_tensors(list(self.optimizer.parameters), self.store.layout, directory, manifest, kinds=("weight",))
         except (CheckpointError, FileNotFoundError) as exc:
             raise CheckpointError(f"train.init_from={source}: {exc}") from None

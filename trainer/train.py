@@ -248,7 +248,7 @@ class Trainer:
         self.log.close()
         ckpt = self.checkpoints
         peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-        print(f"peak host memory: {peak_mib:,.0f} MiB (rank {self.ctx.rank}; {_resident_mib():,.0f} MiB at the end)",
+        print(f"peak host memory: {peak_mib:,.0f} MiB (rank {self.ctx.rank}; {resident_mib():,.0f} MiB at the end)",
               flush=True)
         summary = {"steps": self.step, "interrupted_by_signal": self.stop_signal, "peak_host_mib": round(peak_mib),
                    "epochs": round(self.step / max(per_epoch, 1), 2),
@@ -259,7 +259,7 @@ class Trainer:
         return summary
 
 
-def _resident_mib() -> float:
+def resident_mib() -> float:
     """This process's resident memory now (0 where /proc is missing)."""
     try:
         with open("/proc/self/statm") as f:

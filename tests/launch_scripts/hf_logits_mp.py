@@ -11,22 +11,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for a plain script run
 
 import mindspore as ms  # noqa: E402
-from mindspore import nn  # noqa: E402
-
-
-class Forward(nn.Cell):
-    def __init__(self, model):
-        super().__init__(auto_prefix=False)
-        self.model = model
-
-    def construct(self, tokens):
-        return self.model.lm_logits(tokens)
 
 
 def main(run: Path, tokens_file: Path, out: Path) -> None:
     import yaml
 
     from model.api import build
+    from model.generate import LmLogits
     from model.parallel.layout import split_axes
     from trainer.ckpt.layout import ShardLayout
     from trainer.ckpt.store import load_tensors
@@ -54,7 +45,7 @@ def main(run: Path, tokens_file: Path, out: Path) -> None:
     load_tensors(list(model.trainable_params()), layout, directory, manifest, kinds=("weight",))
     model.set_train(False)
     tokens = np.load(tokens_file)
-    logits = Forward(model)(ms.Tensor(tokens)).asnumpy()
+    logits = LmLogits(model)(ms.Tensor(tokens)).asnumpy()
     prompt, rest = tokens[:, :5], tokens[:, 5:]
     bias, pk, pv, sk, sv = model.start_decoding(ms.Tensor(prompt[:, :-1]), rest.shape[1])
     token, steps = prompt[:, -1:], []

@@ -3,23 +3,16 @@ tests/test_ascend_ops.py, which runs this with MS_DEV_SAVE_GRAPHS set and reads 
 
     python ir_of_step.py ARCH
 """
-import importlib.util
 import sys
-from pathlib import Path
 
 import mindspore as ms
 from mindspore import nn
 
+import step_worker as worker  # beside this script (a script's directory is on sys.path), as `step_worker`
 from model import build
 from model.config import ModelConfig
 from model.tokens import PAD
 from trainer.build import assemble_step
-
-HERE = Path(__file__).parent
-spec = importlib.util.spec_from_file_location("step_worker", HERE / "step_worker.py")
-worker = importlib.util.module_from_spec(spec)
-sys.modules["step_worker"] = worker  # graph mode resolves the module of a Cell it compiles by name
-spec.loader.exec_module(worker)
 
 ms.set_context(mode=ms.GRAPH_MODE)
 ms.set_seed(0)

@@ -179,7 +179,7 @@ def import_hf(hf_dir: Path, out: Path, recipe: Optional[str] = None, dp: int = 1
               overrides: Optional[List[str]] = None, progress=None) -> Path:
     """Write a run directory `out` from Hugging Face directory `hf_dir` (module docstring); returns the step dir."""
     from model.size import decoder_only_parameters
-    from trainer.config import config_from_dict, load_config
+    from trainer.config import apply_overrides, config_from_dict, load_config
 
     hf_dir, out = Path(hf_dir), Path(out)
     if not (hf_dir / "config.json").is_file():
@@ -203,7 +203,7 @@ def import_hf(hf_dir: Path, out: Path, recipe: Optional[str] = None, dp: int = 1
     tree["train"]["out_dir"] = str(out)
     cfg = config_from_dict(tree)
     if overrides:
-        cfg = config_from_dict(_apply(cfg.to_dict(), overrides))
+        cfg = config_from_dict(apply_overrides(cfg.to_dict(), overrides))
     from trainer.parallel.plan import make_plan
 
     make_plan(cfg, dp * mp, "CPU", vocab_size=int(hf["vocab_size"]), for_execution=False)  # heads and vocabulary split by mp, else an error
@@ -278,15 +278,6 @@ def _producer(f: TensorFile, name: str, axis: Optional[int], span, progress):
     return produce
 
 
-def _apply(tree: Dict, overrides: List[str]) -> Dict:
-    from trainer.typed_yaml import parse_override, set_dotted
-
-    for item in overrides:
-        key, value = parse_override(item)
-        set_dotted(tree, key, value)
-    return tree
-
-
 # -- export -------------------------------------------------------------------------------------------
 def export_hf(step: Path, out: Path, dtype: str = "float32", max_shard_bytes: int = 2 * 2 ** 30,
               progress=None) -> Path:
@@ -331,10 +322,8 @@ def export_hf(step: Path, out: Path, dtype: str = "float32", max_shard_bytes: in
         for i, group in enumerate(groups):
             file = "model.safetensors" if len(groups) == 1 else f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors"
 
-            def produce(name=None):
-                return lambda: _report(reader.read(name), progress, name)
-
-            write_streamed(out / file, [(names[n], tuple(weights[n]["shape"]), code, produce(n)) for n in group],
+            write_streamed(out / file, [(names[n], tuple(weights[n]["shape"]), code,
+                                         lambda n=n: _report(reader.read(n), progress, n)) for n in group],
                            {"format": "pt"})
             for n in group:
                 weight_map[names[n]] = file

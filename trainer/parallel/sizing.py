@@ -45,8 +45,7 @@ class Memory:
         return {"none": self.activations, "selective": self.activations_selective,
                 "full": self.activations_recompute}[recompute]
 
-    def total(self, optimizer_shard: bool = False, recompute="none") -> float:
-        recompute = {False: "none", True: "full"}.get(recompute, recompute)
+    def total(self, optimizer_shard: bool = False, recompute: str = "none") -> float:
         return (self.weights + self.gradients + (self.optimizer_sharded if optimizer_shard else self.optimizer)
                 + self.activations_with(recompute))
 
