@@ -21,8 +21,9 @@ DEFAULT_DATA = REPO.parent / "shared" / "data" / "multi30k"
 # Files in order of their measured time (tests/README.md, "Suite time"), run first: the two pytest-xdist workers
 # (setup.cfg: -n 2 --dist loadfile) each start on a long file and fill in with the short ones. Unlisted files follow.
 LONGEST_FIRST = ["test_parallel_jobs.py", "test_precision.py", "test_end_to_end.py", "test_launcher_jobs.py",
-                 "test_decoding.py", "test_llama.py", "test_cpu_backward.py", "test_kill_trials.py", "test_packing.py",
-                 "test_launcher_hardening.py", "test_parallel_plan.py", "test_compile_once.py"]
+                 "test_decoding.py", "test_llama.py", "test_lm_training.py", "test_cpu_backward.py",
+                 "test_kill_trials.py", "test_packing.py", "test_prepared_pairs.py", "test_launcher_hardening.py",
+                 "test_parallel_plan.py", "test_compile_once.py"]
 
 
 def pytest_collection_modifyitems(items):

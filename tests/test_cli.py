@@ -21,7 +21,7 @@ def test_cli_surface_does_not_drift():
     assert surface() == {
         "train": sorted(["--config", "--data-dir", "--set", "--resume", "-h", "--help"]),
         "evaluate": sorted(["--checkpoint", "--beam", "--length-penalty", "--batch-size", "--average", "--split",
-                            "--data-dir", "--output", "-h", "--help"]),
+                            "--data-dir", "--data", "--output", "-h", "--help"]),
         "translate": sorted(["--checkpoint", "--beam", "--length-penalty", "--batch-size", "--average", "-h", "--help"]),
         "plan": sorted(["--config", "--set", "--world-size", "--backend", "--vocab-size", "--cluster", "--strategies", "-h",
                         "--help"]),

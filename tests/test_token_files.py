@@ -147,3 +147,56 @@ def test_a_corpus_larger_than_the_memory_it_may_use_streams(tmp_path):
     size = big.stat().st_size / 2 ** 20
     assert size > 25 and peaks["big"] - peaks["small"] < size / 3, (size, peaks)
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss > 0
+
+
+def test_jsonl_prepared_reads_back_as_the_tokenizers_ids(prepared, tmp_path):
+    root, docs, done = prepared
+    lines = [json.dumps({"id": i, "body": d}) for i, d in enumerate(docs[:50])]
+    (tmp_path / "d.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    model = done.directory / "tokenizer.model"
+    out = prepare([tmp_path / "d.jsonl"], tmp_path / "p", tokenizer=model, input_format="jsonl", field="body",
+                  workers=1).directory
+    sp = spm.SentencePieceProcessor(model_file=str(model))
+    tokens, index = np.fromfile(out / "tokens.bin", "<u2"), np.load(out / "index.npy")
+    assert [tokens[index[i]:index[i + 1]].tolist() for i in range(50)] == [ids + [3] for ids in sp.encode(docs[:50])]
+
+
+def _flip(path: Path, offset: int) -> None:
+    raw = bytearray(path.read_bytes())
+    raw[offset] ^= 0x01
+    path.write_bytes(bytes(raw))
+
+
+def test_a_flipped_byte_in_a_token_file_is_caught_at_load(prepared, tmp_path):
+    import shutil
+
+    _, _, done = prepared
+    copy = tmp_path / "copy"
+    shutil.copytree(done.directory, copy)
+    TokenDataset(copy, 16)  # intact: loads
+    _flip(copy / "tokens.bin", 1001)
+    with pytest.raises(PrepareError, match=r"tokens.bin: bytes 0-.* do not match their checksum"):
+        TokenDataset(copy, 16)
+    shutil.copy2(done.directory / "tokens.bin", copy / "tokens.bin")
+    _flip(copy / "index.npy", 200)
+    with pytest.raises(PrepareError, match="index.npy does not match its checksum"):
+        TokenDataset(copy, 16)
+
+
+def test_a_large_token_file_is_verified_chunk_by_chunk_before_each_first_read(prepared, tmp_path, monkeypatch):
+    """Files above VERIFY_AT_LOAD_BYTES open without reading them whole; a sample is checked before it is used."""
+    import trainer.data.token_files as tf
+
+    root, _, done = prepared
+    monkeypatch.setattr(tf, "CHUNK_BYTES", 256)
+    out = prepare([root / "a.txt"], tmp_path / "p", tokenizer=done.directory / "tokenizer.model", workers=1).directory
+    assert len(json.loads((out / "manifest.json").read_text())["tokens_sha256_chunks"]) > 10
+    monkeypatch.setattr(tf, "VERIFY_AT_LOAD_BYTES", 0)
+    _flip(out / "tokens.bin", 256 * 5 + 7)  # chunk 5: ids 640-767
+    data = TokenDataset(out, 16)
+    assert not data.verified.any()
+    data.sample(0)
+    data.sample(60)  # ids 960-976: chunk 7
+    assert data.verified.sum() == 2
+    with pytest.raises(PrepareError, match="bytes 1,280-1,536 do not match"):
+        data.sample(41)  # ids 656-672

@@ -72,10 +72,16 @@ def _train(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from trainer.evaluate import evaluate, print_scores
+    from trainer.evaluate import evaluate, evaluate_lm, print_scores
+    from trainer.run_dir import run_config
 
-    result = evaluate(args.checkpoint, args.split, args.beam, args.length_penalty, args.batch_size,
-                      args.data_dir, args.output, average=args.average)
+    data = run_config(args.checkpoint).data
+    if data.objective == "causal_lm":
+        result = evaluate_lm(args.checkpoint, args.split or "valid", args.data, args.average)
+    else:
+        split = args.split or ("valid" if data.source == "tokens" else "test")
+        result = evaluate(args.checkpoint, split, args.beam, args.length_penalty, args.batch_size,
+                          args.data_dir, args.output, average=args.average, data=args.data)
     print_scores(result)
     return 0
 
@@ -226,14 +232,15 @@ def _data(args) -> int:
     from trainer.config import ConfigError
     from trainer.data.token_files import PrepareError, prepare
 
-    with _progress("documents") as bar:
+    pairs = args.format in ("parallel", "tsv")
+    with _progress("sentences, both sides" if pairs else "documents") as bar:
         try:
             done = prepare(args.inputs, args.out, args.tokenizer, args.vocab_size, args.format, args.field,
                            args.workers, progress=bar.update)
         except PrepareError as exc:
             raise ConfigError(str(exc)) from None
     verb = "already prepared (same sources and tokenizer)" if done.skipped else "wrote"
-    print(f"{verb} {done.directory}: {done.documents:,} documents, {done.tokens:,} tokens")
+    print(f"{verb} {done.directory}: {done.documents:,} {'pairs' if pairs else 'documents'}, {done.tokens:,} tokens")
     return 0
 
 
@@ -296,9 +303,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "(same as --set train.resume=auto)")
     p.set_defaults(func=_train)
 
-    p = sub.add_parser("evaluate", help="BLEU/chrF of a checkpoint on a Multi30k split")
+    p = sub.add_parser("evaluate", help="BLEU/chrF of a checkpoint on a Multi30k split, or a language model's "
+                                        "perplexity")
     _decoding_options(p)
-    p.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    p.add_argument("--split", choices=["train", "valid", "test"],
+                   help="default: test on Multi30k; valid for runs on prepared data (their data.valid; train: "
+                        "data.train)")
+    p.add_argument("--data", help="a prepared corpus to score instead (`mindrun data prepare` with the run's "
+                                  "tokenizer): documents for a causal_lm run, pairs for translation")
     p.add_argument("--data-dir", help="directory with the Multi30k .gz files")
     p.add_argument("--output", type=Path, help="also write the translations here")
     p.set_defaults(func=_evaluate)
@@ -347,18 +359,20 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--max-shard-gb", type=float, default=2.0, help="largest safetensors file (GiB)")
     p.set_defaults(func=_ckpt)
 
-    p = sub.add_parser("data", help="prepare your own corpus: tokenize it once into memory-mapped token files")
+    p = sub.add_parser("data", help="prepare your own corpus: tokenize it once into indexed token files")
     actions = p.add_subparsers(dest="action", required=True)
     a = actions.add_parser("prepare", help="tokenize text files into DIR (tokens.bin, index.npy, manifest.json)")
-    a.add_argument("inputs", nargs="+", type=Path, help="text or JSONL files")
+    a.add_argument("inputs", nargs="+", type=Path, help="text or JSONL files; parallel: SOURCE TARGET")
     a.add_argument("--out", type=Path, required=True, help="the prepared directory to write")
     a.add_argument("--tokenizer", type=Path, help="a sentencepiece .model to encode with")
     a.add_argument("--vocab-size", type=int, help="instead of --tokenizer: train a BPE model of this size on a "
                    "sample of the corpus")
-    a.add_argument("--format", default="lines", choices=["lines", "blank_lines", "jsonl"],
-                   help="one document per line (default), blank-line separated documents, or JSON lines")
+    a.add_argument("--format", default="lines", choices=["lines", "blank_lines", "jsonl", "parallel", "tsv"],
+                   help="documents (a language model): one per line (default), blank-line separated, or JSON "
+                        "lines; sentence pairs (translation): two line-aligned files (parallel) or "
+                        "source<TAB>target lines (tsv)")
     a.add_argument("--field", default="text", help="the JSONL field holding the text (default: text)")
-    a.add_argument("--workers", type=int, help="encoding processes (default: the CPU count)")
+    a.add_argument("--workers", type=int, help="encoding threads (default: the CPU count)")
     p.set_defaults(func=_data)
 
     p = sub.add_parser("generate", help="continue a prompt with a decoder-only model (key/value cache)")
@@ -409,11 +423,12 @@ def _main(argv: Optional[List[str]] = None) -> int:
     from trainer.checkpoint import CheckpointError  # imports MindSpore: not needed by the launcher's subcommands
     from trainer.config import ConfigError
     from trainer.data.multi30k import DataError
+    from trainer.data.token_files import PrepareError
     from trainer.precision import ScaleCollapsed
 
     try:
         return args.func(args)
-    except (ConfigError, DataError, CheckpointError, FileNotFoundError, FileExistsError) as exc:
+    except (ConfigError, DataError, PrepareError, CheckpointError, FileNotFoundError, FileExistsError) as exc:
         print(f"mindrun {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except ScaleCollapsed as exc:  # the run itself failed: not a usage error

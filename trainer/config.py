@@ -6,6 +6,7 @@ it. A loaded config is frozen: every override (command line, restart) is applied
 """
 import dataclasses
 import difflib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
@@ -20,8 +21,19 @@ RECIPES_DIR = Path(__file__).parent / "recipes"
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Where Multi30k comes from, how it is tokenized and batched."""
+    """What the run trains on (Multi30k, or corpora prepared by `mindrun data prepare`), how it is tokenized
+    and batched."""
 
+    # multi30k: the translation dataset (dir / $MINDRUN_DATA_DIR / download), tokenized here; tokens: prepared
+    # directories (`mindrun data prepare`, trainer/data/token_files.py) named by data.train and data.valid;
+    # auto: tokens when data.train or data.valid is set, else multi30k
+    source: str = "auto"
+    train: Optional[str] = None  # data.source=tokens: the prepared training corpus
+    valid: Optional[str] = None  # data.source=tokens: the prepared validation corpus (same tokenizer)
+    # translation (source -> target pairs) | causal_lm (next-token prediction on data.source=tokens, rows of
+    # data.pack_length ids packed from consecutive documents, attention inside each; model.arch=decoder_only);
+    # auto: translation for pairs (data.train prepared from parallel text) or Multi30k, causal_lm for documents
+    objective: str = "auto"
     dir: Optional[str] = None  # local directory with the .gz files; else $MINDRUN_DATA_DIR; else download
     cache_dir: Optional[str] = None  # default: $MINDRUN_CACHE_DIR or ~/.cache/mindrun
     src_lang: str = "de"
@@ -34,8 +46,8 @@ class DataConfig:
     buckets: List[int] = field(default_factory=lambda: [12, 16, 20, 24, 32, 48, 64, 128])
     packing: bool = False  # several pairs a row in one [max_tokens // pack_length, pack_length] shape
     pack_length: int = 64  # row length when packing; longer pairs are cut to it
-    train_limit: Optional[int] = None  # use only the first N training pairs (tests, smoke runs)
-    valid_limit: Optional[int] = None
+    train_limit: Optional[int] = None  # use only the first N training pairs (causal_lm: samples; tests, smoke runs)
+    valid_limit: Optional[int] = None  # the first N validation pairs (causal_lm: samples)
 
 
 @dataclass(frozen=True)
@@ -65,7 +77,8 @@ class TrainConfig:
     time_budget_minutes: Optional[float] = None  # stop (after a final evaluation) when spent
     eval_every: int = 500  # validate every N steps (0: never mid-epoch); always at the end of an epoch
     log_every: int = 20
-    best_metric: str = "bleu"  # bleu | loss (on the validation split only)
+    # auto (bleu for translation, ppl for causal_lm) | bleu | loss | ppl (on the validation split only)
+    best_metric: str = "auto"
     progress: bool = True  # tqdm bar
     # peak dense TFLOP/s of one device, for the logged model FLOPs utilisation (trainer/mfu.py); default:
     # $MINDRUN_DEVICE_PEAK_TFLOPS, set by `mindrun launch --cluster` from the file's device_peak_tflops
@@ -174,6 +187,38 @@ class RunConfig:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     precision: PrecisionConfig = field(default_factory=PrecisionConfig)
 
+    def best_metric(self) -> str:
+        """train.best_metric with auto resolved: bleu for translation, ppl for causal_lm."""
+        if self.train.best_metric != "auto":
+            return self.train.best_metric
+        return "ppl" if self.data.objective == "causal_lm" else "bleu"
+
+    def _validate_source(self) -> None:
+        data = self.data
+        _choice("data.source", data.source, ("auto", "multi30k", "tokens"))
+        _choice("data.objective", data.objective, ("auto", "translation", "causal_lm"))
+        if data.source != "tokens":  # tokens: documents or pairs, checked against the files when they are read
+            if data.objective == "causal_lm":
+                raise ConfigError("data.objective=causal_lm reads prepared token files: set data.train and "
+                                  "data.valid (directories made by `mindrun data prepare`)")
+            if data.train or data.valid:
+                raise ConfigError("data.train and data.valid name prepared corpora, read only with "
+                                  "data.source=tokens")
+        if data.objective == "causal_lm":
+            if self.model.arch != "decoder_only":
+                raise ConfigError(f"data.objective=causal_lm trains a language model: set model.arch=decoder_only "
+                                  f"(got {self.model.arch})")
+            if self.train.best_metric == "bleu":
+                raise ConfigError("train.best_metric=bleu scores translations; a causal_lm run is chosen by ppl "
+                                  "(or loss): set train.best_metric=ppl or auto")
+            _positive("data.pack_length", data.pack_length, minimum=2)
+            if data.pack_length > self.model.max_positions:
+                raise ConfigError(f"data.pack_length ({data.pack_length}) exceeds model.max_positions "
+                                  f"({self.model.max_positions}); lower data.pack_length or raise model.max_positions")
+            if data.max_tokens < data.pack_length:
+                raise ConfigError(f"data.max_tokens ({data.max_tokens}) is smaller than data.pack_length "
+                                  f"({data.pack_length}): a batch must hold one row; raise data.max_tokens")
+
     def validate(self) -> None:
         """Check values that types alone cannot; raise ConfigError naming the key."""
         try:
@@ -182,7 +227,8 @@ class RunConfig:
             raise ConfigError(str(exc)) from None
         _choice("data.tokenizer", self.data.tokenizer, ("bpe", "unigram", "word"))
         _choice("optim.schedule", self.optim.schedule, ("inverse_sqrt", "cosine"))
-        _choice("train.best_metric", self.train.best_metric, ("bleu", "loss"))
+        _choice("train.best_metric", self.train.best_metric, ("auto", "bleu", "loss", "ppl"))
+        self._validate_source()
         if self.data.src_lang == self.data.tgt_lang:
             raise ConfigError("data.src_lang and data.tgt_lang must differ")
         for lang in ("src_lang", "tgt_lang"):
@@ -190,28 +236,29 @@ class RunConfig:
         buckets = self.data.buckets
         if not buckets or sorted(set(buckets)) != buckets or buckets[0] < 2:
             raise ConfigError(f"data.buckets must be strictly increasing lengths >= 2, got {buckets}")
-        # a decoder-only model reads source and target as one sequence: each side gets half the positions
-        joint = self.model.arch == "decoder_only"
-        side = self.model.max_positions // 2 if joint else self.model.max_positions
-        why = " (half of it: model.arch=decoder_only puts source and target in one sequence)" if joint else ""
-        if buckets[-1] > side:
-            raise ConfigError(
-                f"data.buckets goes up to {buckets[-1]} but model.max_positions is "
-                f"{self.model.max_positions}{why}; raise model.max_positions or lower the last bucket")
-        if self.data.max_tokens < buckets[-1]:
-            raise ConfigError(
-                f"data.max_tokens ({self.data.max_tokens}) is smaller than the longest bucket "
-                f"({buckets[-1]}): no batch could hold one sentence; raise data.max_tokens")
-        if self.data.packing:
-            _positive("data.pack_length", self.data.pack_length, minimum=2)
-            if self.data.pack_length > side:
+        if self.data.objective != "causal_lm":  # causal_lm rows: _validate_source
+            # a decoder-only model reads source and target as one sequence: each side gets half the positions
+            joint = self.model.arch == "decoder_only"
+            side = self.model.max_positions // 2 if joint else self.model.max_positions
+            why = " (half of it: model.arch=decoder_only puts source and target in one sequence)" if joint else ""
+            if buckets[-1] > side:
                 raise ConfigError(
-                    f"data.pack_length ({self.data.pack_length}) exceeds model.max_positions "
-                    f"({self.model.max_positions}){why}; lower data.pack_length or raise model.max_positions")
-            if self.data.max_tokens < self.data.pack_length:
+                    f"data.buckets goes up to {buckets[-1]} but model.max_positions is "
+                    f"{self.model.max_positions}{why}; raise model.max_positions or lower the last bucket")
+            if self.data.max_tokens < buckets[-1]:
                 raise ConfigError(
-                    f"data.max_tokens ({self.data.max_tokens}) is smaller than data.pack_length "
-                    f"({self.data.pack_length}): a batch must hold one row; raise data.max_tokens")
+                    f"data.max_tokens ({self.data.max_tokens}) is smaller than the longest bucket "
+                    f"({buckets[-1]}): no batch could hold one sentence; raise data.max_tokens")
+            if self.data.packing:
+                _positive("data.pack_length", self.data.pack_length, minimum=2)
+                if self.data.pack_length > side:
+                    raise ConfigError(
+                        f"data.pack_length ({self.data.pack_length}) exceeds model.max_positions "
+                        f"({self.model.max_positions}){why}; lower data.pack_length or raise model.max_positions")
+                if self.data.max_tokens < self.data.pack_length:
+                    raise ConfigError(
+                        f"data.max_tokens ({self.data.max_tokens}) is smaller than data.pack_length "
+                        f"({self.data.pack_length}): a batch must hold one row; raise data.max_tokens")
         _positive("data.vocab_size", self.data.vocab_size, minimum=100)
         _positive("data.min_freq", self.data.min_freq)
         for key in ("train_limit", "valid_limit"):
@@ -352,12 +399,32 @@ def load_config(recipe: str, overrides: Optional[List[str]] = None) -> RunConfig
         cfg = build(RunConfig, tree)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+    cfg = _resolve_auto(cfg)
     cfg.validate()
     return cfg
 
 
 def config_from_dict(tree: Dict[str, Any]) -> RunConfig:
     """Rebuild a saved config (from a run directory) and validate it."""
-    cfg = build(RunConfig, tree)
+    cfg = _resolve_auto(build(RunConfig, tree))
     cfg.validate()
     return cfg
+
+
+def _prepared_kind(path: Optional[str]) -> Optional[str]:
+    """What a prepared directory holds (documents or pairs), or None where it cannot be read (yet)."""
+    try:
+        return json.loads((Path(path).expanduser() / "manifest.json").read_text()).get("kind")
+    except (TypeError, OSError, ValueError, AttributeError):
+        return None
+
+
+def _resolve_auto(cfg: RunConfig) -> RunConfig:
+    """data.source and data.objective with auto decided (module docs of DataConfig), so that the saved config
+    and every reader see what ran."""
+    data = cfg.data
+    source = data.source if data.source != "auto" else ("tokens" if data.train or data.valid else "multi30k")
+    objective = data.objective
+    if objective == "auto":
+        objective = "causal_lm" if source == "tokens" and _prepared_kind(data.train) != "pairs" else "translation"
+    return dataclasses.replace(cfg, data=dataclasses.replace(data, source=source, objective=objective))

@@ -49,6 +49,54 @@ class Corpus:
                 shutil.copy2(f, dest / f.name)
 
 
+@dataclass
+class PreparedPairs(Corpus):
+    """Parallel text prepared by `mindrun data prepare --format parallel|tsv`: its one tokenizer is vocab_dir's
+    tokenizer.model (the training corpus directory)."""
+
+    def copy_vocab_to(self, dest: Path) -> None:
+        dest.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(self.vocab_dir / "tokenizer.model", dest / "joint.model")
+
+
+def pairs_as_text(vocab, src, tgt) -> List[Tuple[str, str]]:
+    """Prepared pairs decoded back to text (references for BLEU, input for the translator)."""
+    return [(vocab.decode(list(map(int, s))), vocab.decode(list(map(int, t)))) for s, t in zip(src, tgt)]
+
+
+def prepare_pairs(cfg: DataConfig) -> PreparedPairs:
+    """The prepared parallel corpora data.train and data.valid (one tokenizer); the training side is read from
+    its memory-mapped files on demand, the validation side held as lists with its text decoded."""
+    from trainer.data.token_files import PrepareError, open_pairs
+    from trainer.data.tokenizer import SentencePieceVocab
+
+    opened = {}
+    for key in ("train", "valid"):
+        path = getattr(cfg, key)
+        if not path:
+            raise PrepareError(f"data.source=tokens needs data.{key}: a directory made by `mindrun data prepare` "
+                               f"(--set data.{key}=PATH)")
+        try:
+            opened[key] = open_pairs(Path(path).expanduser())
+        except (PrepareError, OSError, KeyError) as exc:
+            raise PrepareError(f"data.{key}={path}: {exc}") from None
+    if opened["train"][0]["tokenizer"]["sha256"] != opened["valid"][0]["tokenizer"]["sha256"]:
+        raise PrepareError(f"data.train ({cfg.train}) and data.valid ({cfg.valid}) were prepared with different "
+                           f"tokenizers; prepare the validation pairs with --tokenizer "
+                           f"{Path(cfg.train) / 'tokenizer.model'}")
+    train_dir = Path(cfg.train).expanduser()
+    vocab = SentencePieceVocab(train_dir / "tokenizer.model")
+    _, src, tgt = opened["train"]
+    if cfg.train_limit and cfg.train_limit < len(src):
+        src, tgt = [src[i] for i in range(cfg.train_limit)], [tgt[i] for i in range(cfg.train_limit)]
+    _, vsrc, vtgt = opened["valid"]
+    count = min(len(vsrc), cfg.valid_limit) if cfg.valid_limit else len(vsrc)
+    vsrc = [list(map(int, vsrc[i])) for i in range(count)]
+    vtgt = [list(map(int, vtgt[i])) for i in range(count)]
+    splits = {"train": Split([], src, tgt), "valid": Split(pairs_as_text(vocab, vsrc, vtgt), vsrc, vtgt)}
+    return PreparedPairs(splits, vocab, vocab, train_dir)
+
+
 def _encode(vocab, sentences: Sequence[str]) -> List[List[int]]:
     if hasattr(vocab, "encode_batch"):
         return vocab.encode_batch(sentences)

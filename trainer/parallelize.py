@@ -26,7 +26,7 @@ from mindspore import nn, ops
 from model.parallel.layout import apply_hybrid, apply_semi_auto
 from model.parallel.mappings import all_gather_works
 from trainer.parallel.context import ParallelContext
-from trainer.parallel.data import shard_rows
+from trainer.parallel.data import RankRows, shard_rows
 from trainer.parallel.plan import FLAT_LIMIT_BYTES
 
 if TYPE_CHECKING:
@@ -133,8 +133,17 @@ class Parallelized:
         return ops.AllReduce(ops.ReduceOp.SUM, self.mp_group) if self.mp_group and self.shard_axis else None
 
     def local_rows(self, arrays: Sequence[np.ndarray]) -> Tuple[np.ndarray, ...]:
-        """This rank's part of a collated global batch."""
-        return tuple(arrays) if self.full_batch or self.ctx is None else shard_rows(arrays, self.ctx)
+        """This rank's part of a collated global batch (a RankRows batch is that already)."""
+        if isinstance(arrays, RankRows) or self.full_batch or self.ctx is None:
+            return tuple(arrays)
+        return shard_rows(arrays, self.ctx)
+
+    def row_share(self) -> Tuple[int, int]:
+        """(shares, this rank's share) of a global batch's rows that this rank feeds its step: (1, 0) when every
+        rank takes the whole batch (standalone, semi_auto)."""
+        if self.full_batch or self.ctx is None or self.dp_group is None:
+            return 1, 0
+        return self.ctx.plan.data_parallel, self.ctx.dp_rank
 
 
 def _auto_parallel(optimizer_shard: bool) -> Callable[[nn.Cell], nn.Cell]:

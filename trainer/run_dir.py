@@ -33,12 +33,18 @@ def run_dir_of(checkpoint_path: Path) -> Path:
     return run
 
 
+def run_config(checkpoint_path: Path) -> RunConfig:
+    """The configuration of the run a checkpoint belongs to."""
+    run = run_dir_of(checkpoint_path)
+    return config_from_dict(yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")))
+
+
 def load_for_inference(checkpoint_path: Path, average: int = 1) -> Tuple[RunConfig, nn.Cell, object, object]:
     """(config, model with weights, source vocab, target vocab) from a checkpoint (step directory,
     pointer, checkpoints root, or merged .ckpt file); with `average` > 1, the mean weights of that
     checkpoint and the average - 1 kept before it."""
     run = run_dir_of(checkpoint_path)
-    cfg = config_from_dict(yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")))
+    cfg = run_config(checkpoint_path)
     src_vocab, tgt_vocab = load_vocabs(run / "vocab")
     model = build_model(cfg, len(src_vocab), len(tgt_vocab), select_backend())
     if average > 1:
@@ -55,7 +61,7 @@ def load_language_model(checkpoint_path: Path):
     from trainer.ckpt import manifest as mf
 
     run = run_dir_of(checkpoint_path)
-    cfg = config_from_dict(yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")))
+    cfg = run_config(checkpoint_path)
     if cfg.model.arch != "decoder_only":
         raise ValueError(f"{run}: model.arch is {cfg.model.arch}; generate runs decoder-only language models "
                          f"(use mindrun translate for the encoder-decoder)")

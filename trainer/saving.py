@@ -112,7 +112,7 @@ class RunCheckpoints:
         return directory
 
     def improves(self, value: float) -> bool:
-        """Whether a validation value beats the best so far (higher BLEU, or lower loss)."""
+        """Whether a validation value beats the best so far (higher BLEU, or lower loss or perplexity)."""
         if self.best_value is None:
             return True
         return value > self.best_value if self.best_metric == "bleu" else value < self.best_value

@@ -20,6 +20,7 @@ import mindspore as ms
 from mindspore import nn, ops
 
 from model.dropout import step_key
+from trainer.parallel.data import RankRows
 
 _hyper_map = ops.HyperMap()
 
@@ -227,6 +228,12 @@ def _numpy(array) -> np.ndarray:
     return array.asnumpy() if isinstance(array, ms.Tensor) else np.asarray(array)
 
 
+def _batch_numpy(batch: Sequence) -> tuple:
+    """A batch's arrays as numpy (a RankRows batch stays one, with its global target count)."""
+    arrays = tuple(map(_numpy, batch))
+    return RankRows(arrays, batch.global_targets) if isinstance(batch, RankRows) else arrays
+
+
 class Stepper:
     """The host side of an optimizer step: k global micro-batches in, one update, the scale kept.
 
@@ -277,8 +284,9 @@ class Stepper:
         if len(micro_batches) > 1 and self.micro_step is None:
             raise ValueError(f"{len(micro_batches)} micro-batches for one update, but the step was built "
                              f"without gradient accumulation (train.gradient_accumulation_steps=1)")
-        micro_batches = [tuple(_numpy(a) for a in batch) for batch in micro_batches]
-        n_tokens = float(sum(int((batch[2] != self.pad_id).sum()) for batch in micro_batches))
+        n_tokens = float(sum(batch.global_targets if isinstance(batch, RankRows) else
+                             int((_numpy(batch[2]) != self.pad_id).sum()) for batch in micro_batches))
+        micro_batches = [_batch_numpy(b) for b in micro_batches]
         denominator = ms.Tensor(max(n_tokens, 1.0), ms.float32)
         scale_used = self.scaler.scale
         scale = ms.Tensor(scale_used, ms.float32)

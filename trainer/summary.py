@@ -47,7 +47,7 @@ def describe(summary: Dict) -> List[str]:
                       " (MFU: set train.device_peak_tflops, or device_peak_tflops in the cluster file)"))
     best = summary.get("best") or {}
     if best:
-        scores = ", ".join(f"{k} {v:.2f}" for k, v in best.items() if k in ("bleu", "loss") and v is not None)
+        scores = ", ".join(f"{k} {v:.2f}" for k, v in best.items() if k in ("bleu", "loss", "ppl") and v is not None)
         lines.append(f"best validation: {scores} at step {best.get('step'):,}")
     lines.append(f"checkpoints: best {_pointer(summary.get('best_checkpoint'))}")
     lines.append(f"             last {_pointer(summary.get('last_checkpoint'))}")

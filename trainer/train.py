@@ -8,7 +8,7 @@ import json
 import os
 import resource
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import mindspore as ms
 import numpy as np
@@ -22,7 +22,8 @@ from trainer.compile_cache import use_compile_cache
 from trainer.config import RunConfig
 from trainer.data.batching import TokenBatcher, collate
 from trainer.data.packing import PackedBatcher, collate_packed, side_lengths
-from trainer.dataset import Corpus, Split, prepare
+from trainer.data.lm import LmBatcher, LmCorpus, prepare_lm
+from trainer.dataset import Corpus, Split, prepare, prepare_pairs
 from trainer.loop_tools import ThroughputWindow, catch_signals, prefetch, seed_everything
 from trainer.metrics import MetricsLog
 from trainer.mfu import ModelFlops
@@ -35,7 +36,7 @@ from trainer.saving import RunCheckpoints
 from trainer.schedule import learning_rate
 from trainer.startup import StartupClock
 from trainer.step import StepResult
-from trainer.validation import Validator
+from trainer.validation import LmValidator, Validator
 
 
 def training_batches(cfg: RunConfig, split: Split):
@@ -50,21 +51,29 @@ def training_batches(cfg: RunConfig, split: Split):
 class Trainer:
     """Owns the built model and step and the bookkeeping of one training run (one rank of it)."""
 
-    def __init__(self, cfg: RunConfig, corpus: Corpus, ctx: ParallelContext, startup: Optional[StartupClock] = None):
+    def __init__(self, cfg: RunConfig, corpus: Union[Corpus, LmCorpus], ctx: ParallelContext,
+                 startup: Optional[StartupClock] = None):
         self.cfg, self.corpus, self.ctx = cfg, corpus, ctx
         self.startup = startup  # closed phase by phase up to the first update, then logged
         self.run_dir = cfg.run_dir()
-        self.train_split = corpus.splits["train"]
         built = build_training(cfg, ctx, len(corpus.src_vocab), len(corpus.tgt_vocab))
         self.model, self.parallel, self.optimizer, self.stepper = built.model, built.parallel, built.optimizer, built.step
         if hasattr(self.optimizer, "state_elements"):  # parallel.optimizer_shard (trainer/parallel/zero.py)
             whole = 2 * sum(int(p.size) for p in self.optimizer.parameters)
             print(f"optimizer state: data-parallel rank {ctx.dp_rank} holds {self.optimizer.state_elements()} of "
                   f"{whole} Adam moment elements (parallel.optimizer_shard over {ctx.plan.data_parallel})", flush=True)
-        self.checkpoints = RunCheckpoints(self.run_dir / "checkpoints", cfg.to_dict(), cfg.train.best_metric,
+        self.checkpoints = RunCheckpoints(self.run_dir / "checkpoints", cfg.to_dict(), cfg.best_metric(),
                                           self.optimizer, built.layout, ctx, cfg.train.keep_last, tqdm.write)
-        self.validator = Validator(cfg, self.model, corpus, ctx)
-        self.batcher, self.collate = training_batches(cfg, self.train_split)
+        if isinstance(corpus, LmCorpus):  # causal_lm: each rank reads its rows of the token files
+            shares, share = built.parallel.row_share()
+            self.batcher = LmBatcher(corpus.train, cfg.data.max_tokens // cfg.data.pack_length, cfg.train.seed,
+                                     shares, share, cfg.data.train_limit)
+            self.validator = LmValidator(cfg, self.model, corpus.valid, shares, share, built.parallel.dp_group,
+                                         cfg.data.valid_limit)
+        else:
+            self.train_split = corpus.splits["train"]
+            self.batcher, self.collate = training_batches(cfg, self.train_split)
+            self.validator = Validator(cfg, self.model, corpus, ctx)
         self.flops = ModelFlops(cfg, len(corpus.tgt_vocab), ctx.plan.world_size)
         self.accumulation = cfg.train.gradient_accumulation_steps
         self.total_steps = cfg.train.max_steps or -(-len(self.batcher) // self.accumulation) * cfg.train.max_epochs
@@ -107,8 +116,9 @@ class Trainer:
         self.checkpoints.after_validation(self.step, val, self._position(epoch, batch_index))
         self.last_save = self.clock.agreed
         c = self.checkpoints
-        tqdm.write(f"step {self.step} epoch {epoch}: valid loss {val['loss']:.3f} ppl {val['ppl']:.2f} "
-                   f"BLEU {val['bleu']:.2f} (best {c.best_metric} {c.best_value:.3f} at step {c.best['step']})")
+        bleu = f" BLEU {val['bleu']:.2f}" if "bleu" in val else ""
+        tqdm.write(f"step {self.step} epoch {epoch}: valid loss {val['loss']:.3f} ppl {val['ppl']:.2f}{bleu} "
+                   f"(best {c.best_metric} {c.best_value:.3f} at step {c.best['step']})")
 
     def save_position(self, epoch: int, batch_index: int, why: str) -> None:
         """Save step_<N> (weights, Adam state, position) without validating."""
@@ -117,12 +127,13 @@ class Trainer:
         if self.ctx.is_main:
             tqdm.write(f"saved {path} at step {self.step} ({why})")
 
-    def _agree(self, budget: Optional[float]) -> bool:
+    def _agree(self, budget: Optional[float], force: bool = False) -> bool:
         """After an update, when the clock says a reading is due (every step alone; with several ranks, at
         steps every rank plans alike, at most 5 s apart): the run clock and any rank's signal, agreed by
         every rank (one small AllGather); sets the budget share spent and `stopping`; True once the
-        budget is spent. All ranks stop, save and change rate at the same step."""
-        if not self.clock.due(self.step):
+        budget is spent. All ranks stop, save and change rate at the same step. `force`: read now (every rank
+        at the same point: before a validation, which a signal should not have to wait for)."""
+        if not (force or self.clock.due(self.step)):
             return False
         elapsed, signalled = self.clock.agree(self.stop_signal is not None)
         self.clock.plan_next(self.step, budget)
@@ -164,12 +175,19 @@ class Trainer:
                              self.time_fraction)
         return self.stepper.update(micro_batches, self.step, rate), rate  # assigned to Adam's Parameter in the graph
 
+    def batch_arrays(self, batch) -> Sequence[np.ndarray]:
+        """The collated arrays of one training batch (causal_lm: only this rank's rows, read from the files)."""
+        if isinstance(self.batcher, LmBatcher):
+            return self.batcher.collate(batch)
+        return self.collate(batch, self.train_split.src_ids, self.train_split.tgt_ids)
+
     def describe_batch(self) -> str:
         """The effective batch, for the run's first lines."""
         dp = self.ctx.plan.data_parallel
+        share = f"; each of data_parallel {dp} ranks trains 1/{dp} of the rows" if dp > 1 else ""
         return (f"tokens per update: data.max_tokens {self.cfg.data.max_tokens} x gradient_accumulation_steps "
-                f"{self.accumulation} x data_parallel {dp} = {self.cfg.data.max_tokens * self.accumulation * dp} "
-                f"(budget, padding included); precision {self.cfg.precision.level}"
+                f"{self.accumulation} = {self.cfg.data.max_tokens * self.accumulation} (budget, padding "
+                f"included{share}); precision {self.cfg.precision.level}"
                 + ("" if self.cfg.precision.level == "O0" else
                    f" {self.cfg.precision.dtype}, loss scaling {self.cfg.precision.scaling()}"))
 
@@ -200,8 +218,7 @@ class Trainer:
             if stop or self.stopping:
                 break
             first = self.batch_index if epoch == self.epoch else 0
-            batches = prefetch(self.collate(b, self.train_split.src_ids, self.train_split.tgt_ids)
-                               for b in self.batcher.iterate(epoch, first))
+            batches = prefetch(self.batch_arrays(b) for b in self.batcher.iterate(epoch, first))
             bar = tqdm(batches, total=self.batcher.batches_in(epoch), initial=first, desc=f"epoch {epoch}",
                        disable=not (cfg.train.progress and self.ctx.is_main), dynamic_ncols=True, leave=False)
             last = self.batcher.batches_in(epoch) - 1
@@ -226,10 +243,13 @@ class Trainer:
                     self.log.write("train", self.step, record)
                     bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
                 stop = self._agree(budget) or (max_steps is not None and self.step >= max_steps)
+                validate = bool(cfg.train.eval_every and self.step % cfg.train.eval_every == 0) or stop
+                if validate and not self.stopping:  # a signal already seen stops before the validation
+                    stop = self._agree(budget, force=True) or stop
                 if self.stopping:  # the launcher's grace period: keep the work, then stop
                     self.save_position(epoch, i + 1, f"signal {self.stop_signal or 'on another rank'}")
                     break
-                if (cfg.train.eval_every and self.step % cfg.train.eval_every == 0) or stop:
+                if validate:
                     with window.paused():  # validation time is not training throughput
                         self.validate_and_save(epoch, i + 1)
                 elif self._save_due():
@@ -241,6 +261,10 @@ class Trainer:
             if self.stopping:
                 break
             if not stop and (not cfg.train.eval_every or self.step % cfg.train.eval_every):
+                stop = self._agree(budget, force=True)  # the epoch's validation: a signal seen stops first
+                if self.stopping:
+                    self.save_position(epoch + 1, 0, f"signal {self.stop_signal or 'on another rank'}")
+                    break
                 with window.paused():
                     self.validate_and_save(epoch + 1, 0)
         if handlers is not None:
@@ -257,6 +281,14 @@ class Trainer:
         if self.ctx.is_main:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
         return summary
+
+
+def prepare_corpus(cfg: RunConfig) -> Union[Corpus, LmCorpus]:
+    """The run's data: Multi30k tokenized (data.source=multi30k), or the prepared token files (tokens):
+    documents for a language model, sentence pairs for translation."""
+    if cfg.data.source != "tokens":
+        return prepare(cfg.data)
+    return prepare_lm(cfg.data) if cfg.data.objective == "causal_lm" else prepare_pairs(cfg.data)
 
 
 def resident_mib() -> float:
@@ -301,7 +333,7 @@ def train(cfg: RunConfig, corpus: Optional[Corpus] = None) -> Dict[str, object]:
     check_shared_storage(run_dir / "checkpoints", ctx.rank, plan.world_size)  # multi-node: shared, or stop now
     if cfg.train.compile_cache:
         use_compile_cache(cfg, run_dir, ctx.rank, plan.world_size)
-    corpus = corpus or prepare(cfg.data)
+    corpus = corpus or prepare_corpus(cfg)
     check_vocabulary(plan, len(corpus.tgt_vocab))
     startup.close("data")
     if ctx.is_main:

@@ -34,6 +34,60 @@ class LossSums(nn.Cell):
         return self.criterion(self.model(src, tgt_in), tgt_out)
 
 
+class PackedLossSums(nn.Cell):
+    """Teacher-forced loss sums of packed rows (a causal_lm batch: trainer/data/lm.py)."""
+
+    def __init__(self, model, criterion):
+        super().__init__(auto_prefix=False)
+        self.model, self.criterion = model, criterion
+
+    def construct(self, src, tgt_in, tgt_out, src_seg, tgt_seg, src_pos, tgt_pos):
+        return self.criterion(self.model(src, tgt_in, src_seg, tgt_seg, src_pos, tgt_pos), tgt_out)
+
+
+class LmValidator:
+    """Validation loss and perplexity of a language model on data.valid (causal_lm runs).
+
+    Every sample of the valid corpus once, in order, in batches of the training's global rows; each
+    data-parallel rank reads its contiguous share of each batch (the last batch's missing rows are padding,
+    which the loss ignores) and the sums are summed over the data-parallel group.
+    """
+
+    def __init__(self, cfg: RunConfig, model, dataset, shares: int = 1, share: int = 0, group: Optional[str] = None,
+                 limit: Optional[int] = None):
+        self.model, self.dataset = model, dataset
+        self.loss = PackedLossSums(model, LabelSmoothedCrossEntropy(cfg.optim.label_smoothing, PAD))
+        self.global_rows = cfg.data.max_tokens // cfg.data.pack_length
+        self.shares, self.share = shares, share
+        self.samples = min(len(dataset), limit) if limit else len(dataset)
+        self.sum = ops.AllReduce(ops.ReduceOp.SUM, group) if shares > 1 else None
+
+    def run(self) -> Dict[str, float]:
+        """One pass over the valid samples: loss, nll and perplexity per target token."""
+        from trainer.data.lm import as_packed
+        from trainer.data.token_files import read_batch
+
+        self.model.set_train(False)
+        total = np.zeros(3)
+        per = self.global_rows // self.shares
+        length = self.dataset.length
+        for start in range(0, self.samples, self.global_rows):
+            first = start + self.share * per
+            mine = np.arange(first, min(first + per, self.samples))
+            rows = {k: np.zeros((per, length), np.int32) for k in ("inputs", "targets", "segments", "positions")}
+            if len(mine):
+                for k, v in read_batch(self.dataset, mine).items():
+                    rows[k][:len(mine)] = v
+            arrays = as_packed(rows["inputs"], rows["targets"], rows["segments"], rows["positions"])
+            total += [float(x.asnumpy()) for x in self.loss(*map(ms.Tensor, arrays))]
+        if self.sum is not None:
+            total = self.sum(ms.Tensor(total.astype(np.float32))).asnumpy().astype(np.float64)
+        self.model.set_train(True)
+        n = max(total[2], 1.0)
+        return {"loss": float(total[0] / n), "nll": float(total[1] / n), "ppl": math.exp(min(total[1] / n, 50)),
+                "tokens": int(total[2])}
+
+
 class Validator:
     """Validation loss, perplexity, BLEU and chrF of the model on the valid split."""
 

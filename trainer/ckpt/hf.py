@@ -186,7 +186,7 @@ def import_hf(hf_dir: Path, out: Path, recipe: Optional[str] = None, dp: int = 1
         raise HFError(f"{hf_dir}: no config.json (expected a Hugging Face model directory)")
     hf = json.loads((hf_dir / "config.json").read_text(encoding="utf-8"))
     imported = model_config(hf)
-    base = load_config(recipe or "llama2_7b")
+    base = load_config(recipe or "llama2_7b", overrides)  # (--set data.vocab_size=N: a recipe at another vocabulary)
     tree = base.to_dict()
     if recipe:
         _compare(recipe, tree["model"], imported)

@@ -26,3 +26,15 @@ def shard_rows(arrays: Sequence[np.ndarray], ctx: ParallelContext) -> Tuple[np.n
             a = np.concatenate([a, np.full((per * dp - rows,) + a.shape[1:], PAD, a.dtype)])
         out.append(a[ctx.dp_rank * per:(ctx.dp_rank + 1) * per])
     return tuple(out)
+
+
+class RankRows(tuple):
+    """A collated batch read as this data-parallel rank's rows only (trainer/data/lm.py: no rank reads the
+    whole global batch), with the target-token count of the whole global batch: the loss's denominator."""
+
+    global_targets: int
+
+    def __new__(cls, arrays: Sequence[np.ndarray], global_targets: int) -> "RankRows":
+        rows = super().__new__(cls, tuple(arrays))
+        rows.global_targets = int(global_targets)
+        return rows

@@ -123,8 +123,15 @@ def make_plan(cfg: RunConfig, world_size: int, backend: str = "CPU", vocab_size:
                                                            else None)
         if vocab is not None:
             _check_vocab_split(vocab, mp, "the vocabulary" if vocab_size is not None else "data.vocab_size")
+    if cfg.data.objective == "causal_lm":
+        rows = cfg.data.max_tokens // cfg.data.pack_length
+        if rows % dp or rows < dp * micro:
+            raise ConfigError(f"a causal_lm batch holds data.max_tokens // data.pack_length = {rows} rows, which "
+                              f"must split evenly over data_parallel x micro_batches ({dp} x {micro}): every rank "
+                              f"reads its own rows; set data.max_tokens to a multiple of "
+                              f"{dp * micro * cfg.data.pack_length}")
     rows = cfg.data.max_tokens // cfg.data.buckets[-1]
-    if rows < dp * micro:
+    if cfg.data.objective != "causal_lm" and rows < dp * micro:
         raise ConfigError(f"a batch of the longest bucket ({cfg.data.buckets[-1]} tokens) holds {rows} rows "
                           f"(data.max_tokens {cfg.data.max_tokens}), fewer than data_parallel x micro_batches "
                           f"({dp} x {micro}); raise data.max_tokens to at least "

@@ -51,13 +51,15 @@ class Memory:
 
 
 def side_length(cfg: RunConfig) -> int:
-    """Slots of one side (source or target) of a training row: the packed row, else the longest bucket."""
-    return cfg.data.pack_length if cfg.data.packing else cfg.data.buckets[-1]
+    """Slots of one side (source or target) of a training row: the packed row, else the longest bucket (a
+    causal_lm row is one side: data.pack_length)."""
+    return cfg.data.pack_length if cfg.data.packing or cfg.data.objective == "causal_lm" else cfg.data.buckets[-1]
 
 
 def sequence_length(cfg: RunConfig) -> int:
     """Positions one attention spans: a side, or both for the decoder-only model (source + target)."""
-    return side_length(cfg) * (2 if cfg.model.arch == "decoder_only" else 1)
+    joint = cfg.model.arch == "decoder_only" and cfg.data.objective != "causal_lm"
+    return side_length(cfg) * (2 if joint else 1)
 
 
 def rows_per_device(cfg: RunConfig, dp: int) -> int:
