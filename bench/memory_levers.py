@@ -38,7 +38,7 @@ PEAK = re.compile(r"peak host memory: ([\d,]+) MiB \(rank (\d+); ([\d,]+) MiB at
 
 def run(recipe: str, workers: int, sets, data_dir: str, out: Path) -> dict:
     """One training run; its peak RSS (largest over ranks, MiB), median tokens/s and wall seconds."""
-    from trainer.summary import median_of
+    from trainer.loop.summary import median_of
 
     args = ["--config", recipe, "--data-dir", data_dir, "--set", f"train.out_dir={out / 'run'}"]
     for s in [*QUICK, *sets]:

@@ -49,7 +49,7 @@ def main() -> int:
 
     from trainer.build import build_training
     from trainer.config import load_config
-    from trainer.loop_tools import seed_everything
+    from trainer.loop.tools import seed_everything
     from trainer.parallel.context import init_parallel, is_scheduler, select_backend, world_size_from_env
     from trainer.parallel.plan import make_plan
 

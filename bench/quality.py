@@ -18,7 +18,7 @@ from pathlib import Path
 
 from trainer.config import load_config
 from trainer.evaluate import evaluate
-from trainer.metrics import read_metrics
+from trainer.loop.metrics import read_metrics
 from trainer.train import train
 
 

@@ -8,7 +8,7 @@ relaunched with --resume (what `--max_restarts` does after a failure: the worker
 from the newest checkpoint) for 2 more updates. The time of an update is the time stamp of its record in
 metrics.jsonl (train.log_every=1), against the moment the bench started `mindrun launch`. The tokenizer and
 the CPU kernels are already in the cache directory for every run (a user's first run builds them once:
-not counted). Where the time goes: rank 0's `startup` record (trainer/startup.py: seconds from the launcher's
+not counted). Where the time goes: rank 0's `startup` record (trainer/loop/startup.py: seconds from the launcher's
 spawn through imports, cluster, data, build, checkpoint, first update); "launcher" is the rest (the
 launcher's own start until it spawns the workers). Results: medians printed, and bench/out/startup/result.json.
 """
@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from trainer.metrics import read_metrics
+from trainer.loop.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from trainer.metrics import read_metrics
+from trainer.loop.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = {"1 worker, 1 core": (1, True), "1 worker, 2 cores": (1, False), "2 workers, 1 core each": (2, True)}

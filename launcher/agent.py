@@ -210,7 +210,8 @@ class Agent:
         return [f"  {n:<{width}}  {str(v):<{vwidth}}  {w}" for n, v, w in rows]
 
     def dry_run(self) -> int:
-        """Print every process's command, directory and launcher-set environment; start nothing."""
+        """Print the settings, then what every process shares (one block) and what differs between them (a
+        table, a row per process); start nothing."""
         for note in self.spec.notes:
             say(note)
         if self.cleared:
@@ -218,22 +219,25 @@ class Agent:
         print("settings (value and where it came from)")
         for line in self.sources_table():
             print(line)
-        for proc in self.plan():
-            shown = {k: v for k, v in proc.env.items() if self.base_env.get(k) != v or k in environment.SHOWN}
-            unset = sorted(k for k in self.base_env if k not in proc.env)
-            print(f"{proc.name}:")
-            print(f"  command: {' '.join(proc.prefix + tuple(proc.command))}")
-            print(f"  cwd: {proc.cwd or os.getcwd()}")
-            print(f"  log: {proc.log}")
-            if proc.cpus is not None:
-                print(f"  cpus: {proc.cpus}")
-            if proc.worker is not None:
-                print(f"  device: {proc.worker.device_id} (physical)")
-            for key in sorted(shown):
-                print(f"  {key}={shown[key]}")
-            if unset:
-                print(f"  unset: {' '.join(unset)}")
+        for line in process_table({proc.name: self._described(proc) for proc in self.plan()}):
+            print(line)
         return 0
+
+    def _described(self, proc: Process) -> Dict[str, str]:
+        """What --dry_run shows of a process: command, cwd, log, cpus, device, the environment the launcher sets
+        (KEY=VALUE keys) and what it unsets."""
+        out = {"command": " ".join(proc.prefix + tuple(proc.command)), "cwd": str(proc.cwd or os.getcwd()),
+               "log": str(proc.log)}
+        if proc.cpus is not None:
+            out["cpus"] = str(proc.cpus)
+        if proc.worker is not None:
+            out["device"] = f"{proc.worker.device_id} (physical)"
+        shown = {k: v for k, v in proc.env.items() if self.base_env.get(k) != v or k in environment.SHOWN}
+        out.update({f"{k}=": str(shown[k]) for k in sorted(shown)})
+        unset = sorted(k for k in self.base_env if k not in proc.env)
+        if unset:
+            out["unset"] = " ".join(unset)
+        return out
 
     # ---- running -------------------------------------------------------------------------
     def _spawn(self, proc: Process, restart: int) -> Child:
@@ -429,3 +433,27 @@ class Agent:
             self.watchdog.close()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+
+def process_table(processes: Dict[str, Dict[str, str]]) -> List[str]:
+    """--dry_run's view of the processes to start (name -> `Agent._described`): one process as a block of lines;
+    several as one block of what they all share, then a table of what differs (a row per process, "-" where a
+    process lacks the setting), so 8 or 16 ranks stay readable. Keys ending in "=" are environment variables."""
+    def line(key: str, value: str) -> str:
+        return f"  {key}{value}" if key.endswith("=") else f"  {key}: {value}"
+
+    names = list(processes)
+    if len(names) == 1:
+        return [f"{names[0]}:"] + [line(k, v) for k, v in processes[names[0]].items()]
+    keys = list(dict.fromkeys(k for described in processes.values() for k in described))
+    first = processes[names[0]]
+    common = [k for k in keys if all(d.get(k, None) == first.get(k) and k in d for d in processes.values())]
+    differ = [k for k in keys if k not in common]
+    out = [f"every process ({', '.join(names)}):"] + [line(k, first[k]) for k in common]
+    if differ:
+        header = ["process"] + [k.rstrip("=") for k in differ]
+        rows = [[name] + [processes[name].get(k, "-") for k in differ] for name in names]
+        widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+        out.append("each process (what differs):")
+        out += ["  " + "  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in [header] + rows]
+    return out

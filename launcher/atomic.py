@@ -1,5 +1,8 @@
 """Atomic file writes for the whole project: temporary name in the same folder, fsync, rename, fsync the folder.
 
+It lives in launcher/ because the launcher installs and runs alone (`pip install mindrun`, no trainer, no
+MindSpore) while the trainer already depends on the launcher package: the one home both can import.
+
 Readers see the old file or the whole new one, never a torn one, even after a crash or a kill.
 
     write_text(path, text)            # our own text (JSON, YAML, vocabularies)

@@ -103,3 +103,36 @@ def step_worker():
     sys.modules["step_worker"] = module
     spec.loader.exec_module(module)
     return module
+
+
+def dry_run_processes(stdout: str) -> dict:
+    """`mindrun launch --dry_run` output -> process name -> what it shows of it: "command", "cwd", "log", "cpus",
+    "device", "unset" and the environment variables by name (launcher.agent.process_table: one process as a block;
+    several as a block of what they share and a table of what differs, "-" where a process lacks a setting)."""
+    import re
+
+    out, common, names, mode, header = {}, {}, [], None, None
+    for line in stdout.splitlines():
+        shared = re.match(r"^every process \((.*)\):$", line)
+        single = re.match(r"^(scheduler|rank \d+):$", line)
+        if shared:
+            names, common, mode = shared.group(1).split(", "), {}, "common"
+            out.update({name: common for name in names})
+        elif line == "each process (what differs):":
+            mode, header = "table", None
+        elif single:
+            mode, common = "block", {}
+            out[single.group(1)] = common
+        elif mode in ("common", "block") and line.startswith("  "):
+            env = re.match(r"^  ([A-Z_][A-Z0-9_]*)=(.*)$", line)
+            key, value = env.groups() if env else line.strip().split(": ", 1)
+            common[key] = value
+        elif mode == "table" and line.startswith("  "):
+            cells = re.split(r" {2,}", line.strip())
+            if header is None:
+                header = cells[1:]
+            else:
+                out[cells[0]] = {**out[cells[0]], **{k: v for k, v in zip(header, cells[1:]) if v != "-"}}
+        else:
+            mode = None
+    return out

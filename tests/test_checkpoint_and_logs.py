@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from mindspore import nn
 
-from trainer import checkpoint
-from trainer.metrics import MetricsLog, read_metrics
+from trainer.ckpt import single_file as checkpoint
+from trainer.loop.metrics import MetricsLog, read_metrics
 
 
 def test_save_load_round_trip_with_metadata(tmp_path):
@@ -100,7 +100,7 @@ def test_metrics_log_writes_tensorboard_scalars_without_importing_torch(tmp_path
 
 
 def test_validation_time_is_left_out_of_tokens_per_second_but_the_tokens_before_it_count(monkeypatch):
-    from trainer import loop_tools
+    from trainer.loop import tools as loop_tools
 
     now = [100.0]
     monkeypatch.setattr(loop_tools.time, "time", lambda: now[0])

@@ -110,7 +110,7 @@ def test_the_end_counts_what_each_log_holds(tmp_path):
 
 
 def test_training_ends_with_a_human_summary(tmp_path):
-    from trainer.summary import describe
+    from trainer.loop.summary import describe
 
     run = tmp_path / "run"
     (run / "checkpoints" / "step_40").mkdir(parents=True)

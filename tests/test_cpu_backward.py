@@ -15,7 +15,7 @@ from trainer.cpu import CpuSpeedups
 from trainer.cpu import kernels as cpu_kernels
 from trainer.cpu.backward import BiasAdd, LayerNorm, Softmax, use_cpu_backward
 from trainer.cpu.grad_norm import CompiledSumOfSquares
-from trainer.parallelize import Parallelized
+from trainer.parallel.seam import Parallelized
 
 RNG = np.random.default_rng(7)
 

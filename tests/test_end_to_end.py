@@ -8,7 +8,7 @@ import pytest
 
 from conftest import checkpoint_tensors
 from trainer.config import load_config
-from trainer.metrics import read_metrics
+from trainer.loop.metrics import read_metrics
 from trainer.train import train
 
 pytestmark = pytest.mark.slow

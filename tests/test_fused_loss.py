@@ -11,7 +11,7 @@ from model.transformer import Transformer
 from trainer.build import assemble_step
 from trainer.cpu import CpuSpeedups
 from trainer.cpu.loss import FusedProjectionLoss, WrittenOutCrossEntropy
-from trainer.parallelize import Parallelized
+from trainer.parallel.seam import Parallelized
 
 RNG = np.random.default_rng(11)
 

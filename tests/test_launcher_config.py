@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import dry_run_processes
+
 from launcher import affinity, environment, ranks
 from launcher.cluster import load_cluster, parse_cluster
 from launcher.discovery import expand_hostlist, from_environment
@@ -154,9 +156,13 @@ def test_dry_run_prints_each_rank_and_starts_nothing(tmp_path):
     proc = launch("--worker_num", "2", "--local_worker_num", "2", "--master_port", "8300", "--log_dir",
                   str(tmp_path / "logs"), "--dry_run", SCRIPT, "--flag")
     assert proc.returncode == 0
-    assert "scheduler:" in proc.stdout and "rank 0:" in proc.stdout and "rank 1:" in proc.stdout
-    assert "MS_ROLE=MS_WORKER" in proc.stdout and "MS_SCHED_PORT=8300" in proc.stdout
-    assert f"{SCRIPT} --flag" in proc.stdout
+    procs = dry_run_processes(proc.stdout)
+    assert list(procs) == ["scheduler", "rank 0", "rank 1"]
+    assert [p["MS_ROLE"] for p in procs.values()] == ["MS_SCHED", "MS_WORKER", "MS_WORKER"]
+    assert {p["MS_SCHED_PORT"] for p in procs.values()} == {"8300"} and [p["RANK_ID"] for p in procs.values()] == \
+        ["0", "0", "1"]
+    assert all(p["command"].endswith(f"{SCRIPT} --flag") for p in procs.values())
+    assert "every process (scheduler, rank 0, rank 1):" in proc.stdout  # what they share, once
     assert not (tmp_path / "logs").exists()
 
 
@@ -200,6 +206,7 @@ def test_hccl_exec_timeout_follows_the_cluster_time_out(tmp_path):
     """A collective waiting on a rank that hashes or writes shards (a resume or save at 7B) must not time out first."""
     proc = launch("--worker_num", "2", "--local_worker_num", "2", "--master_port", "0", "--cluster_time_out", "3600",
                   "--dry_run", SCRIPT)
-    assert proc.returncode == 0 and proc.stdout.count("HCCL_EXEC_TIMEOUT=3600") == 3  # scheduler and both ranks
+    procs = dry_run_processes(proc.stdout)
+    assert proc.returncode == 0 and [p["HCCL_EXEC_TIMEOUT"] for p in procs.values()] == ["3600"] * 3  # all three
     proc = launch("--worker_num", "1", "--local_worker_num", "1", "--master_port", "0", "--dry_run", SCRIPT)
     assert "HCCL_EXEC_TIMEOUT=1800" in proc.stdout  # never below 30 minutes

@@ -10,6 +10,8 @@ from typing import Dict
 
 import pytest
 
+from conftest import dry_run_processes
+
 from launcher import devices, environment, ranks
 from launcher.agent import Agent
 from launcher.errors import LaunchError
@@ -32,19 +34,8 @@ def dry_run_table(stdout: str) -> Dict:
 
 
 def blocks(dry_run: str) -> Dict[str, Dict[str, str]]:
-    """--dry_run output -> process name -> its printed KEY=VALUE variables (and 'device', 'unset')."""
-    out: Dict[str, Dict[str, str]] = {}
-    current = None
-    for line in dry_run.splitlines():
-        if not line.startswith(" ") and line.endswith(":"):
-            current = out.setdefault(line[:-1], {})
-        elif current is not None and "=" in line:
-            key, _, value = line.strip().partition("=")
-            current[key] = value
-        elif current is not None and line.strip().startswith(("device:", "unset:")):
-            key, _, value = line.strip().partition(": ")
-            current[key] = value
-    return out
+    """--dry_run output -> process name -> its printed variables (and 'device', 'unset')."""
+    return dry_run_processes(dry_run)
 
 
 def cluster_file(tmp_path, backend, **extra):

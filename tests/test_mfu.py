@@ -9,7 +9,7 @@ from launcher.spec import resolve
 from trainer.config import load_config
 from trainer.mfu import PEAK_ENV, ModelFlops
 from trainer.parallel.sizing import flops_per_token, sequence_length
-from trainer.summary import describe
+from trainer.loop.summary import describe
 
 
 def test_a_logged_rate_becomes_tflops_per_device_and_mfu(monkeypatch):

@@ -12,7 +12,7 @@ from trainer.data.packing import PackedBatcher, collate_packed, side_lengths
 from trainer.data.tokenizer import BOS, EOS, PAD
 from trainer.dataset import prepare
 from trainer.build import assemble_step
-from trainer.loop_tools import seed_everything
+from trainer.loop.tools import seed_everything
 from trainer.parallel.context import ParallelContext
 from trainer.parallel.plan import make_plan
 from trainer.train import Trainer

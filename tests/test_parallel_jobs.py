@@ -81,7 +81,7 @@ def overrides(data_dir, out, *sets):
 
 
 def records(out, kind, first=1):
-    from trainer.metrics import read_metrics
+    from trainer.loop.metrics import read_metrics
 
     return [r for r in read_metrics(Path(out) / "metrics.jsonl", kind) if r["step"] >= first]
 
@@ -307,7 +307,7 @@ def test_time_budget_stops_every_rank_at_the_same_step_with_the_rate_annealed(da
     peak = rates.index(max(rates))
     assert max(rates) > 1e-3 and all(b <= a for a, b in zip(rates[peak:], rates[peak + 1:])), rates
     assert rates[-1] < 0.8 * max(rates), rates
-    startup = records(run, "startup")  # where the start-up went (trainer/startup.py)
+    startup = records(run, "startup")  # where the start-up went (trainer/loop/startup.py)
     assert len(startup) == 1 and startup[0]["step"] == 1 and not startup[0]["resumed"]
     phases = ("imports_s", "cluster_s", "data_s", "build_s", "checkpoint_s", "first_update_s")
     assert all(startup[0][p] >= 0 for p in phases) and startup[0]["first_update_s"] > 0

@@ -176,7 +176,7 @@ def test_the_seam_applies_hybrid_layers_and_no_strategies():
     from model.parallel.layers import ColumnParallelDense, RowParallelDense
     from trainer.build import assemble_step
     from trainer.parallel.context import ParallelContext
-    from trainer.parallelize import parallelize
+    from trainer.parallel.seam import parallelize
 
     c = cfg("parallel.model_parallel=2")
     plan = make_plan(c, 2, "CPU")
@@ -202,7 +202,7 @@ def test_the_seam_under_semi_auto_sets_only_strategies(monkeypatch):
     from model.parallel.mappings import CopyToGroup, GatherLastDim, ReduceFromGroup
     from trainer.build import assemble_step
     from trainer.parallel.context import ParallelContext
-    from trainer.parallelize import parallelize
+    from trainer.parallel.seam import parallelize
 
     c = cfg("parallel.mode=semi_auto", "parallel.model_parallel=2", "parallel.optimizer_shard=true")
     plan = make_plan(c, 8, "Ascend")
@@ -249,11 +249,11 @@ def test_the_seam_picks_the_configured_gradient_reduction(sets, limit, kind, wir
     from model import Transformer
     from trainer.build import assemble_step
     from trainer.parallel.context import ParallelContext
-    from trainer.parallelize import parallelize
+    from trainer.parallel.seam import parallelize
 
     ms.set_context(mode=ms.PYNATIVE_MODE)
     if limit is not None:
-        monkeypatch.setattr("trainer.parallelize.FLAT_LIMIT_BYTES", limit)
+        monkeypatch.setattr("trainer.parallel.seam.FLAT_LIMIT_BYTES", limit)
     c = cfg("parallel.mode=data_parallel", "model.encoder_layers=3", "model.decoder_layers=3", *sets)
     plan = make_plan(c, 2, "CPU")
     model = Transformer(c.model, 400, 400, 0)

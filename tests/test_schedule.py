@@ -5,7 +5,7 @@ import time
 import pytest
 
 from trainer.parallel.clock import RunClock
-from trainer.schedule import learning_rate
+from trainer.loop.schedule import learning_rate
 
 
 def test_warmup_is_linear_then_inverse_sqrt():

@@ -15,7 +15,7 @@ import pytest
 import mindspore as ms
 from mindspore import nn
 
-from trainer.checkpoint import CheckpointError
+from trainer.ckpt.single_file import CheckpointError
 from trainer.ckpt import manifest as mf
 from trainer.ckpt.layout import ShardLayout
 from trainer.ckpt.store import CheckpointStore, load_tensors

@@ -1,7 +1,7 @@
-"""The start-up clock: phases closed in order from the launcher's spawn time (trainer/startup.py)."""
+"""The start-up clock: phases closed in order from the launcher's spawn time (trainer/loop/startup.py)."""
 import pytest
 
-from trainer.startup import SPAWNED_AT, StartupClock
+from trainer.loop.startup import SPAWNED_AT, StartupClock
 
 
 class FakeTime:

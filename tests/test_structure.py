@@ -28,4 +28,4 @@ def test_no_module_imports_across_the_boundary(package, forbidden):
 def test_only_the_seam_reads_the_parallel_mode():
     readers = sorted(str(f.relative_to(REPO)) for f in (REPO / "trainer").rglob("*.py")
                      if ".mode ==" in f.read_text(encoding="utf-8") or ".mode !=" in f.read_text(encoding="utf-8"))
-    assert readers == ["trainer/parallel/plan.py", "trainer/parallelize.py"]
+    assert readers == ["trainer/parallel/plan.py", "trainer/parallel/seam.py"]

@@ -24,12 +24,13 @@ from model.parallel.layout import split_axes
 from model.recompute import apply_recompute
 from model.tokens import PAD
 from trainer import cpu
+from trainer.adam import Adam
 from trainer.ckpt.layout import ShardLayout
 from trainer.config import PrecisionConfig, RunConfig
 from trainer.data.multi30k import cache_root
 from trainer.parallel.context import ParallelContext
 from trainer.parallel.zero import ShardedAdam, ShardedGradNorm, ShardedReduction
-from trainer.parallelize import Parallelized, parallelize
+from trainer.parallel.seam import Parallelized, parallelize
 from trainer.precision import LossScaler, mixed_precision
 from trainer.step import (GradAccumulator, GradNorm, GradStep, MicroStep, Stepper, TeacherForcedLoss, TrainStep,
                           UpdateStep)
@@ -104,8 +105,8 @@ def build_training(cfg: RunConfig, ctx: ParallelContext, src_vocab_size: int, tg
     if shard is not None:  # Adam's state split over the data-parallel ranks (trainer/parallel/zero.py)
         optimizer = ShardedAdam(model.trainable_params(), shard, opt.beta1, opt.beta2, opt.eps, opt.weight_decay)
     else:
-        optimizer = nn.Adam(model.trainable_params(), learning_rate=ms.Tensor(0.0, ms.float32),
-                            beta1=opt.beta1, beta2=opt.beta2, eps=opt.eps, weight_decay=opt.weight_decay)
+        optimizer = Adam(model.trainable_params(), ms.Tensor(0.0, ms.float32), opt.beta1, opt.beta2, opt.eps,
+                         opt.weight_decay)
     step = assemble_step(model, optimizer, opt.label_smoothing, opt.clip_norm, parallel, speedups,
                          cfg.precision, cfg.train.gradient_accumulation_steps, cfg.train.seed)
     return Built(model, parallel, optimizer, step, layout)

@@ -63,7 +63,7 @@ def _train(args) -> int:
     if args.resume or int(os.environ.get("MINDRUN_RESTART_COUNT", "0") or 0) > 0:
         overrides.append("train.resume=auto")
     summary = train(load_config(args.config, overrides))
-    from trainer.summary import describe
+    from trainer.loop.summary import describe
 
     for line in describe(summary):
         print(line, flush=True)
@@ -420,7 +420,7 @@ def _main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(respell(argv, known_options(parser)))
     if args.command == "train" and os.environ.get("MS_ROLE") == "MS_SCHED":  # msrun-style launchers run the
         return _serve_as_scheduler()                                          # worker command there too
-    from trainer.checkpoint import CheckpointError  # imports MindSpore: not needed by the launcher's subcommands
+    from trainer.ckpt.single_file import CheckpointError  # imports MindSpore: not needed by the launcher's subcommands
     from trainer.config import ConfigError
     from trainer.data.multi30k import DataError
     from trainer.data.token_files import PrepareError

@@ -1,7 +1,7 @@
 """MindSpore's graph compile cache for a run, so that a restart or `--resume` does not recompile what an
 earlier start of the same run compiled.
 
-MindSpore (enable_compile_cache / MS_COMPILER_CACHE_PATH) reuses a compiled graph when the script's own
+MindSpore (MS_COMPILER_CACHE_ENABLE, set_context(compile_cache_path)) reuses a compiled graph when the script's own
 dependency files are unchanged; files on sys.path (mindrun itself, installed editable) are outside its check,
 so an edited model could load a stale graph. The cache therefore lives in a directory named by a key of
 everything that shapes the graphs: MindSpore's version and device target, mindrun's `model/` and `trainer/`
@@ -11,6 +11,7 @@ directory; older ones are removed. Per rank: <run>/compile_cache/<key>/rank_<r>.
 """
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -49,5 +50,6 @@ def use_compile_cache(cfg: RunConfig, run_dir: Path, rank: int, world_size: int)
                 shutil.rmtree(old, ignore_errors=True)
     path = root / key / f"rank_{rank}"
     path.mkdir(parents=True, exist_ok=True)
-    ms.set_context(enable_compile_cache=True, compile_cache_path=str(path))
+    os.environ["MS_COMPILER_CACHE_ENABLE"] = "1"  # read at each compile; set_context's flag is deprecated (2.10)
+    ms.set_context(compile_cache_path=str(path))
     return path

@@ -165,7 +165,7 @@ class ParallelConfig:
     # Adam's moments split over the data-parallel ranks (ZeRO-1; trainer/parallel/zero.py under data_parallel and
     # hybrid, MindSpore's own under semi_auto); needs data_parallel >= 2
     optimizer_shard: bool = False
-    # the data-parallel gradient reduction (trainer/parallelize.py): per_tensor, one AllReduce per gradient
+    # the data-parallel gradient reduction (trainer/parallel/seam.py): per_tensor, one AllReduce per gradient
     # (MindSpore's DistributedGradReducer), or flat, all gradients in one buffer and one AllReduce; auto is
     # flat up to FLAT_LIMIT_BYTES of gradients (one more copy of them), per_tensor beyond; on the wire in
     # float32, or float16 (half the bytes, ~3 significant digits; the update stays float32; float16 always

@@ -9,7 +9,7 @@
 The loss is normalised per target token of the whole update (all micro-batches of all ranks)
 before differentiating, so the learning rate does not depend on how many tokens a batch
 holds, k micro-batches give the update of one k-times-larger batch, and summing the ranks'
-gradients (trainer/parallelize.py's reduction) gives exactly the standalone update.
+gradients (trainer/parallel/seam.py's reduction) gives exactly the standalone update.
 """
 from dataclasses import dataclass
 from typing import List, Optional, Sequence

@@ -24,17 +24,17 @@ from trainer.data.batching import TokenBatcher, collate
 from trainer.data.packing import PackedBatcher, collate_packed, side_lengths
 from trainer.data.lm import LmBatcher, LmCorpus, prepare_lm
 from trainer.dataset import Corpus, Split, prepare, prepare_pairs
-from trainer.loop_tools import ThroughputWindow, catch_signals, prefetch, seed_everything
-from trainer.metrics import MetricsLog
+from trainer.loop.tools import ThroughputWindow, catch_signals, prefetch, seed_everything
+from trainer.loop.metrics import MetricsLog
 from trainer.mfu import ModelFlops
 from trainer.parallel.clock import RunClock
 from trainer.parallel.context import (ParallelContext, init_parallel, is_scheduler, select_backend,
                                       world_size_from_env)
 from trainer.parallel.plan import check_trainable, check_vocabulary, make_plan
 from trainer.precision import check_precision, precision_caveat
-from trainer.saving import RunCheckpoints
-from trainer.schedule import learning_rate
-from trainer.startup import StartupClock
+from trainer.ckpt.run_checkpoints import RunCheckpoints
+from trainer.loop.schedule import learning_rate
+from trainer.loop.startup import StartupClock
 from trainer.step import StepResult
 from trainer.validation import LmValidator, Validator
 

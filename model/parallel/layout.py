@@ -7,7 +7,7 @@ by rows, the embedding and the output projection by vocabulary rows. `apply_hybr
 swaps those sublayers for their parallel versions in place (explicit collectives, Megatron
 style); `apply_semi_auto` states the same layout as MindSpore `shard()` strategies on the
 unchanged sublayers, for MindSpore's auto-parallel on Ascend/GPU. A model gets one or the
-other, never both: trainer/parallelize.py chooses.
+other, never both: trainer/parallel/seam.py chooses.
 """
 from dataclasses import dataclass
 from fnmatch import fnmatch

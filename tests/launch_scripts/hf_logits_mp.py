@@ -25,7 +25,7 @@ def main(run: Path, tokens_file: Path, out: Path) -> None:
     from trainer.config import config_from_dict
     from trainer.parallel.context import init_parallel, is_scheduler, select_backend, world_size_from_env
     from trainer.parallel.plan import make_plan
-    from trainer.parallelize import parallelize
+    from trainer.parallel.seam import parallelize
 
     ms.set_context(mode=ms.GRAPH_MODE)
     if is_scheduler():

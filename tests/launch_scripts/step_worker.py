@@ -38,7 +38,7 @@ from model.dropout import shard_dropout, step_key  # noqa: E402
 from trainer.config import PrecisionConfig  # noqa: E402
 from trainer.data.batching import Batch, collate  # noqa: E402
 from trainer.data.packing import PackedBatcher, collate_packed, side_lengths  # noqa: E402
-from trainer.parallelize import Parallelized, parallelize  # noqa: E402
+from trainer.parallel.seam import Parallelized, parallelize  # noqa: E402
 
 VOCAB = 48  # divisible by a model-parallel size of 2
 

@@ -39,7 +39,7 @@ MUTATIONS = (
         "the data-parallel gradient reduction averages over the ranks where the design sums (the loss is already "
         "normalised by the whole update's target tokens): every gradient is 1/dp of what it should be, which "
         "Adam's update and clipping hide",
-        "trainer/parallelize.py",
+        "trainer/parallel/seam.py",
         "        total = self.grad_sum(flat).astype(ms.float32)\n",
         "        total = self.grad_sum(flat).astype(ms.float32) / 2\n",
         ("tests/test_parallel_jobs.py::test_data_parallel_with_accumulation_matches_standalone",),

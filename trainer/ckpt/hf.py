@@ -27,7 +27,7 @@ import numpy as np
 import yaml
 
 from launcher.atomic import atomic_directory, write_text
-from trainer.checkpoint import CheckpointError
+from trainer.ckpt.single_file import CheckpointError
 from trainer.ckpt import manifest as mf
 from trainer.ckpt.layout import ShardLayout
 from trainer.ckpt.safetensors_io import TensorFile, write_streamed

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Dict, Iterable, Optional
 
-from trainer.checkpoint import CheckpointError
+from trainer.ckpt.single_file import CheckpointError
 
 FORMAT = "mindrun-sharded-checkpoint/1"
 MANIFEST = "manifest.json"

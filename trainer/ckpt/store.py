@@ -24,7 +24,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple
 import numpy as np
 
 from launcher.atomic import _fsync, atomic_path, write_text
-from trainer.checkpoint import CheckpointError
+from trainer.ckpt.single_file import CheckpointError
 from trainer.ckpt import manifest as mf
 from trainer.ckpt.layout import ShardLayout
 

@@ -127,7 +127,7 @@ def load_weights(model, path: Path) -> Dict:
     """Load the full weights of a checkpoint (step directory, pointer, root or merged .ckpt) into an
     unsplit `model`; returns the manifest's position (empty for a .ckpt)."""
     from model.parallel.layout import split_axes
-    from trainer import checkpoint
+    from trainer.ckpt import single_file as checkpoint
 
     path = Path(path)
     if path.is_file():

@@ -56,7 +56,7 @@ def is_scheduler() -> bool:
 
 def init_parallel(plan: Plan, backend: str) -> ParallelContext:
     """Join the cluster and create this rank's groups (MindSpore's parallel mode is the seam's:
-    trainer/parallelize.py)."""
+    trainer/parallel/seam.py)."""
     if plan.world_size == 1:
         return ParallelContext(plan, backend)
     import mindspore as ms

@@ -3,7 +3,7 @@ from pathlib import Path
 from statistics import median
 from typing import Dict, List, Optional
 
-from trainer.metrics import read_metrics
+from trainer.loop.metrics import read_metrics
 
 
 def _duration(seconds: float) -> str:

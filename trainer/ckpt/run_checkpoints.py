@@ -100,7 +100,7 @@ class RunCheckpoints:
         """Set the weights (not the optimizer's moments, not the position) from another run's newest checkpoint
         (`train.init_from`: a run directory, its checkpoints/, a pointer or a step directory), resliced to this
         run's layout; returns the step directory read."""
-        from trainer.checkpoint import CheckpointError
+        from trainer.ckpt.single_file import CheckpointError
         from trainer.ckpt.store import load_tensors
         from trainer.ckpt.tools import open_verified
 
