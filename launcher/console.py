@@ -194,3 +194,83 @@ def closed_pipe_safe(main, argv=None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # Python's exit flush must not raise again
         return 141
+
+
+MS_HEAD_BYTES = re.compile(MS_HEAD.pattern.encode())
+# the start of such a head at the end of what was read (the rest comes with the next read); not tqdm's "[00:01<"
+PARTIAL_HEAD = re.compile(rb"\[(?:[A-Z]{0,8}|(?:DEBUG|INFO|WARNING|ERROR|CRITICAL)\](?: [A-Z0-9_]*(?:\(\d*)?)?)$")
+
+
+class MindSporeLinesAside:
+    """A process's own stderr (fd 2) through a pipe: MindSpore's log lines below ERROR go to `log` (counted),
+    everything else to the terminal as written, so a command run directly (not under `mindrun launch`) shows
+    the console a launched job shows. tqdm's carriage-return frames pass at once; a MindSpore line written
+    right after a frame, on the same line, is still recognised. `close()` restores fd 2 and returns the
+    end-of-run line (None when nothing was set aside)."""
+
+    def __init__(self, log: Path):
+        import threading
+
+        self.log = Path(log)
+        self.counts: Counter = Counter()
+        self.real = os.dup(2)
+        read, write = os.pipe()
+        os.dup2(write, 2)
+        os.close(write)
+        self.reader = threading.Thread(target=self._pump, args=(read,), name="mindspore-lines-aside", daemon=True)
+        self.reader.start()
+
+    def _pump(self, read: int) -> None:
+        pending = b""
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "ab") as log, os.fdopen(read, "rb", buffering=0) as pipe:
+            while True:
+                chunk = pipe.read(65536)
+                if not chunk:
+                    break
+                pending = self._sort(pending + chunk, log)
+            if pending:  # the end of the stream inside a line
+                if ms_level(pending.decode("utf-8", "replace")) in HIDDEN_LEVELS:
+                    log.write(pending + b"\n")
+                    self.counts[ms_level(pending.decode("utf-8", "replace"))] += 1
+                else:
+                    os.write(self.real, pending)
+
+    def _sort(self, data: bytes, log) -> bytes:
+        """Write out what `data` decides; return an unfinished MindSpore line to wait for."""
+        while data:
+            head = MS_HEAD_BYTES.search(data)
+            if head is None or head.start() > 0:  # the job's own bytes up to the next MindSpore line
+                cut = len(data) if head is None else head.start()
+                if head is None:  # the chunk may end inside a MindSpore line's head: keep that for the next
+                    partial = PARTIAL_HEAD.search(data)
+                    cut = partial.start() if partial else cut
+                os.write(self.real, data[:cut])
+                data = data[cut:]
+                if head is None:
+                    return data
+                continue
+            end = data.find(b"\n")
+            if end < 0:
+                return data  # a MindSpore line still being written
+            line, data = data[:end + 1], data[end + 1:]
+            level = ms_level(line.decode("utf-8", "replace"))
+            if level in HIDDEN_LEVELS:
+                log.write(line)
+                log.flush()
+                self.counts[level] += 1
+            else:
+                os.write(self.real, line)
+        return b""
+
+    def close(self) -> Optional[str]:
+        """Restore fd 2 and say how many MindSpore lines went to the log, and where."""
+        sys.stderr.flush()
+        os.dup2(self.real, 2)  # the pipe's last write end closes: the reader drains it and ends
+        self.reader.join(timeout=5)
+        os.close(self.real)
+        shown = [f"{self.counts[level]} {level.lower()}{'s' if level == 'WARNING' and self.counts[level] != 1 else ''}"
+                 for level in ("WARNING", "INFO", "DEBUG") if self.counts[level]]
+        if not shown:
+            return None
+        return f"MindSpore's own log lines stay in {self.log} ({', '.join(shown)}); GLOG_v shows them"

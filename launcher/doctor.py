@@ -222,6 +222,8 @@ def check_rank_table(target: Target) -> Check:
             table = ranktable.load(target.rank_table_file)
             ranktable.validate(table, target.rank_table_file, world_size=world)
             src = target.rank_table_file
+            if target.launch_mode != "ranktable":
+                src += " (exported as RANK_TABLE_FILE; workers register with the scheduler)"
         elif target.launch_mode == "ranktable":
             if target.cluster is not None:
                 servers = ranktable_job.cluster_servers(target.cluster, -1 if target.node is None else target.node,
@@ -241,7 +243,7 @@ def check_rank_table(target: Target) -> Check:
 
 def check_master_port_free(target: Target) -> Check:
     """The scheduler's address resolves, and its port is free on the node that will run it."""
-    if target.launch_mode == "ranktable" or target.rank_table_file:
+    if target.launch_mode == "ranktable":
         return Check("master port", True, "not used (rank-table mode runs no scheduler)")
     try:
         addr = resolve(target.master_addr)
@@ -363,8 +365,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--devices", help="this node's physical NPUs, e.g. 0-7 (default: the cluster file's, "
                    "ASCEND_RT_VISIBLE_DEVICES, what npu-smi lists, else 0-7)")
     p.add_argument("--visible_devices", help="as for mindrun launch: the NPUs the job's workers use")
-    p.add_argument("--launch_mode", choices=["dynamic", "ranktable"], help="default: the cluster file's, or "
-                   "ranktable with --rank_table_file, else dynamic")
+    p.add_argument("--launch_mode", choices=["dynamic", "ranktable"], help="default: the cluster file's, else "
+                   "dynamic (as for mindrun launch, also with --rank_table_file)")
     p.add_argument("--rank_table_file", help="the rank table the job will use (validated)")
     p.add_argument("--master_addr", help="scheduler address (default: the cluster file's, else 127.0.0.1)")
     p.add_argument("--master_port", type=int, help="scheduler port (default: the cluster file's, else 8118)")
@@ -392,8 +394,8 @@ def target_from(ns: argparse.Namespace, env: Optional[Dict[str, str]] = None) ->
         target.launch_mode, target.master_addr = cluster.launch_mode, cluster.master
         target.master_port, target.nodes = cluster.master_port, len(cluster.nodes)
         target.ip_source, target.hccn_conf = cluster.device_ip_source, cluster.hccn_conf
-    if ns.rank_table_file and ns.launch_mode is None:
-        target.launch_mode = "ranktable"
+    # as `mindrun launch` (and msrun): --rank_table_file alone keeps the dynamic cluster (a scheduler, the table
+    # exported as RANK_TABLE_FILE); only --launch_mode ranktable starts the workers from the table
     target.launch_mode = ns.launch_mode or target.launch_mode
     target.master_addr = ns.master_addr or target.master_addr
     target.master_port = ns.master_port if ns.master_port is not None else target.master_port

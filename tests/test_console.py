@@ -3,9 +3,12 @@ import io
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 from launcher.agent import _Tail
 from launcher.console import MAX_LINE, Console, count_levels, hidden_summary, ms_level
+
+REPO = Path(__file__).resolve().parent.parent
 
 WARNING_CPP = ("[WARNING] DEVICE(1234,7f20795e4b80,python):2026-11-30-14:08:10.061.198 [mindspore/ccsrc/x.cc:94] "
                "Init] group mccl_world_group has already existed")
@@ -134,3 +137,44 @@ def test_version_names_every_part():
     assert lines[0].startswith("mindrun 0.") and lines[1].startswith("MindSpore 2.")
     assert lines[2].startswith("Python 3.") and lines[3] in ("device target: CPU", "device target: GPU",
                                                             "device target: Ascend")
+
+
+ASIDE_SCRIPT = r"""
+import os, sys, time
+from pathlib import Path
+from launcher.console import MindSporeLinesAside
+
+aside = MindSporeLinesAside(Path(sys.argv[1]))
+writes = [b"job: starting\n", b"\rtrain:  10%|#         | 1/10 [00:01<00:09,  1.2it/s]",
+          b"[WARNING] PIPELINE(12,7f00,python):2026-12-05 compile cache miss\n",
+          b"\rtrain:  20%|##        | 2/10 [00:02<00:08,  1.2it/s]", b"[WARN", b"ING] ME(12:34,MainProcess):",
+          b"2026 deprecated thing\n", b"[INFO] DEVICE(12,7f,python):2026 info line\n",
+          b"[ERROR] ME(12:34,MainProcess):2026 a real error\n", b"job: [not MindSpore] brackets\n",
+          b"\rtrain: 100%|##########| 10/10 [00:05<00:00,  2.0it/s]\n"]
+for w in writes:
+    os.write(2, w)
+    time.sleep(0.02)
+print("python's own stderr", file=sys.stderr, flush=True)
+print(aside.close(), flush=True)
+"""
+
+
+def test_a_direct_run_sets_mindsporess_lines_aside_and_counts_them(tmp_path):
+    """`mindrun train` run directly: fd 2 through a filter; the job's lines, tqdm's frames and MindSpore's errors
+    reach the terminal as written, MindSpore's warnings and info go to a log (even split over two writes or
+    written right after a frame), and the end-of-run line counts them."""
+    log = tmp_path / "logs" / "ms.log"
+    proc = subprocess.run([sys.executable, "-c", ASIDE_SCRIPT, str(log)], capture_output=True, timeout=60,
+                          cwd=str(REPO))
+    assert proc.returncode == 0, proc.stderr
+    err = proc.stderr.decode()
+    assert err == ("job: starting\n\rtrain:  10%|#         | 1/10 [00:01<00:09,  1.2it/s]"
+                   "\rtrain:  20%|##        | 2/10 [00:02<00:08,  1.2it/s]"
+                   "[ERROR] ME(12:34,MainProcess):2026 a real error\njob: [not MindSpore] brackets\n"
+                   "\rtrain: 100%|##########| 10/10 [00:05<00:00,  2.0it/s]\npython's own stderr\n"), err
+    kept = log.read_text().splitlines()
+    assert kept == ["[WARNING] PIPELINE(12,7f00,python):2026-12-05 compile cache miss",
+                    "[WARNING] ME(12:34,MainProcess):2026 deprecated thing",
+                    "[INFO] DEVICE(12,7f,python):2026 info line"]
+    assert proc.stdout.decode().strip() == (f"MindSpore's own log lines stay in {log} (2 warnings, 1 info); "
+                                            f"GLOG_v shows them")

@@ -144,3 +144,32 @@ def test_npu_smi_parsing_and_cann_version_files(tmp_path):
     (info / "ascend_toolkit_install.info").write_text("package_name=Ascend-cann-toolkit\nversion=8.0.RC2\n")
     assert doctor.cann_version([str(tmp_path)]) == ("8.0.RC2", info / "ascend_toolkit_install.info")
     assert doctor.cann_version([str(tmp_path / "missing")]) is None
+
+
+def test_doctor_reads_rank_table_file_as_launch_does(tmp_path):
+    """`--rank_table_file` alone keeps launch's (and msrun's) dynamic cluster: a scheduler whose port is checked,
+    the table validated and exported; `--launch_mode ranktable` starts the workers from it without a scheduler.
+    The doctor's target follows the same rule, and so do the launch's processes (--dry_run)."""
+    import socket
+
+    from conftest import dry_run_processes, launch
+
+    table = HERE / "golden" / "ranktable_1x8.json"
+    parser = doctor.parser()
+    dynamic = doctor.target_from(parser.parse_args(["--rank_table_file", str(table), "--devices", "0-7"]), {})
+    ranked = doctor.target_from(parser.parse_args(["--rank_table_file", str(table), "--devices", "0-7",
+                                                   "--launch_mode", "ranktable"]), {})
+    assert (dynamic.launch_mode, ranked.launch_mode) == ("dynamic", "ranktable")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        dynamic.master_port = ranked.master_port = busy.getsockname()[1]
+        assert not doctor.check_master_port_free(dynamic).ok  # a scheduler will need it
+        assert doctor.check_master_port_free(ranked).ok  # none runs
+    check = doctor.check_rank_table(dynamic)
+    assert check.ok and "exported as RANK_TABLE_FILE" in check.message, check
+    shown = launch("--worker_num", "1", "--local_worker_num", "1", "--master_port", "0", "--rank_table_file",
+                   str(table), "--dry_run", str(SCRIPTS / "print_env.py"))
+    assert shown.returncode == 0, shown.stderr
+    procs = dry_run_processes(shown.stdout)
+    assert "scheduler" in procs and procs["rank 0"]["RANK_TABLE_FILE"] == str(table)  # launch: the same rule

@@ -8,6 +8,7 @@ import os
 import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -204,3 +205,44 @@ def test_a_checkpoint_directory_other_ranks_cannot_see_is_an_error_at_start(tmp_
     with pytest.raises(CheckpointError, match=r"cannot see the files of 1 ranks \(ranks \[1\]\).*shared"):
         store_module.check_shared_storage(tmp_path / "ck", rank=0, world_size=2)
     assert not any(p.name.startswith(".storage-probe") for p in (tmp_path / "ck").iterdir())  # cleaned up
+
+
+def test_resume_verification_is_spread_over_the_ranks_and_agreed(tmp_path, monkeypatch):
+    """Rank k hashes every world_size-th file of a candidate from the k-th (not rank 0 all of them: ~80 GB at 7B);
+    one sum per candidate tells every rank which file failed where, so all skip the same checkpoints."""
+    from trainer.ckpt import store as store_module
+
+    root = tmp_path / "ck"
+    for step in (1, 2):  # model-parallel 2 checkpoints: two shard files each
+        reshard(save(store(tmp_path / f"src{step}"), step, optimizer_of(Two(), seed=step)), model_parallel=2,
+                out=root / f"step_{step}")
+    bad = root / "step_2" / "shard-mp01-of-02.safetensors"  # the second file in name order: rank 1's to hash
+    data = bytearray(bad.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    bad.write_bytes(bytes(data))
+    real_hash = mf.sha256_of
+    hashed = {0: [], 1: []}
+
+    def as_rank(rank, others):
+        """Rank `rank`'s resume, the AllReduce adding the other rank's verdicts (`others`, by candidate)."""
+        sent, warnings = [], []
+
+        def fake_sum(array, world_size):
+            sent.append(array.copy())
+            return array + (others[len(sent) - 1] if len(sent) <= len(others) else 0)
+
+        monkeypatch.setattr(store_module, "_sum_over_ranks", fake_sum)
+        monkeypatch.setattr(mf, "sha256_of", lambda path, *a: hashed[rank].append(Path(path).name) or real_hash(path))
+        st = CheckpointStore(root, ShardLayout(rank, 2, split_axes=AXES), world_size=2, is_main=rank == 0,
+                             warn=warnings.append)
+        return st.agree_on_resume(), sent, warnings
+
+    _, alone0, _ = as_rank(0, [])  # each rank's own verdicts first (rank 0 alone would take step_2)
+    _, alone1, _ = as_rank(1, [])
+    hashed = {0: [], 1: []}
+    (dir0, _), _, warnings = as_rank(0, alone1)
+    (dir1, _), _, _ = as_rank(1, alone0)
+    assert dir0.name == dir1.name == "step_1"  # both skip step_2, whose bad file only rank 1 hashed
+    assert hashed == {0: ["shard-mp00-of-02.safetensors"] * 2, 1: ["shard-mp01-of-02.safetensors"] * 2}
+    assert len(warnings) == 1 and "step_2" in warnings[0] and "shard-mp01-of-02" in warnings[0] \
+        and "rank 1" in warnings[0]

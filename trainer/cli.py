@@ -3,6 +3,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -32,15 +33,31 @@ def _trainer_needs() -> Optional[str]:
     return None
 
 
-def _quiet_mindspore() -> None:
-    """Run directly (not by `mindrun launch`, whose console filter keeps them in the log files), the console
-    shows MindSpore's own log lines from ERROR up only: its INFO and WARNING lines (compile-cache misses,
-    deprecations) are not the job's output. GLOG_v set by the user wins. Must run before MindSpore is imported."""
+_STDERR_IS_TERMINAL = [sys.stderr.isatty()]  # as it was before MindSporeLinesAside put a pipe there
+
+
+def _mindspore_lines_aside(command: str):
+    """Run directly (not by `mindrun launch`, whose console does the same with the workers' logs), the console
+    shows MindSpore's own log lines from ERROR up only: its INFO and WARNING lines (compile-cache misses, graph
+    notes) go to a log file under the cache, counted at the end (launcher.console.MindSporeLinesAside). GLOG_v
+    set by the user shows them all. Must start before MindSpore is imported; returns None where it does not
+    apply (launched, or MindSpore already imported: a test process)."""
+    from launcher.console import MindSporeLinesAside
     from launcher.environment import RESTART_COUNT
+    from trainer.data.multi30k import cache_root
 
     launched = RESTART_COUNT in os.environ or "MS_ROLE" in os.environ or "RANK_ID" in os.environ
-    if not launched and "mindspore" not in sys.modules:  # imported already (a test process): too late, leave it
-        os.environ.setdefault("GLOG_v", "3")
+    if launched or "mindspore" in sys.modules or os.environ.get("GLOG_v", "").strip():
+        return None
+    logs = cache_root() / "logs"
+    for old in sorted(logs.glob("mindspore-*.log"))[:-19]:  # the newest 20 kept
+        old.unlink(missing_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    _STDERR_IS_TERMINAL[0] = sys.stderr.isatty()
+    try:
+        return MindSporeLinesAside(logs / f"mindspore-{stamp}-{os.getpid()}-{command}.log")
+    except OSError:  # no pipe or no writable cache: MindSpore's lines stay on the console
+        return None
 
 
 def _serve_as_scheduler() -> int:
@@ -193,7 +210,7 @@ def _progress(unit: str):
     """A tqdm bar on stderr for long conversions (quiet when stderr is not a terminal)."""
     from tqdm import tqdm
 
-    return tqdm(unit=f" {unit}", file=sys.stderr, disable=not sys.stderr.isatty(), leave=False)
+    return tqdm(unit=f" {unit}", file=sys.stderr, disable=not _STDERR_IS_TERMINAL[0], leave=False)
 
 
 def _generate(args) -> int:
@@ -408,12 +425,22 @@ def _main(argv: Optional[List[str]] = None) -> int:
 
     if argv[:1] and argv[0] in SUBCOMMANDS:
         return SUBCOMMANDS[argv[0]].main(argv[1:])
+    aside = None
     if argv[:1] and not argv[0].startswith("-") and os.environ.get("MS_ROLE") != "MS_SCHED":
-        _quiet_mindspore()
         missing = _trainer_needs()  # before the parser: listing the recipes imports the model, hence MindSpore
         if missing:
             print(f"mindrun {argv[0]}: error: {missing}", file=sys.stderr)
             return 2
+        aside = _mindspore_lines_aside(argv[0])
+    try:
+        return _run(argv)
+    finally:
+        line = aside.close() if aside is not None else None
+        if line:
+            print(line, file=sys.stderr)
+
+
+def _run(argv: List[str]) -> int:
     from launcher.cli import known_options, respell
 
     parser = build_parser()

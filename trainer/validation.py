@@ -11,7 +11,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import mindspore as ms
-from mindspore import nn, ops
+from mindspore import nn
 
 from model.loss import LabelSmoothedCrossEntropy
 from model.tokens import PAD
@@ -19,6 +19,7 @@ from trainer.config import RunConfig
 from trainer.data.batching import TokenBatcher, collate
 from trainer.dataset import Corpus, Split
 from trainer.parallel.context import ParallelContext
+from trainer.parallel.host_sum import GroupSum
 from trainer.scoring import score
 from trainer.translation import Translator
 
@@ -60,7 +61,7 @@ class LmValidator:
         self.global_rows = cfg.data.max_tokens // cfg.data.pack_length
         self.shares, self.share = shares, share
         self.samples = min(len(dataset), limit) if limit else len(dataset)
-        self.sum = ops.AllReduce(ops.ReduceOp.SUM, group) if shares > 1 else None
+        self.sum = GroupSum(group) if shares > 1 else None
 
     def run(self) -> Dict[str, float]:
         """One pass over the valid samples: loss, nll and perplexity per target token."""
@@ -98,7 +99,7 @@ class Validator:
         shares = ctx.plan.data_parallel if ctx is not None and ctx.dp_group else 1
         lengths = self.split.lengths()
         self.share = share_of(lengths, ctx.dp_rank if shares > 1 else 0, shares)
-        self.sum = ops.AllReduce(ops.ReduceOp.SUM, ctx.dp_group) if shares > 1 else None
+        self.sum = GroupSum(ctx.dp_group) if shares > 1 else None
         self.src_ids = [self.split.src_ids[i] for i in self.share]
         self.tgt_ids = [self.split.tgt_ids[i] for i in self.share]
         self.batcher = TokenBatcher([lengths[i] for i in self.share], cfg.data.buckets, cfg.data.max_tokens,

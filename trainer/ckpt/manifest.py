@@ -54,10 +54,12 @@ def read(step_dir: Path) -> Dict:
     return data
 
 
-def verify(step_dir: Path, manifest: Dict) -> Optional[str]:
-    """None if every file the manifest lists is there with its size and SHA-256, else what is wrong."""
+def verify(step_dir: Path, manifest: Dict, files: Optional[Iterable[str]] = None) -> Optional[str]:
+    """None if every file the manifest lists (or those of them named in `files`) is there with its size and
+    SHA-256, and every tensor's parts are in listed files; else what is wrong."""
     step_dir = Path(step_dir)
-    for name, record in manifest["files"].items():
+    wanted = manifest["files"] if files is None else {n: manifest["files"][n] for n in files}
+    for name, record in wanted.items():
         path = step_dir / name
         if not path.is_file():
             return f"{path} is missing"
