@@ -192,7 +192,7 @@ def test_a_direct_train_run_keeps_mindsporess_warnings_off_the_console(data_dir,
     assert proc.returncode == 0, proc.stderr[-2000:]
     noise = [line for line in (proc.stdout + proc.stderr).splitlines() if "[WARNING]" in line or "[INFO]" in line]
     assert noise == [], noise[:3]
-    assert "peak host memory" in proc.stdout
+    assert "peak host memory" in proc.stdout and "time: training updates " in proc.stdout
     last = proc.stderr.strip().splitlines()[-1]  # as a launched job ends: where they are, how many
     assert last.startswith("MindSpore's own log lines stay in ") and "warning" in last, proc.stderr[-500:]
     kept = Path(last.split(" stay in ", 1)[1].split(" (", 1)[0]).read_text()

@@ -262,3 +262,18 @@ def test_fine_tuning_an_imported_hugging_face_llama_on_prepared_text(corpus, tmp
                 nll += float(torch.nn.functional.cross_entropy(logits, torch.tensor(targets[cols].astype(np.int64)),
                                                                reduction="sum"))
     np.testing.assert_allclose(first["nll"], nll / (ROWS * LENGTH), rtol=1e-4)
+
+
+def test_the_run_accounts_for_its_time_and_skips_a_validation_right_after_one(corpus, tmp_path):
+    """summary.json splits the wall time into start-up, updates, validation, checkpoints and the rest; an end of
+    the run less than a tenth of an epoch after a validation saves without validating again (issue 37)."""
+    limit = ["data.train_limit=320", "train.max_epochs=3", "train.save_every_steps=0"]  # 40 batches an epoch
+    summary = train_here(corpus, tmp_path / "near", *limit, "train.max_steps=42")
+    assert [r["step"] for r in records(tmp_path / "near", "valid")] == [40]  # not again at 42
+    assert (tmp_path / "near" / "checkpoints" / "latest").resolve().name == "step_42"
+    spent = summary["time_s"]
+    assert set(spent) == {"start-up", "updates", "validation", "checkpoints", "other", "wall"}
+    assert spent["updates"] > 0 and spent["validation"] > 0 and spent["start-up"] > 0
+    assert abs(sum(v for k, v in spent.items() if k != "wall") - spent["wall"]) < 0.5
+    far = train_here(corpus, tmp_path / "far", *limit, "train.max_steps=45")
+    assert [r["step"] for r in records(tmp_path / "far", "valid")] == [40, 45] and far["steps"] == 45

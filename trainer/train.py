@@ -35,6 +35,7 @@ from trainer.precision import check_precision, precision_caveat
 from trainer.ckpt.run_checkpoints import RunCheckpoints
 from trainer.loop.schedule import learning_rate
 from trainer.loop.startup import StartupClock
+from trainer.loop.time_shares import TimeShares
 from trainer.step import StepResult
 from trainer.validation import LmValidator, Validator
 
@@ -85,6 +86,8 @@ class Trainer:
         self.stop_signal: Optional[int] = None  # SIGTERM/SIGINT seen on this rank
         self.stopping = False  # a signal seen on any rank: every rank saves and stops at the same step
         self.last_save = 0.0  # agreed run-clock seconds at the last save (train.save_every_minutes)
+        self.last_validation: Optional[int] = None  # the step of this process's last validation
+        self.time_shares = TimeShares(startup.origin if startup is not None else time.time())
         if startup is not None:
             startup.close("build")
 
@@ -110,10 +113,13 @@ class Trainer:
     def validate_and_save(self, epoch: int, batch_index: int) -> None:
         """Validate, then save step_<N> with the resume position (the new `best` if it is better)."""
         t0 = time.time()
-        val = self.validator.run()
+        with self.time_shares.timing("validation"):
+            val = self.validator.run()
         val["seconds"] = round(time.time() - t0, 2)
+        self.last_validation = self.step
         self.log.write("valid", self.step, {"epoch": round(self.step / len(self.batcher), 2), **val})
-        self.checkpoints.after_validation(self.step, val, self._position(epoch, batch_index))
+        with self.time_shares.timing("checkpoints"):
+            self.checkpoints.after_validation(self.step, val, self._position(epoch, batch_index))
         self.last_save = self.clock.agreed
         c = self.checkpoints
         bleu = f" BLEU {val['bleu']:.2f}" if "bleu" in val else ""
@@ -122,7 +128,8 @@ class Trainer:
 
     def save_position(self, epoch: int, batch_index: int, why: str) -> None:
         """Save step_<N> (weights, Adam state, position) without validating."""
-        path = self.checkpoints.save(self.step, self._position(epoch, batch_index))
+        with self.time_shares.timing("checkpoints"):
+            path = self.checkpoints.save(self.step, self._position(epoch, batch_index))
         self.last_save = self.clock.agreed
         if self.ctx.is_main:
             tqdm.write(f"saved {path} at step {self.step} ({why})")
@@ -146,6 +153,7 @@ class Trainer:
     def _log_startup(self, resumed: bool) -> None:
         """After the first update: the start-up phases to metrics.jsonl and one console line (main rank)."""
         self.startup.close("first update")
+        self.time_shares.seconds["start-up"] = self.startup.total()
         self.log.write("startup", self.step, {"resumed": bool(resumed), **self.startup.record()})
         if self.ctx.is_main:
             tqdm.write(self.startup.line(resumed))
@@ -156,6 +164,11 @@ class Trainer:
         if t.save_every_steps and self.step % t.save_every_steps == 0:
             return True
         return bool(t.save_every_minutes) and self.clock.agreed - self.last_save >= t.save_every_minutes * 60
+
+    def _validated_recently(self) -> bool:
+        """Whether this run validated less than a tenth of an epoch ago: the end of an epoch or of the run then
+        saves without a second pass whose numbers would barely differ (it costs a validation's time)."""
+        return self.last_validation is not None and self.step - self.last_validation < len(self.batcher) / 10
 
     def _on_signal(self, signum, _frame) -> None:
         self.stop_signal = signum
@@ -227,9 +240,13 @@ class Trainer:
                 group.append(arrays)
                 if len(group) < self.accumulation and i < last:
                     continue  # the epoch's last update takes what is left
+                took = time.time()
                 result, rate = self.update(group)
+                took = time.time() - took
                 if self.startup is not None:
-                    self._log_startup(resumed)
+                    self._log_startup(resumed)  # start-up's time: spawn to the end of this first update
+                else:
+                    self.time_shares.seconds["updates"] += took
                 window.add(sum(int((a[0] != PAD).sum()) for a in group) + int(result.n_tokens),
                            result.loss_sum, result.nll_sum, result.n_tokens, skipped=not result.finite)
                 group = []
@@ -249,7 +266,10 @@ class Trainer:
                 if self.stopping:  # the launcher's grace period: keep the work, then stop
                     self.save_position(epoch, i + 1, f"signal {self.stop_signal or 'on another rank'}")
                     break
-                if validate:
+                if validate and stop and self._validated_recently():  # the end of the run, just after one
+                    with window.paused():
+                        self.save_position(epoch, i + 1, f"end of the run; validated at step {self.last_validation}")
+                elif validate:
                     with window.paused():  # validation time is not training throughput
                         self.validate_and_save(epoch, i + 1)
                 elif self._save_due():
@@ -266,7 +286,10 @@ class Trainer:
                     self.save_position(epoch + 1, 0, f"signal {self.stop_signal or 'on another rank'}")
                     break
                 with window.paused():
-                    self.validate_and_save(epoch + 1, 0)
+                    if self._validated_recently():
+                        self.save_position(epoch + 1, 0, f"end of epoch; validated at step {self.last_validation}")
+                    else:
+                        self.validate_and_save(epoch + 1, 0)
         if handlers is not None:
             catch_signals(None, handlers)
         self.log.close()
@@ -275,6 +298,7 @@ class Trainer:
         print(f"peak host memory: {peak_mib:,.0f} MiB (rank {self.ctx.rank}; {resident_mib():,.0f} MiB at the end)",
               flush=True)
         summary = {"steps": self.step, "interrupted_by_signal": self.stop_signal, "peak_host_mib": round(peak_mib),
+                   "time_s": self.time_shares.record(time.time()),
                    "epochs": round(self.step / max(per_epoch, 1), 2),
                    "train_seconds": round(time.time() - start, 1), "best": ckpt.best, "run_dir": str(self.run_dir),
                    "best_checkpoint": str(ckpt.best_path), "last_checkpoint": str(ckpt.last)}

@@ -34,6 +34,8 @@ class StartupClock:
                 self._last = float(spawned)
             except ValueError:
                 raise ValueError(f"{SPAWNED_AT}={spawned!r} is not a Unix time (it is set by `mindrun launch`)")
+        self.origin = self._last  # where the run's wall time starts (trainer/loop/time_shares.py)
+        if spawned:
             self.close("imports")
 
     def close(self, phase: str) -> None:

@@ -45,6 +45,10 @@ def describe(summary: Dict) -> List[str]:
         lines.append(f"model FLOPs: {tflops:.3g} TFLOP/s per device (median)" +
                      (f", MFU {mfu:.1%} of the device's peak" if mfu is not None else
                       " (MFU: set train.device_peak_tflops, or device_peak_tflops in the cluster file)"))
+    if summary.get("time_s"):
+        from trainer.loop.time_shares import describe as time_line
+
+        lines.append(time_line(summary["time_s"]))
     best = summary.get("best") or {}
     if best:
         scores = ", ".join(f"{k} {v:.2f}" for k, v in best.items() if k in ("bleu", "loss", "ppl") and v is not None)
