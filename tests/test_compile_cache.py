@@ -1,16 +1,9 @@
 """The compile cache's directory key: what changes compiled graphs changes it, run control does not, and
 an older key's directory is removed when a run starts under a new one."""
-import mindspore as ms
-import pytest
+import os
 
-from trainer.compile_cache import cache_key, use_compile_cache
+from trainer.compile_cache import cache_key, compile_cache
 from trainer.config import load_config
-
-
-@pytest.fixture(autouse=True)
-def compile_cache_off_afterwards():
-    yield
-    ms.set_context(enable_compile_cache=False)  # the rest of the suite compiles without it
 
 
 def test_the_key_follows_what_shapes_the_graphs():
@@ -27,6 +20,8 @@ def test_a_new_key_replaces_the_old_directory(tmp_path):
     old = tmp_path / "compile_cache" / "0123456789abcdef" / "rank_0"
     old.mkdir(parents=True)
     (old / "graph.bin").write_text("stale")
-    path = use_compile_cache(load_config("tiny"), tmp_path, rank=0, world_size=1)
-    assert path.is_dir() and path.name == "rank_0" and path.parent.name == cache_key(load_config("tiny"), 1)
-    assert not old.parent.exists()
+    before = os.environ.get("MS_COMPILER_CACHE_ENABLE")
+    with compile_cache(load_config("tiny"), tmp_path, rank=0, world_size=1) as path:
+        assert path.is_dir() and path.name == "rank_0" and path.parent.name == cache_key(load_config("tiny"), 1)
+        assert not old.parent.exists() and os.environ["MS_COMPILER_CACHE_ENABLE"] == "1"
+    assert os.environ.get("MS_COMPILER_CACHE_ENABLE") == before  # nothing compiled later reads this run's cache

@@ -11,7 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import BIN, env_with_venv, envs, launch
+from conftest import BIN, dry_run_processes, env_with_venv, envs, launch
 from launcher.ports import free_port
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
@@ -234,4 +234,5 @@ def test_a_one_server_table_needs_no_node_rank(tmp_path):
                            "--launch_mode", "ranktable", "--rank_table_file", str(table), "--dry_run",
                            str(SCRIPTS / "print_env.py")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert "RANK_ID=0" in proc.stdout and "RANK_ID=1" in proc.stdout and "--node_rank" not in proc.stderr
+    procs = dry_run_processes(proc.stdout)
+    assert [p["RANK_ID"] for p in procs.values()] == ["0", "1"] and "--node_rank" not in proc.stderr

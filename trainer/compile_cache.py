@@ -9,15 +9,19 @@ sources (Python and C++), and the
 config without its run-control keys (steps, budgets, logging, checkpoint cadence, paths). Another key, another
 directory; older ones are removed. Per rank: <run>/compile_cache/<key>/rank_<r>.
 """
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 from pathlib import Path
+from typing import Iterator
 
 import mindspore as ms
 
 from trainer.config import RunConfig
+
+ENABLE = "MS_COMPILER_CACHE_ENABLE"
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = {".py", ".cc", ".cpp", ".h"}  # Python and the CPU kernels' C++ (trainer/cpu/kernels)
@@ -40,8 +44,13 @@ def cache_key(cfg: RunConfig, world_size: int) -> str:
     return digest.hexdigest()[:16]
 
 
-def use_compile_cache(cfg: RunConfig, run_dir: Path, rank: int, world_size: int) -> Path:
-    """Point MindSpore's compile cache at this run's current key (removing other keys on rank 0); returns it."""
+@contextlib.contextmanager
+def compile_cache(cfg: RunConfig, run_dir: Path, rank: int, world_size: int) -> Iterator[Path]:
+    """Within the block, MindSpore's compile cache points at this run's current key (other keys removed on rank
+    0); yields that directory. MindSpore 2.10 turns the cache on by the environment (MS_COMPILER_CACHE_ENABLE;
+    set_context's flag is deprecated), read at each compile and inherited by child processes: the block
+    restores it, so that nothing compiled after the run (a test process's next run, an evaluate it starts)
+    reads a cache meant for this one."""
     root = run_dir / "compile_cache"
     key = cache_key(cfg, world_size)
     if rank == 0 and root.is_dir():
@@ -50,6 +59,13 @@ def use_compile_cache(cfg: RunConfig, run_dir: Path, rank: int, world_size: int)
                 shutil.rmtree(old, ignore_errors=True)
     path = root / key / f"rank_{rank}"
     path.mkdir(parents=True, exist_ok=True)
-    os.environ["MS_COMPILER_CACHE_ENABLE"] = "1"  # read at each compile; set_context's flag is deprecated (2.10)
+    before = os.environ.get(ENABLE)
+    os.environ[ENABLE] = "1"
     ms.set_context(compile_cache_path=str(path))
-    return path
+    try:
+        yield path
+    finally:
+        if before is None:
+            os.environ.pop(ENABLE, None)
+        else:
+            os.environ[ENABLE] = before

@@ -8,6 +8,7 @@ import json
 import os
 import resource
 import time
+from contextlib import nullcontext
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import mindspore as ms
@@ -18,7 +19,7 @@ from tqdm import tqdm
 from model.tokens import PAD
 from trainer.build import build_training, recompute_note, speedups_note
 from trainer.ckpt.store import check_shared_storage
-from trainer.compile_cache import use_compile_cache
+from trainer.compile_cache import compile_cache
 from trainer.config import RunConfig
 from trainer.data.batching import TokenBatcher, collate
 from trainer.data.packing import PackedBatcher, collate_packed, side_lengths
@@ -355,8 +356,6 @@ def train(cfg: RunConfig, corpus: Optional[Corpus] = None) -> Dict[str, object]:
     run_dir = cfg.run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
     check_shared_storage(run_dir / "checkpoints", ctx.rank, plan.world_size)  # multi-node: shared, or stop now
-    if cfg.train.compile_cache:
-        use_compile_cache(cfg, run_dir, ctx.rank, plan.world_size)
     corpus = corpus or prepare_corpus(cfg)
     check_vocabulary(plan, len(corpus.tgt_vocab))
     startup.close("data")
@@ -365,4 +364,6 @@ def train(cfg: RunConfig, corpus: Optional[Corpus] = None) -> Dict[str, object]:
         (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
         if world > 1:
             tqdm.write(f"parallel plan: {plan.describe()}")
-    return Trainer(cfg, corpus, ctx, startup).run()
+    cache = compile_cache(cfg, run_dir, ctx.rank, plan.world_size) if cfg.train.compile_cache else nullcontext()
+    with cache:
+        return Trainer(cfg, corpus, ctx, startup).run()

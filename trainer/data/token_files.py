@@ -316,7 +316,7 @@ class TokenDataset:
         self.manifest = json.loads(path.read_text())
         if self.manifest.get("format") != FORMAT:
             raise PrepareError(f"{path}: not a {FORMAT} manifest")
-        if "kind" not in self.manifest or "tokens_sha256_chunks" not in self.manifest:
+        if "kind" not in self.manifest:
             raise PrepareError(f"{path} was written by an earlier mindrun, without checksums of its token files: "
                                f"run `mindrun data prepare` again")
         if self.manifest.get("kind") != "documents":
