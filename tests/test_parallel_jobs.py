@@ -223,6 +223,29 @@ def test_a_data_parallel_checkpoint_resumes_in_one_process(data_parallel, data_d
     resumed_exactly(data_parallel, run, rtol=1e-5)
 
 
+def test_a_sharded_checkpoint_chains_through_layouts_moments_included(data_parallel, data_dir, tmp_path):
+    """Issue 32: dp 2 with sharded moments (saved as per-rank pieces) -> one process, unsharded (to step 4) ->
+    dp 2 unsharded (to step 5) -> model parallel 2 (to step 6), each hop resuming the previous one's checkpoint:
+    steps 4-6 are the straight sharded run's (losses, gradient norms, final weights and moments: LINEAR makes
+    the update follow Adam's moments, so a moment lost or mis-sliced on the way moves the weights)."""
+    run = stopped_at_the_checkpoint(data_parallel, tmp_path / "run")
+    manifest = json.loads((run / "checkpoints" / f"step_{SAVED}" / "manifest.json").read_text())
+    assert sum(name.startswith("zero-") for name in manifest["files"]) == 2  # the pieces, one file a rank
+    resume_here(run, data_dir, *PADDED, "train.max_steps=4")
+    launched(data_dir, tmp_path / "dp2", 2, "parallel.mode=data_parallel", *PADDED, "train.resume=auto",
+             "train.max_steps=5", run=run)
+    launched(data_dir, tmp_path / "mp2", 2, "parallel.mode=hybrid", "parallel.model_parallel=2", *PADDED,
+             "train.resume=auto", run=run, plan="model_parallel 2")
+    np.testing.assert_allclose(losses(run, SAVED + 1), losses(data_parallel, SAVED + 1), rtol=1e-5)
+    np.testing.assert_allclose(grad_norms(run, SAVED + 1), grad_norms(data_parallel, SAVED + 1), rtol=1e-5)
+    assert [r["step"] for r in records(run, "train")] == list(range(1, STEPS + 1))
+    kinds = ("weight", "optimizer")
+    a, b = checkpoint_tensors(data_parallel, kinds, STEPS), checkpoint_tensors(run, kinds, STEPS)
+    assert set(a) == set(b) and any(n.startswith("moment1.") for n in a)
+    for name in a:
+        np.testing.assert_allclose(b[name], a[name], rtol=1e-4, atol=1e-6, err_msg=name)
+
+
 # -- data x tensor parallel, packed rows, Adam with clipping that acts -----------------------------------
 
 @pytest.fixture(scope="module")

@@ -246,3 +246,58 @@ def test_resume_verification_is_spread_over_the_ranks_and_agreed(tmp_path, monke
     assert hashed == {0: ["shard-mp00-of-02.safetensors"] * 2, 1: ["shard-mp01-of-02.safetensors"] * 2}
     assert len(warnings) == 1 and "step_2" in warnings[0] and "shard-mp01-of-02" in warnings[0] \
         and "rank 1" in warnings[0]
+
+
+def test_a_sharded_optimizer_saves_pieces_without_gathering_and_any_layout_reads_the_moments(tmp_path, monkeypatch):
+    """parallel.optimizer_shard at dp 2: each rank writes its pieces of the flat moments to its own file (no gather),
+    the manifest names the moments as nn.Adam does (`moment1.<weight>` as ranges of the pieces), and one rank, or a
+    model-parallel rank, reads them back exactly (the launched dp 2 and 2 x 2 jobs resume from such checkpoints)."""
+    from types import SimpleNamespace
+
+    from trainer.ckpt import store as store_module
+    from trainer.parallel.zero import FlatShard
+
+    reference = optimizer_of(Two())  # nn.Adam with every tensor random: what the two ranks' pieces make up
+    want = state(reference)
+    weights = list(reference.parameters)
+    counters = [p for p in reference.get_parameters() if not p.name.startswith("moment")]
+
+    def rank(d):
+        shard = FlatShard.of(weights, d, 2, "dp", "CPU")
+        pieces = {f"zero.{m}": ms.Parameter(ms.Tensor(shard.flatten([want[f"{m}.{w.name}"] for w in weights])),
+                                            name=f"zero.{m}") for m in ("moment1", "moment2")}
+        flat = {"names": [w.name for w in weights], "shapes": [list(s) for s in shard.shapes],
+                "offsets": list(shard.offsets), "sizes": list(shard.sizes), "piece": shard.piece}
+        return SimpleNamespace(parameters=weights, save_state=lambda: (counters, pieces), flat_description=lambda: flat)
+
+    tables = {}
+
+    def save_as(d, other):
+        monkeypatch.setattr(store_module, "_sum_over_ranks",
+                            lambda table, world: (tables.__setitem__(d, table.copy()) or table + other))
+        st = CheckpointStore(tmp_path, ShardLayout(0, 1, d, 2, AXES), world_size=2, is_main=d == 0,
+                             warn=lambda _: None)
+        return save(st, 7, rank(d))
+
+    for d in (1, 0):  # each rank alone: its own rows (and a refusal to commit without the other's files)
+        with pytest.raises(CheckpointError, match="could not be written"):
+            save_as(d, 0)
+    alone = dict(tables)
+    save_as(1, alone[0])  # then together: each sees both ranks' rows, as the AllReduce gives them
+    directory = save_as(0, alone[1])
+    manifest = mf.read(directory)
+    assert mf.verify(directory, manifest) is None
+    assert sorted(manifest["files"]) == ["shard-mp00-of-01.safetensors", "zero-mp00-dp00-of-01x02.safetensors",
+                                         "zero-mp00-dp01-of-01x02.safetensors"]
+    from safetensors.numpy import load_file
+
+    assert not any(n.startswith("moment") for n in load_file(str(directory / "shard-mp00-of-01.safetensors")))
+    assert "flat" in manifest["tensors"]["moment2.b.weight"]["parts"][0]
+    one = optimizer_of(Two(), seed=5)  # dp 1, unsharded
+    load_tensors(list(one.get_parameters()), ShardLayout(split_axes=AXES), directory, manifest)
+    for name, value in want.items():
+        np.testing.assert_array_equal(state(one)[name], value, err_msg=name)
+    half = optimizer_of(Two(d_hidden=3), seed=6)  # model-parallel rank 1 of 2: its rows of a, columns of b
+    load_tensors(list(half.get_parameters()), ShardLayout(1, 2, split_axes=AXES), directory, manifest)
+    np.testing.assert_array_equal(state(half)["moment1.a.weight"], want["moment1.a.weight"][3:])
+    np.testing.assert_array_equal(state(half)["moment2.b.weight"], want["moment2.b.weight"][:, 3:])

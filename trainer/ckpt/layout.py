@@ -55,6 +55,29 @@ class ShardLayout:
         r = self.mp_rank if mp_rank is None else mp_rank
         return f"shard-mp{r:02d}-of-{self.mp_size:02d}.safetensors"
 
+    def piece_file(self, mp_rank: Optional[int] = None, dp_rank: Optional[int] = None) -> str:
+        """The file of one rank's pieces of a sharded optimizer's flat moments (parallel.optimizer_shard)."""
+        r = self.mp_rank if mp_rank is None else mp_rank
+        d = self.dp_rank if dp_rank is None else dp_rank
+        return f"zero-mp{r:02d}-dp{d:02d}-of-{self.mp_size:02d}x{self.dp_size:02d}.safetensors"
+
+    def flat_parts(self, name: str, global_shape: Sequence[int], tensor: str, offset: int, size: int,
+                   local_shape: Sequence[int], piece: int) -> List[Dict]:
+        """The manifest's parts of a tensor kept in a sharded optimizer's flat vector: per model-parallel rank
+        (with its [start, stop) along the split axis when split), elements [offset, offset + size) of that
+        rank's flat `tensor`, whose data-parallel rank d holds [d * piece, (d + 1) * piece) in its piece file."""
+        ranks = range(self.mp_size) if self.is_split(name) else range(1)
+        parts = []
+        for r in ranks:
+            pieces = [{"file": self.piece_file(r, d), "start": d * piece, "stop": (d + 1) * piece}
+                      for d in range(self.dp_size) if d * piece < offset + size and offset < (d + 1) * piece]
+            part = {"flat": {"tensor": tensor, "offset": offset, "size": size, "shape": list(local_shape),
+                             "pieces": pieces}}
+            if self.is_split(name):
+                part.update(zip(("start", "stop"), chunk(global_shape[self.axis(name)], self.mp_size, r)))
+            parts.append(part)
+        return parts
+
     def global_shape(self, name: str, local_shape: Sequence[int]) -> List[int]:
         """The full shape of a tensor this rank holds `local_shape` of."""
         shape = list(local_shape)

@@ -6,7 +6,7 @@ below, and every file it lists has the recorded size and SHA-256 (`verify`).
 import hashlib
 import json
 from pathlib import Path
-from typing import Dict, Iterable, Optional
+from typing import Dict, Iterable, List, Optional
 
 from trainer.ckpt.single_file import CheckpointError
 
@@ -70,10 +70,15 @@ def verify(step_dir: Path, manifest: Dict, files: Optional[Iterable[str]] = None
             return f"{path} does not match its SHA-256 in the manifest (corrupt)"
     files = set(manifest["files"])
     for name, entry in manifest["tensors"].items():
-        unknown = {part["file"] for part in entry["parts"]} - files
+        unknown = {f for part in entry["parts"] for f in part_files(part)} - files
         if unknown:
             return f"{step_dir / MANIFEST}: tensor {name} is in {sorted(unknown)}, which the manifest does not list"
     return None
+
+
+def part_files(part: Dict) -> List[str]:
+    """The files one part of a tensor is read from: its file, or a flat part's piece files."""
+    return [p["file"] for p in part["flat"]["pieces"]] if "flat" in part else [part["file"]]
 
 
 def dumps(manifest: Dict) -> str:

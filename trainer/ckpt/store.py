@@ -174,15 +174,30 @@ class ShardReader:
         along = (lambda lo, hi: (slice(None),) * axis + (slice(lo, hi),)) if axis is not None else None
         if len(parts) == 1 and "start" not in parts[0]:  # saved whole
             if along is None:
+                if "flat" in parts[0]:
+                    return self._flat(parts[0]["flat"])
                 return self._file(parts[0]["file"]).get_tensor(name).reshape(entry["shape"])  # 0-d stays 0-d
-            return self._file(parts[0]["file"]).get_slice(name)[along(start, stop)]
+            return self._source(name, parts[0])[along(start, stop)]
         if along is not None and axis == saved:  # only the overlaps with the wanted range
-            pieces = [self._file(p["file"]).get_slice(name)[along(max(start, p["start"]) - p["start"],
-                                                                  min(stop, p["stop"]) - p["start"])]
+            pieces = [self._source(name, p)[along(max(start, p["start"]) - p["start"],
+                                                  min(stop, p["stop"]) - p["start"])]
                       for p in parts if max(start, p["start"]) < min(stop, p["stop"])]
             return np.concatenate(pieces, axis=axis)
-        full = np.concatenate([self._file(p["file"]).get_slice(name)[:] for p in parts], axis=saved)
+        full = np.concatenate([self._source(name, p)[:] for p in parts], axis=saved)
         return full if along is None else full[along(start, stop)]
+
+    def _source(self, name: str, part: Dict):
+        """What one part of a tensor reads from: its file's slice, or a flat part made into its array."""
+        return self._flat(part["flat"]) if "flat" in part else self._file(part["file"]).get_slice(name)
+
+    def _flat(self, flat: Dict) -> np.ndarray:
+        """A tensor kept as [offset, offset + size) of a flat vector saved in data-parallel pieces (a sharded
+        optimizer's moments): the overlapping ranges of the pieces, joined and shaped."""
+        first, end = flat["offset"], flat["offset"] + flat["size"]
+        ranges = [self._file(p["file"]).get_slice(flat["tensor"])[max(first, p["start"]) - p["start"]:
+                                                                  min(end, p["stop"]) - p["start"]]
+                  for p in flat["pieces"] if max(first, p["start"]) < min(end, p["stop"])]
+        return np.concatenate(ranges).reshape(flat["shape"])
 
     def close(self) -> None:
         self._files.clear()
@@ -208,32 +223,46 @@ class CheckpointStore:
             make_private_dir(self.root)
             with contextlib.suppress(FileNotFoundError):  # a stale manifest of an earlier, failed save
                 os.unlink(directory / mf.MANIFEST)
-        row, failure = np.zeros(_ROW, np.float32), None
-        state = self._state(optimizer, gathered=True)  # every rank: a sharded optimizer gathers its moments here
-        if self.layout.writes:
-            try:
-                row = _encode(*self._write_shard(directory, state))
-            except Exception as exc:  # every rank must still reach the exchange, then all raise
-                failure = exc
-        table = np.zeros((self.layout.mp_size, _ROW), np.float32)
-        if self.layout.writes:
-            table[self.layout.mp_rank] = row
+        layout = self.layout
+        # a sharded optimizer (trainer/parallel/zero.py) saves its counters and weights like nn.Adam, and its
+        # moments as this rank's pieces of the flat vector: every rank writes a piece file, nothing is gathered
+        state, pieces = optimizer.save_state() if hasattr(optimizer, "save_state") else (self._state(optimizer), {})
+        me = layout.dp_rank * layout.mp_size + layout.mp_rank  # a distinct row per rank
+        table, failure = np.zeros((max(self.world_size, me + 1), 2, _ROW), np.float32), None
+        try:
+            if layout.writes:
+                table[me, 0] = _encode(*self._write_shard(directory, state))
+            if pieces:
+                make_private_dir(directory)
+                table[me, 1] = _encode(*write_shard_file(directory / layout.piece_file(),
+                                                         {n: p.asnumpy() for n, p in pieces.items()}))
+        except Exception as exc:  # every rank must still reach the exchange, then all raise
+            failure = exc
         table = _sum_over_ranks(table, self.world_size)
-        files = {self.layout.file_name(r): _decode(table[r]) for r in range(self.layout.mp_size)}
+        files = {}
+        for d in range(layout.dp_size):
+            for r in range(layout.mp_size):
+                if d == 0:
+                    files[layout.file_name(r)] = _decode(table[d * layout.mp_size + r, 0])
+                if pieces:
+                    files[layout.piece_file(r, d)] = _decode(table[d * layout.mp_size + r, 1])
         failed = [name for name, record in files.items() if record is None]
         if failure is not None:
-            raise CheckpointError(f"step {step}: writing {directory / self.layout.file_name()} failed: "
-                                  f"{failure}") from failure
+            raise CheckpointError(f"step {step}: writing in {directory} on data-parallel rank {layout.dp_rank}, "
+                                  f"model-parallel rank {layout.mp_rank} failed: {failure}") from failure
         if failed:
             raise CheckpointError(f"step {step}: {', '.join(failed)} could not be written in {directory} "
                                   f"(see that rank's log); the checkpoint was not committed")
         if self.is_main:
             for r in range(self.layout.mp_size):
                 files[self.layout.file_name(r)]["model_parallel_rank"] = r
+            tensors = self._tensors(optimizer, state)
+            if pieces:
+                tensors.update(self._flat_tensors(optimizer))
             manifest = {"format": mf.FORMAT, "step": step, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                         "layout": {"data_parallel": self.layout.dp_size, "model_parallel": self.layout.mp_size,
                                    "writers": "data-parallel rank 0 of every model-parallel rank"},
-                        "files": files, "tensors": self._tensors(optimizer, state), "position": position,
+                        "files": files, "tensors": tensors, "position": position,
                         "config": config, **(extra or {})}
             write_text(directory / mf.MANIFEST, mf.dumps(manifest), mode=FILE_MODE)
             _point(self.root, "latest", directory.name)
@@ -244,11 +273,11 @@ class CheckpointStore:
             self.prune()
         return directory
 
-    def _state(self, optimizer, gathered: bool) -> List:
-        """The tensors a checkpoint keeps: the optimizer's Parameters, or a sharded optimizer's state in the
-        unsharded format (trainer/parallel/zero.py: moments gathered to save, zeros to load into)."""
-        if hasattr(optimizer, "checkpoint_state"):
-            return optimizer.checkpoint_state(gathered)
+    def _state(self, optimizer) -> List:
+        """The tensors a checkpoint keeps (and a load sets): the optimizer's Parameters, or for a sharded
+        optimizer its state in nn.Adam's names (trainer/parallel/zero.py: the whole moments to load into)."""
+        if hasattr(optimizer, "load_state"):
+            return optimizer.load_state()
         seen, state = set(), []
         for param in optimizer.get_parameters():
             if param.name not in seen:
@@ -260,6 +289,19 @@ class CheckpointStore:
         make_private_dir(directory)
         arrays = {p.name: p.asnumpy() for p in state if self.layout.owns(p.name)}
         return write_shard_file(directory / self.layout.file_name(), arrays)
+
+    def _flat_tensors(self, optimizer) -> Dict:
+        """Manifest entries `moment1.<weight>`, `moment2.<weight>` of a sharded optimizer's moments, read from the
+        data-parallel ranks' piece files (ShardLayout.flat_parts): any layout loads them by those names."""
+        flat, tensors = optimizer.flat_description(), {}
+        for name, shape, offset, size in zip(flat["names"], flat["shapes"], flat["offsets"], flat["sizes"]):
+            for moment in ("moment1", "moment2"):
+                full = f"{moment}.{name}"
+                shape_all = self.layout.global_shape(full, shape)
+                tensors[full] = mf.tensor_entry(shape_all, "float32", "optimizer", self.layout.axis(full),
+                                                self.layout.flat_parts(full, shape_all, f"zero.{moment}", offset, size,
+                                                                       shape, flat["piece"]))
+        return tensors
 
     def _tensors(self, optimizer, state: List) -> Dict:
         weights = {p.name for p in optimizer.parameters}
@@ -346,7 +388,7 @@ class CheckpointStore:
 
     def load(self, optimizer, directory: Path, manifest: Dict) -> None:
         """Set every tensor of `optimizer` (weights, moments, counters) to this rank's slice of the checkpoint."""
-        state = self._state(optimizer, gathered=False)
+        state = self._state(optimizer)
         load_tensors(state, self.layout, directory, manifest)
         if hasattr(optimizer, "load_checkpoint_state"):
             optimizer.load_checkpoint_state(state)  # the moments cut into this rank's pieces

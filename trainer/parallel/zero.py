@@ -16,13 +16,15 @@ piece r. Per update:
                the CPU, where AllGather runs on the world group only: each piece in its slot of a zero vector,
                AllReduce)
 
-Checkpoints hold the moments in the unsharded format (`moment1.<weight>`, split like the weight under hybrid),
-gathered when saved (a full copy of this rank's moments, on the host, for the save only) and cut back into this
-rank's piece when loaded: a checkpoint resumes into any dp size, sharded or not, and vice versa.
+Checkpoints: every rank writes its pieces of the moments to a piece file of its own (no gather: at 7B the whole
+moments of a model-parallel rank would be tens of GB on each host), and the manifest describes `moment1.<weight>`
+/ `moment2.<weight>` (split like the weight under hybrid) as ranges of those pieces (trainer/ckpt/layout.py
+flat_parts). A load reads them by those names, whole, and cuts them into this rank's piece: a checkpoint resumes
+into any dp or mp size, sharded or not, and vice versa.
 The ReduceScatter / AllGather branch (Ascend) has not run; the CPU branch is what the tests run.
 """
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import mindspore as ms
@@ -198,28 +200,33 @@ class ShardedAdam(nn.Optimizer):
             results += (ops.assign(weights[i], full[o:o + n].reshape(self.shard.shapes[i]).astype(weights[i].dtype)),)
         return results
 
-    # -- checkpoints: the unsharded format -------------------------------------------------------------------
-    def _whole(self, piece: ms.Parameter) -> np.ndarray:
-        """This model-parallel rank's whole flat vector of a piece Parameter (every rank calls this together)."""
-        from trainer.ckpt.store import _sum_over_ranks
+    # -- checkpoints (trainer/ckpt/store.py) -----------------------------------------------------------------
+    def _counters_and_weights(self) -> List[ms.Parameter]:
+        return [self.global_step, self.learning_rate, *self._parameters, self.beta1_power, self.beta2_power]
 
+    def save_state(self) -> Tuple[List[ms.Parameter], Dict[str, ms.Parameter]]:
+        """What a save writes: the counters and weights under nn.Adam's names, and this rank's pieces of the
+        moments (`zero.moment1`, `zero.moment2`), each rank to its own piece file: nothing is gathered."""
+        return self._counters_and_weights(), {"zero.moment1": self.moment1, "zero.moment2": self.moment2}
+
+    def flat_description(self) -> Dict:
+        """Where each weight's moments sit in the flat vector (the same on every model-parallel rank: equal
+        local shapes), for the manifest's `moment1.<weight>` entries."""
         shard = self.shard
-        table = np.zeros((shard.mp_size, shard.padded), np.float32)
-        table[shard.mp_rank, shard.lo:shard.hi] = piece.asnumpy()
-        return _sum_over_ranks(table, shard.dp_size * shard.mp_size)[shard.mp_rank]
+        return {"names": [w.name for w in self._parameters], "shapes": [list(s) for s in shard.shapes],
+                "offsets": list(shard.offsets), "sizes": list(shard.sizes), "piece": shard.piece}
 
-    def checkpoint_state(self, gathered: bool = True) -> List[ms.Parameter]:
-        """The state as nn.Adam would hold it (moments per weight, whole): gathered for a save (every rank calls
-        this together), zeros to load into (`gathered=False`, no communication)."""
-        state = [self.global_step, self.learning_rate, *self._parameters, self.beta1_power, self.beta2_power]
-        for name, piece in (("moment1", self.moment1), ("moment2", self.moment2)):
-            whole = self._whole(piece) if gathered else np.zeros(self.shard.padded, np.float32)
-            for weight, array in zip(self._parameters, self.shard.split(whole)):
+    def load_state(self) -> List[ms.Parameter]:
+        """The state as nn.Adam holds it (moments per weight, whole, zeros) for a load to fill, whatever layout
+        saved it; `load_checkpoint_state` then cuts the moments into this rank's pieces."""
+        state = self._counters_and_weights()
+        for name in ("moment1", "moment2"):
+            for weight, array in zip(self._parameters, self.shard.split(np.zeros(self.shard.padded, np.float32))):
                 state.append(ms.Parameter(ms.Tensor(array), name=f"{name}.{weight.name}", requires_grad=False))
         return state
 
     def load_checkpoint_state(self, state: List[ms.Parameter]) -> None:
-        """Cut the whole moments of `state` (as checkpoint_state gave, then loaded) into this rank's pieces."""
+        """Cut the whole moments of `state` (as load_state gave, then loaded) into this rank's pieces."""
         by_name = {p.name: p for p in state}
         for name, piece in (("moment1", self.moment1), ("moment2", self.moment2)):
             arrays = [by_name[f"{name}.{w.name}"].asnumpy() for w in self._parameters]
