@@ -126,8 +126,8 @@ def test_ckpt_inspect_of_a_missing_path_says_it_is_missing(tmp_path, capsys):
 def test_a_closed_pipe_ends_plan_and_dry_run_quietly():
     """`mindrun plan ... | head -3`: no BrokenPipeError traceback, the shell's SIGPIPE code."""
     for args in (["-m", "trainer", "plan", "--config", "gpt_125m", "--strategies"],
-                 ["-m", "launcher", "--worker_num", "8", "--local_worker_num", "8", "--dry_run", "--master_port",
-                  "0", "-m", "trainer", "train"]):
+                 ["-m", "launcher", "--worker_num", "64", "--local_worker_num", "64", "--dry_run", "--master_port",
+                  "0", "-m", "trainer", "train"]):  # 64 ranks: ~10 KB of plan, more than the pipe holds
         import fcntl
 
         read_end, write_end = os.pipe()

@@ -301,7 +301,7 @@ def test_decoder_only_under_data_and_model_parallel_2x2_matches_standalone(data_
 
 # -- the time budget, the console -----------------------------------------------------------------------------
 
-BUDGET_MINUTES = 0.25
+BUDGET_MINUTES = 0.4  # the budget counts the first update's compile: 24 s leave 20+ updates under load
 
 
 def test_time_budget_stops_every_rank_at_the_same_step_with_the_rate_annealed(data_dir, tmp_path):
@@ -325,7 +325,7 @@ def test_time_budget_stops_every_rank_at_the_same_step_with_the_rate_annealed(da
     rates = [r["lr"] for r in train_records]
     assert len(rates) > 20 and all(np.isfinite(r["loss"]) for r in train_records)  # the budget ended the run
     # decayed with the clock: never rising after the warm-up's peak, and well below it at the end. The clock is
-    # read at most ~5 s apart (a third of this budget), further under load, so the end is not near 0 (0.6 of the
+    # read at most ~5 s apart (a fifth of this budget), further under load, so the end is not near 0 (0.6 of the
     # peak seen with a second test job beside it; ~0.1 alone)
     peak = rates.index(max(rates))
     assert max(rates) > 1e-3 and all(b <= a for a, b in zip(rates[peak:], rates[peak + 1:])), rates
