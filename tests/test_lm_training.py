@@ -103,17 +103,16 @@ def test_a_packed_row_never_attends_across_a_document_boundary(corpus):
     from model.decoder_only import DecoderOnly
     from trainer.config import load_config
     from trainer.data.lm import as_packed
-    from trainer.data.token_files import TokenDataset, read_batch
+    from trainer.data.token_files import TokenDataset
 
     cfg = load_config("llama_tiny", [])
     data = TokenDataset(corpus[0], LENGTH)
     model = DecoderOnly(cfg.model, 200, 0)
     model.set_train(False)
-    read = read_batch(data, [4])
+    read = data.rows([4])
     segments = read["segments"][0]
     assert len(set(segments.tolist())) >= 2  # the sample spans a document boundary
-    src, tgt_in, _, src_seg, tgt_seg, src_pos, tgt_pos = map(ms.Tensor, as_packed(
-        read["inputs"], read["targets"], read["segments"], read["positions"]))
+    src, tgt_in, _, src_seg, tgt_seg, src_pos, tgt_pos = map(ms.Tensor, as_packed(read))
     packed = model(src, tgt_in, src_seg, tgt_seg, src_pos, tgt_pos).asnumpy()[0]
     seen_across = model.lm_logits(ms.Tensor(read["inputs"])).asnumpy()[0]
     for seg in sorted(set(segments.tolist()))[1:]:
@@ -242,7 +241,7 @@ def test_fine_tuning_an_imported_hugging_face_llama_on_prepared_text(corpus, tmp
     from trainer.ckpt.hf import import_hf
     from trainer.config import load_config
     from trainer.data.lm import LmBatch, LmBatcher
-    from trainer.data.token_files import TokenDataset, read_batch
+    from trainer.data.token_files import TokenDataset
 
     data = TokenDataset(corpus[0], LENGTH)
     hf = hf_model(2, vocab=data.vocab_size)
@@ -252,7 +251,7 @@ def test_fine_tuning_an_imported_hugging_face_llama_on_prepared_text(corpus, tmp
     train_here(corpus, out, f"train.init_from={tmp_path / 'base'}", "model.dropout=0.0", "train.max_steps=1")
     first = records(out, "train")[0]
     cfg = load_config("llama_tiny", lm_sets(corpus, out))
-    rows = read_batch(data, LmBatcher(data, ROWS, cfg.train.seed, limit=cfg.data.train_limit).rows(LmBatch(0, 0)))
+    rows = data.rows(LmBatcher(data, ROWS, cfg.train.seed, limit=cfg.data.train_limit).rows(LmBatch(0, 0)))
     nll = 0.0
     with torch.no_grad():
         for inputs, targets, segments in zip(rows["inputs"], rows["targets"], rows["segments"]):

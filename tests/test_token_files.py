@@ -11,7 +11,7 @@ import pytest
 import sentencepiece as spm
 
 from trainer.cli import main
-from trainer.data.token_files import (GlobalOrder, PrepareError, TokenDataset, prepare, rank_rows, read_batch,
+from trainer.data.token_files import (GlobalOrder, PrepareError, TokenDataset, prepare, rank_rows,
                                       read_documents)
 
 WORDS = ("the cat sat on a mat while two dogs played in the snow and a man rode his bike past the old park "
@@ -124,7 +124,7 @@ def test_the_global_order_is_the_same_for_every_dp_size_and_after_a_resume(prepa
     resumed = [np.concatenate([rank_rows(GlobalOrder(len(data), 5), 0, b, rows, 2, r) for r in range(2)])
                for b in range(3, 6)]
     assert all(np.array_equal(a, b) for a, b in zip(straight, resumed))
-    batch = read_batch(data, rank_rows(order, 0, 0, rows, 2, 1))
+    batch = data.rows(rank_rows(order, 0, 0, rows, 2, 1))
     assert batch["inputs"].shape == (4, 16) and batch["inputs"].dtype == np.int32
 
 

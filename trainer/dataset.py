@@ -67,29 +67,14 @@ def pairs_as_text(vocab, src, tgt) -> List[Tuple[str, str]]:
 def prepare_pairs(cfg: DataConfig) -> PreparedPairs:
     """The prepared parallel corpora data.train and data.valid (one tokenizer); the training side is read from
     its memory-mapped files on demand, the validation side held as lists with its text decoded."""
-    from trainer.data.token_files import PrepareError, open_pairs
+    from trainer.data.token_files import open_pairs, open_train_and_valid
     from trainer.data.tokenizer import SentencePieceVocab
 
-    opened = {}
-    for key in ("train", "valid"):
-        path = getattr(cfg, key)
-        if not path:
-            raise PrepareError(f"data.source=tokens needs data.{key}: a directory made by `mindrun data prepare` "
-                               f"(--set data.{key}=PATH)")
-        try:
-            opened[key] = open_pairs(Path(path).expanduser())
-        except (PrepareError, OSError, KeyError) as exc:
-            raise PrepareError(f"data.{key}={path}: {exc}") from None
-    if opened["train"][0]["tokenizer"]["sha256"] != opened["valid"][0]["tokenizer"]["sha256"]:
-        raise PrepareError(f"data.train ({cfg.train}) and data.valid ({cfg.valid}) were prepared with different "
-                           f"tokenizers; prepare the validation pairs with --tokenizer "
-                           f"{Path(cfg.train) / 'tokenizer.model'}")
+    (_, src, tgt), (_, vsrc, vtgt) = open_train_and_valid(cfg.train, cfg.valid, open_pairs, lambda o: o[0])
     train_dir = Path(cfg.train).expanduser()
     vocab = SentencePieceVocab(train_dir / "tokenizer.model")
-    _, src, tgt = opened["train"]
     if cfg.train_limit and cfg.train_limit < len(src):
         src, tgt = [src[i] for i in range(cfg.train_limit)], [tgt[i] for i in range(cfg.train_limit)]
-    _, vsrc, vtgt = opened["valid"]
     count = min(len(vsrc), cfg.valid_limit) if cfg.valid_limit else len(vsrc)
     vsrc = [list(map(int, vsrc[i])) for i in range(count)]
     vtgt = [list(map(int, vtgt[i])) for i in range(count)]

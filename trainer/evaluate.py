@@ -15,12 +15,17 @@ from trainer.scoring import score
 from trainer.translation import Translator
 
 
-def _translator(checkpoint_path: Path, beam: Optional[int], length_penalty: Optional[float],
-                batch_size: Optional[int], average: int = 1):
+def _load(checkpoint_path: Path, average: int):
+    """load_for_inference in graph mode, `average` checked first."""
     ms.set_context(mode=ms.GRAPH_MODE)
     if average < 1:
         raise ConfigError(f"--average must be >= 1 (checkpoints to average), got {average}")
-    cfg, model, src_vocab, tgt_vocab = load_for_inference(checkpoint_path, average)
+    return load_for_inference(checkpoint_path, average)
+
+
+def _translator(checkpoint_path: Path, beam: Optional[int], length_penalty: Optional[float],
+                batch_size: Optional[int], average: int = 1):
+    cfg, model, src_vocab, tgt_vocab = _load(checkpoint_path, average)
     ev = cfg.eval
     beam = ev.beam if beam is None else beam
     batch_size = ev.batch_size if batch_size is None else batch_size
@@ -55,14 +60,11 @@ def _check_tokenizer(checkpoint_path: Path, manifest: Dict, key: str, path: str)
 
 def _prepared_pairs(checkpoint_path: Path, cfg, translator: Translator, split: str, data: Optional[str]):
     """(pairs as text, the split's name) of a prepared parallel corpus (`_prepared_path`)."""
-    from trainer.data.token_files import PrepareError, open_pairs
+    from trainer.data.token_files import open_named, open_pairs
     from trainer.dataset import pairs_as_text
 
     path, key = _prepared_path(cfg, split, data)
-    try:
-        manifest, src, tgt = open_pairs(Path(path).expanduser())
-    except (PrepareError, OSError) as exc:
-        raise ConfigError(f"{key}={path}: {exc}") from None
+    manifest, src, tgt = open_named(open_pairs, path, key)
     _check_tokenizer(checkpoint_path, manifest, key, path)
     return pairs_as_text(translator.tgt_vocab, src, tgt), split if data is None else str(data)
 
@@ -98,15 +100,12 @@ def evaluate_lm(checkpoint_path: Path, split: str = "valid", data: Optional[str]
                 average: int = 1) -> Dict[str, object]:
     """Loss and perplexity of a causal_lm checkpoint on its run's data.valid (or data.train), or on the
     prepared corpus `data` (made with the run's tokenizer)."""
-    from trainer.data.lm import open_corpus
+    from trainer.data.token_files import TokenDataset, open_named
     from trainer.validation import LmValidator
 
-    ms.set_context(mode=ms.GRAPH_MODE)
-    if average < 1:
-        raise ConfigError(f"--average must be >= 1 (checkpoints to average), got {average}")
-    cfg, model, _, _ = load_for_inference(checkpoint_path, average)
+    cfg, model, _, _ = _load(checkpoint_path, average)
     path, key = _prepared_path(cfg, split, data)
-    dataset = open_corpus(path, key, cfg.data.pack_length)
+    dataset = open_named(lambda p: TokenDataset(p, cfg.data.pack_length), path, key)
     _check_tokenizer(checkpoint_path, dataset.manifest, key, path)
     t0 = time.time()
     result = LmValidator(cfg, model, dataset).run()

@@ -18,25 +18,25 @@ from tqdm import tqdm
 
 from model.tokens import PAD
 from trainer.build import build_training, recompute_note, speedups_note
+from trainer.ckpt.run_checkpoints import RunCheckpoints
 from trainer.ckpt.store import check_shared_storage
 from trainer.compile_cache import compile_cache
 from trainer.config import RunConfig
 from trainer.data.batching import TokenBatcher, collate
-from trainer.data.packing import PackedBatcher, collate_packed, side_lengths
 from trainer.data.lm import LmBatcher, LmCorpus, prepare_lm
+from trainer.data.packing import PackedBatcher, collate_packed, side_lengths
 from trainer.dataset import Corpus, Split, prepare, prepare_pairs
-from trainer.loop.tools import ThroughputWindow, catch_signals, prefetch, seed_everything
 from trainer.loop.metrics import MetricsLog
+from trainer.loop.schedule import learning_rate
+from trainer.loop.startup import StartupClock
+from trainer.loop.time_shares import TimeShares
+from trainer.loop.tools import ThroughputWindow, catch_signals, prefetch, seed_everything
 from trainer.mfu import ModelFlops
 from trainer.parallel.clock import RunClock
 from trainer.parallel.context import (ParallelContext, init_parallel, is_scheduler, select_backend,
                                       world_size_from_env)
 from trainer.parallel.plan import check_trainable, check_vocabulary, make_plan
 from trainer.precision import check_precision, precision_caveat
-from trainer.ckpt.run_checkpoints import RunCheckpoints
-from trainer.loop.schedule import learning_rate
-from trainer.loop.startup import StartupClock
-from trainer.loop.time_shares import TimeShares
 from trainer.step import StepResult
 from trainer.validation import LmValidator, Validator
 
@@ -88,6 +88,7 @@ class Trainer:
         self.stopping = False  # a signal seen on any rank: every rank saves and stops at the same step
         self.last_save = 0.0  # agreed run-clock seconds at the last save (train.save_every_minutes)
         self.last_validation: Optional[int] = None  # the step of this process's last validation
+        self.read_at: Optional[int] = None  # the step of the last agreed clock reading (`_agree`)
         self.time_shares = TimeShares(startup.origin if startup is not None else time.time())
         if startup is not None:
             startup.close("build")
@@ -140,9 +141,11 @@ class Trainer:
         steps every rank plans alike, at most 5 s apart): the run clock and any rank's signal, agreed by
         every rank (one small AllGather); sets the budget share spent and `stopping`; True once the
         budget is spent. All ranks stop, save and change rate at the same step. `force`: read now (every rank
-        at the same point: before a validation, which a signal should not have to wait for)."""
-        if not (force or self.clock.due(self.step)):
+        at the same point: before a validation, which a signal should not have to wait for; nothing when this
+        step's reading was taken already)."""
+        if not (force or self.clock.due(self.step)) or self.read_at == self.step:
             return False
+        self.read_at = self.step
         elapsed, signalled = self.clock.agree(self.stop_signal is not None)
         self.clock.plan_next(self.step, budget)
         self.stopping = self.stopping or signalled

@@ -66,7 +66,6 @@ class LmValidator:
     def run(self) -> Dict[str, float]:
         """One pass over the valid samples: loss, nll and perplexity per target token."""
         from trainer.data.lm import as_packed
-        from trainer.data.token_files import read_batch
 
         self.model.set_train(False)
         total = np.zeros(3)
@@ -77,16 +76,14 @@ class LmValidator:
             mine = np.arange(first, min(first + per, self.samples))
             rows = {k: np.zeros((per, length), np.int32) for k in ("inputs", "targets", "segments", "positions")}
             if len(mine):
-                for k, v in read_batch(self.dataset, mine).items():
+                for k, v in self.dataset.rows(mine).items():
                     rows[k][:len(mine)] = v
-            arrays = as_packed(rows["inputs"], rows["targets"], rows["segments"], rows["positions"])
+            arrays = as_packed(rows)
             total += [float(x.asnumpy()) for x in self.loss(*map(ms.Tensor, arrays))]
         if self.sum is not None:
             total = self.sum(ms.Tensor(total.astype(np.float32))).asnumpy().astype(np.float64)
         self.model.set_train(True)
-        n = max(total[2], 1.0)
-        return {"loss": float(total[0] / n), "nll": float(total[1] / n), "ppl": math.exp(min(total[1] / n, 50)),
-                "tokens": int(total[2])}
+        return {**per_token(total), "tokens": int(total[2])}
 
 
 class Validator:
@@ -125,9 +122,8 @@ class Validator:
         refs = [t for _, t in self.split.pairs]
         scores = score(hyps, refs)
         self.model.set_train(True)
-        n = max(total[2], 1.0)
-        return {"loss": float(total[0] / n), "nll": float(total[1] / n), "ppl": math.exp(min(total[1] / n, 50)),
-                "bleu": scores["bleu"], "bleu_lowercase": scores["bleu_lowercase"], "chrf": scores["chrf"]}
+        return {**per_token(total), "bleu": scores["bleu"], "bleu_lowercase": scores["bleu_lowercase"],
+                "chrf": scores["chrf"]}
 
     def _gather(self, mine: List[List[int]]) -> List[List[int]]:
         """Every sentence's hypothesis ids, in split order, on every rank (a sum of zero-padded rows:
@@ -142,6 +138,12 @@ class Validator:
             table[i, 1:1 + len(ids)] = ids
         table = self.sum(ms.Tensor(table)).asnumpy().astype(np.int64)
         return [list(row[1:1 + row[0]]) for row in table]
+
+
+def per_token(total: np.ndarray) -> Dict[str, float]:
+    """Loss sums (loss, nll, target tokens) -> loss and nll per token and the perplexity."""
+    n = max(total[2], 1.0)
+    return {"loss": float(total[0] / n), "nll": float(total[1] / n), "ppl": math.exp(min(total[1] / n, 50))}
 
 
 def share_of(lengths: Sequence[int], rank: int, shares: int) -> List[int]:

@@ -261,7 +261,8 @@ class CheckpointStore:
                 tensors.update(self._flat_tensors(optimizer))
             manifest = {"format": mf.FORMAT, "step": step, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                         "layout": {"data_parallel": self.layout.dp_size, "model_parallel": self.layout.mp_size,
-                                   "writers": "data-parallel rank 0 of every model-parallel rank"},
+                                   "writers": "data-parallel rank 0 of every model-parallel rank"
+                                              + ("; every rank its optimizer pieces" if pieces else "")},
                         "files": files, "tensors": tensors, "position": position,
                         "config": config, **(extra or {})}
             write_text(directory / mf.MANIFEST, mf.dumps(manifest), mode=FILE_MODE)

@@ -18,11 +18,11 @@ fallback).
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Tuple
+from typing import Dict, Iterator, Optional, Tuple
 
 import numpy as np
 
-from trainer.data.token_files import GlobalOrder, PrepareError, TokenDataset, rank_rows, read_batch
+from trainer.data.token_files import GlobalOrder, PrepareError, TokenDataset, open_train_and_valid, rank_rows
 from trainer.data.tokenizer import PAD, SentencePieceVocab
 from trainer.parallel.data import RankRows
 
@@ -49,27 +49,11 @@ class LmCorpus:
         shutil.copy2(self.train.dir / "tokenizer.model", dest / "joint.model")
 
 
-def open_corpus(path: str, key: str, length: int) -> TokenDataset:
-    """A prepared directory named by config key `key`, as samples of `length`; errors name the key."""
-    try:
-        return TokenDataset(Path(path).expanduser(), length)
-    except (PrepareError, FileNotFoundError, KeyError) as exc:
-        raise PrepareError(f"{key}={path}: {exc}") from None
-
-
 def prepare_lm(data) -> LmCorpus:
     """Open `data.train` and `data.valid` (DataConfig) as samples of `data.pack_length`; both must have been
     prepared with the same tokenizer."""
-    for key in ("train", "valid"):
-        if not getattr(data, key):
-            raise PrepareError(f"data.source=tokens needs data.{key}: a directory made by `mindrun data prepare` "
-                               f"(--set data.{key}=PATH)")
-    train = open_corpus(data.train, "data.train", data.pack_length)
-    valid = open_corpus(data.valid, "data.valid", data.pack_length)
-    ours, theirs = (d.manifest["tokenizer"]["sha256"] for d in (train, valid))
-    if ours != theirs:
-        raise PrepareError(f"data.train ({data.train}) and data.valid ({data.valid}) were prepared with different "
-                           f"tokenizers; prepare the validation text with --tokenizer {train.dir / 'tokenizer.model'}")
+    train, valid = open_train_and_valid(data.train, data.valid, lambda path: TokenDataset(path, data.pack_length),
+                                        lambda dataset: dataset.manifest)
     for key, d in (("data.train", train), ("data.valid", valid)):
         if len(d) == 0:
             raise PrepareError(f"{key}={d.dir}: {d.count} tokens make no sample of data.pack_length "
@@ -125,13 +109,12 @@ class LmBatcher:
 def lm_rows(dataset: TokenDataset, indices, global_targets: int) -> RankRows:
     """Samples `indices` as (source, decoder input, decoder target, source segments, target segments, source
     positions, target positions) [rows, *] int32: a one-slot padding source, then the samples."""
-    read = read_batch(dataset, indices)
-    return RankRows(as_packed(read["inputs"], read["targets"], read["segments"], read["positions"]), global_targets)
+    return RankRows(as_packed(dataset.rows(indices)), global_targets)
 
 
-def as_packed(inputs: np.ndarray, targets: np.ndarray, segments: np.ndarray, positions: np.ndarray
-              ) -> Tuple[np.ndarray, ...]:
-    """Language-model rows [rows, L] -> the decoder-only model's packed translation view (module docstring)."""
-    pad = np.full((inputs.shape[0], 1), PAD, np.int32)
-    none = np.zeros((inputs.shape[0], 1), np.int32)
-    return pad, inputs, targets, none, segments, none, positions
+def as_packed(rows: Dict[str, np.ndarray]) -> Tuple[np.ndarray, ...]:
+    """Language-model rows (TokenDataset.rows: inputs, targets, segments, positions, each [rows, L]) -> the
+    decoder-only model's packed translation view (module docstring)."""
+    pad = np.full((rows["inputs"].shape[0], 1), PAD, np.int32)
+    none = np.zeros_like(pad)
+    return pad, rows["inputs"], rows["targets"], none, rows["segments"], none, rows["positions"]

@@ -32,7 +32,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, TypeVar
 
 import numpy as np
 
@@ -40,22 +40,42 @@ FORMAT = "mindrun-tokens/1"
 MANIFEST = "manifest.json"
 INPUT_FORMATS = ("lines", "blank_lines", "jsonl")  # documents, for a language model
 PAIR_FORMATS = ("parallel", "tsv")  # sentence pairs, for translation
+T = TypeVar("T")
 CHUNK_BYTES = 1 << 26  # tokens.bin is checksummed in 64 MiB chunks: each is verified before its first read
 VERIFY_AT_LOAD_BYTES = 1 << 30  # token files up to this size are verified whole when opened
 
 
-def chunk_hashes(path: Path, chunk_bytes: int) -> List[str]:
-    """SHA-256 of each `chunk_bytes` piece of a file, in order."""
+def _range_sha256(fd: int, start: int, length: int) -> Tuple[str, int]:
+    """(SHA-256, bytes read) of [start, start + length) of an open file, read 4 MiB at a time (nothing more
+    resident), short at the end of the file."""
     import hashlib
 
-    hashes = []
-    with open(path, "rb") as f:
-        while True:
-            piece = f.read(chunk_bytes)
-            if not piece:
-                break
-            hashes.append(hashlib.sha256(piece).hexdigest())
-    return hashes
+    digest, read = hashlib.sha256(), 0
+    while read < length:
+        piece = os.pread(fd, min(1 << 22, length - read), start + read)
+        if not piece:
+            break
+        digest.update(piece)
+        read += len(piece)
+    return digest.hexdigest(), read
+
+
+def chunk_hashes(path: Path, chunk_bytes: int) -> List[str]:
+    """SHA-256 of each `chunk_bytes` piece of a file, in order."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return [_range_sha256(fd, start, chunk_bytes)[0] for start in range(0, os.fstat(fd).st_size, chunk_bytes)]
+    finally:
+        os.close(fd)
+
+
+def _check_index(directory: Path, want: str, manifest: Path) -> None:
+    """directory/index.npy against its SHA-256 in `manifest`."""
+    from trainer.ckpt.manifest import sha256_of
+
+    if sha256_of(directory / "index.npy") != want:
+        raise PrepareError(f"{directory / 'index.npy'} does not match its checksum in {manifest} (corrupted or "
+                           f"replaced): prepare the corpus again")
 
 
 class PrepareError(ValueError):
@@ -331,11 +351,7 @@ class TokenDataset:
         # positional reads, not a memory map: the pages a rank reads stay the kernel's page cache instead of
         # growing the worker's resident set over an epoch (bench/README.md, bench.data_loader)
         self._fd = os.open(path, os.O_RDONLY)
-        from trainer.ckpt.manifest import sha256_of
-
-        if sha256_of(self.dir / "index.npy") != self.manifest["index_sha256"]:
-            raise PrepareError(f"{self.dir / 'index.npy'} does not match its checksum in {path} (corrupted or "
-                               f"replaced): prepare the corpus again")
+        _check_index(self.dir, self.manifest["index_sha256"], self.dir / MANIFEST)
         self.chunk_bytes = int(self.manifest["chunk_bytes"])
         self.chunk_sums: List[str] = list(self.manifest["tokens_sha256_chunks"])
         self.verified = np.zeros(len(self.chunk_sums), bool)
@@ -350,19 +366,12 @@ class TokenDataset:
 
     def _verify(self, first: int, end: int) -> None:
         """Check chunks [first, end) of tokens.bin against the manifest (each once)."""
-        import hashlib
-
         for c in range(first, end):
             if self.verified[c]:
                 continue
-            digest, start, read = hashlib.sha256(), c * self.chunk_bytes, 0
-            while read < self.chunk_bytes:  # 4 MiB at a time: checking adds no more to the resident set
-                piece = os.pread(self._fd, min(1 << 22, self.chunk_bytes - read), start + read)
-                if not piece:
-                    break
-                digest.update(piece)
-                read += len(piece)
-            if digest.hexdigest() != self.chunk_sums[c]:
+            start = c * self.chunk_bytes
+            digest, read = _range_sha256(self._fd, start, self.chunk_bytes)
+            if digest != self.chunk_sums[c]:
                 raise PrepareError(f"{self.dir / 'tokens.bin'}: bytes {start:,}-{start + read:,} do not match their "
                                    f"checksum in {self.dir / MANIFEST} (corrupted on disk or in transfer): prepare "
                                    f"the corpus again or copy it afresh")
@@ -423,16 +432,10 @@ class IndexedIds:
     def __getitem__(self, i: int) -> np.ndarray:
         return self.tokens[self.index[i]:self.index[i + 1]]
 
-    def lengths(self) -> np.ndarray:
-        """Every sentence's length in ids."""
-        return np.diff(self.index)
-
 
 def open_pairs(directory: Path) -> Tuple[Dict, IndexedIds, IndexedIds]:
     """(manifest, source side, target side) of a directory prepared from parallel text, its files checked
     whole against the manifest."""
-    from trainer.ckpt.manifest import sha256_of
-
     directory = Path(directory)
     path = directory / MANIFEST
     if not path.is_file():
@@ -443,8 +446,7 @@ def open_pairs(directory: Path) -> Tuple[Dict, IndexedIds, IndexedIds]:
                            f"parallel SRC TGT, or --format tsv)")
     for side in ("source", "target"):
         record, where = manifest[side], directory / side
-        if sha256_of(where / "index.npy") != record["index_sha256"]:
-            raise PrepareError(f"{where / 'index.npy'} does not match its checksum in {path}: prepare it again")
+        _check_index(where, record["index_sha256"], path)
         sums = chunk_hashes(where / "tokens.bin", int(manifest["chunk_bytes"]))
         bad = [c for c, (got, want) in enumerate(itertools.zip_longest(sums, record["tokens_sha256_chunks"]))
                if got != want]
@@ -454,6 +456,28 @@ def open_pairs(directory: Path) -> Tuple[Dict, IndexedIds, IndexedIds]:
                                f"{path} (corrupted or replaced): prepare it again")
     return manifest, IndexedIds(directory / "source", manifest["dtype"]), IndexedIds(directory / "target",
                                                                                    manifest["dtype"])
+
+
+def open_named(opener: Callable[[Path], T], path: str, key: str) -> T:
+    """`opener(path)` (TokenDataset, open_pairs), its errors naming the config key or flag that gave `path`."""
+    try:
+        return opener(Path(path).expanduser())
+    except (PrepareError, OSError, KeyError) as exc:
+        raise PrepareError(f"{key}={path}: {exc}") from None
+
+
+def open_train_and_valid(train: Optional[str], valid: Optional[str], opener: Callable[[Path], T],
+                         manifest_of: Callable[[T], Dict]) -> Tuple[T, T]:
+    """data.train and data.valid opened (`open_named`); both must have been prepared with one tokenizer."""
+    for key, path in (("train", train), ("valid", valid)):
+        if not path:
+            raise PrepareError(f"data.source=tokens needs data.{key}: a directory made by `mindrun data prepare` "
+                               f"(--set data.{key}=PATH)")
+    opened = [open_named(opener, path, f"data.{key}") for key, path in (("train", train), ("valid", valid))]
+    if manifest_of(opened[0])["tokenizer"]["sha256"] != manifest_of(opened[1])["tokenizer"]["sha256"]:
+        raise PrepareError(f"data.train ({train}) and data.valid ({valid}) were prepared with different tokenizers; "
+                           f"prepare the validation data with --tokenizer {Path(train) / 'tokenizer.model'}")
+    return opened[0], opened[1]
 
 
 class GlobalOrder:
@@ -485,7 +509,3 @@ def rank_rows(order: GlobalOrder, epoch: int, batch_index: int, global_rows: int
     rows = global_rows // dp
     return order.global_batch(epoch, batch_index, global_rows)[dp_rank * rows:(dp_rank + 1) * rows]
 
-
-def read_batch(dataset: TokenDataset, indices: Sequence[int]) -> Dict[str, np.ndarray]:
-    """The rows of the given samples: inputs, targets, segments, positions, each [rows, length] int32."""
-    return dataset.rows(indices)
