@@ -25,8 +25,8 @@ ENABLE = "MS_COMPILER_CACHE_ENABLE"
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = {".py", ".cc", ".cpp", ".h"}  # Python and the CPU kernels' C++ (trainer/cpu/kernels)
-RUN_CONTROL = {"out_dir", "max_epochs", "max_steps", "time_budget_minutes", "eval_every", "log_every",
-               "best_metric", "progress", "device_peak_tflops", "resume", "save_every_steps", "save_every_minutes",
+RUN_CONTROL = {"out_dir", "max_epochs", "max_steps", "time_budget_minutes", "eval_every", "validate_epochs",
+               "log_every", "best_metric", "progress", "device_peak_tflops", "resume", "save_every_steps", "save_every_minutes",
                "keep_last", "compile_cache"}
 
 

@@ -75,7 +75,10 @@ class TrainConfig:
     max_epochs: int = 10
     max_steps: Optional[int] = None
     time_budget_minutes: Optional[float] = None  # stop (after a final evaluation) when spent
-    eval_every: int = 500  # validate every N steps (0: never mid-epoch); always at the end of an epoch
+    eval_every: int = 500  # validate every N steps (0: never mid-epoch), and at the end of the run
+    # also at the end of every epoch; false: a short run validates only every eval_every steps and at its end
+    # (a validation pass is run time not spent training: the `quick` recipe)
+    validate_epochs: bool = True
     log_every: int = 20
     # auto (bleu for translation, ppl for causal_lm) | bleu | loss | ppl (on the validation split only)
     best_metric: str = "auto"

@@ -284,13 +284,17 @@ class Trainer:
             bar.close()
             if self.stopping:
                 break
+            last_epoch = epoch + 1 == cfg.train.max_epochs
             if not stop and (not cfg.train.eval_every or self.step % cfg.train.eval_every):
                 stop = self._agree(budget, force=True)  # the epoch's validation: a signal seen stops first
                 if self.stopping:
                     self.save_position(epoch + 1, 0, f"signal {self.stop_signal or 'on another rank'}")
                     break
                 with window.paused():
-                    if self._validated_recently():
+                    if not (cfg.train.validate_epochs or stop or last_epoch):
+                        if self._save_due():
+                            self.save_position(epoch + 1, 0, "train.save_every_*")
+                    elif self._validated_recently():
                         self.save_position(epoch + 1, 0, f"end of epoch; validated at step {self.last_validation}")
                     else:
                         self.validate_and_save(epoch + 1, 0)

@@ -7,7 +7,9 @@ split (the same numbers everywhere, so every rank makes the same best-checkpoint
 Tensor-parallel peers share a data-parallel rank, so they decode the same sentences together.
 """
 import math
-from typing import Dict, List, Optional, Sequence
+from collections import Counter
+from itertools import combinations
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import mindspore as ms
@@ -16,7 +18,8 @@ from mindspore import nn
 from model.loss import LabelSmoothedCrossEntropy
 from model.tokens import PAD
 from trainer.config import RunConfig
-from trainer.data.batching import TokenBatcher, collate
+from trainer.data.batching import TokenBatcher, bucket_of, collate, pair_length
+from trainer.data.packing import PackedBatcher, collate_packed, side_lengths
 from trainer.dataset import Corpus, Split
 from trainer.parallel.context import ParallelContext
 from trainer.parallel.host_sum import GroupSum
@@ -92,29 +95,28 @@ class Validator:
     def __init__(self, cfg: RunConfig, model, corpus: Corpus, ctx: Optional[ParallelContext] = None):
         self.cfg, self.model, self.corpus = cfg, model, corpus
         self.split: Split = corpus.splits["valid"]
-        self.loss = LossSums(model, LabelSmoothedCrossEntropy(cfg.optim.label_smoothing, PAD))
+        criterion = LabelSmoothedCrossEntropy(cfg.optim.label_smoothing, PAD)
+        self.loss, self.packed_loss = LossSums(model, criterion), PackedLossSums(model, criterion)
         shares = ctx.plan.data_parallel if ctx is not None and ctx.dp_group else 1
         lengths = self.split.lengths()
         self.share = share_of(lengths, ctx.dp_rank if shares > 1 else 0, shares)
         self.sum = GroupSum(ctx.dp_group) if shares > 1 else None
         self.src_ids = [self.split.src_ids[i] for i in self.share]
         self.tgt_ids = [self.split.tgt_ids[i] for i in self.share]
-        self.batcher = TokenBatcher([lengths[i] for i in self.share], cfg.data.buckets, cfg.data.max_tokens,
-                                    seed=0, shuffle=False)
+        self.batches = loss_batches(cfg, self.src_ids, self.tgt_ids)
         if shares > 1:
             print(f"validation: data-parallel rank {ctx.dp_rank} decodes {len(self.share)} of "
                   f"{len(lengths)} sentences", flush=True)
-        self.translator = Translator(model, corpus.src_vocab, corpus.tgt_vocab, cfg.data.buckets,
+        # every rank decodes in the same widths (a compiled graph each), chosen for the whole split
+        widths = decode_buckets([len(s) + 1 for s in self.split.src_ids], cfg.data.buckets)
+        self.translator = Translator(model, corpus.src_vocab, corpus.tgt_vocab, widths,
                                      cfg.eval.train_beam, cfg.eval.length_penalty, cfg.eval.max_len_a,
                                      cfg.eval.max_len_b, cfg.eval.batch_size)
 
     def run(self) -> Dict[str, float]:
         """One pass over the valid split: loss sums in batches, then greedy (train_beam) translations."""
         self.model.set_train(False)
-        total = np.zeros(3)
-        for batch in self.batcher.epoch(0):
-            arrays = collate(batch, self.src_ids, self.tgt_ids)
-            total += [float(x.asnumpy()) for x in self.loss(*map(ms.Tensor, arrays))]
+        total = self.loss_sums()
         mine = self.translator.translate_ids(self.src_ids)
         if self.sum is not None:
             total = self.sum(ms.Tensor(total.astype(np.float32))).asnumpy().astype(np.float64)
@@ -124,6 +126,14 @@ class Validator:
         self.model.set_train(True)
         return {**per_token(total), "bleu": scores["bleu"], "bleu_lowercase": scores["bleu_lowercase"],
                 "chrf": scores["chrf"]}
+
+    def loss_sums(self) -> np.ndarray:
+        """(loss, nll, target tokens) summed over this rank's share, teacher-forced."""
+        total = np.zeros(3)
+        for packed, arrays in self.batches:
+            cell = self.packed_loss if packed else self.loss
+            total += [float(x.asnumpy()) for x in cell(*map(ms.Tensor, arrays))]
+        return total
 
     def _gather(self, mine: List[List[int]]) -> List[List[int]]:
         """Every sentence's hypothesis ids, in split order, on every rank (a sum of zero-padded rows:
@@ -144,6 +154,49 @@ def per_token(total: np.ndarray) -> Dict[str, float]:
     """Loss sums (loss, nll, target tokens) -> loss and nll per token and the perplexity."""
     n = max(total[2], 1.0)
     return {"loss": float(total[0] / n), "nll": float(total[1] / n), "ppl": math.exp(min(total[1] / n, 50))}
+
+
+def loss_batches(cfg: RunConfig, src_ids, tgt_ids) -> List[Tuple[bool, Tuple[np.ndarray, ...]]]:
+    """The collated validation batches of these pairs, each with whether it is packed.
+
+    With data.packing the pairs go into rows of the training's packed shape ([max_tokens // pack_length,
+    pack_length]: one loss graph to compile instead of one per length bucket; each pair's loss is the one
+    it has alone); pairs a row cannot hold whole, and every pair without packing, go in length buckets.
+    """
+    data = cfg.data
+    whole = list(range(len(src_ids)))
+    out: List[Tuple[bool, Tuple[np.ndarray, ...]]] = []
+    if data.packing:
+        src_len, tgt_len = side_lengths(src_ids, tgt_ids, data.pack_length + 1)
+        fits = (src_len <= data.pack_length) & (tgt_len <= data.pack_length)
+        whole = [i for i in whole if not fits[i]]
+        kept = np.flatnonzero(fits)
+        if len(kept):
+            packer = PackedBatcher(src_len[kept], tgt_len[kept], data.pack_length, data.max_tokens, seed=0,
+                                   shuffle=False)
+            src, tgt = [src_ids[i] for i in kept], [tgt_ids[i] for i in kept]
+            out += [(True, collate_packed(b, src, tgt)) for b in packer.epoch(0)]
+    if whole:
+        src, tgt = [src_ids[i] for i in whole], [tgt_ids[i] for i in whole]
+        batcher = TokenBatcher([pair_length(a, b) for a, b in zip(src, tgt)], data.buckets, data.max_tokens,
+                               seed=0, shuffle=False)
+        out += [(False, collate(b, src, tgt)) for b in batcher.epoch(0)]
+    return out
+
+
+def decode_buckets(lengths: Sequence[int], buckets: Sequence[int], shapes: int = 2) -> List[int]:
+    """At most `shapes` of the bucket widths to decode source lengths `lengths` in: the choice with the fewest
+    padded source slots in all (each width is a compiled pair of graphs; validation's first pass compiled one
+    per training bucket, most of its time). The widest needed bucket is always kept."""
+    needed = sorted({bucket_of(n, buckets) for n in lengths})
+    if len(needed) <= shapes:
+        return needed
+    widest, counts = needed[-1], Counter(bucket_of(n, buckets) for n in lengths)
+
+    def slots(widths) -> int:
+        return sum(c * min(w for w in widths if w >= b) for b, c in counts.items())
+
+    return min((sorted(c) + [widest] for c in combinations(needed[:-1], shapes - 1)), key=slots)
 
 
 def share_of(lengths: Sequence[int], rank: int, shares: int) -> List[int]:
