@@ -11,6 +11,11 @@ the CPU kernels are already in the cache directory for every run (a user's first
 not counted). Where the time goes: rank 0's `startup` record (trainer/loop/startup.py: seconds from the launcher's
 spawn through imports, cluster, data, build, checkpoint, first update); "launcher" is the rest (the
 launcher's own start until it spawns the workers). Results: medians printed, and bench/out/startup/result.json.
+
+`--trees before=DIR after=DIR` runs every case from each source tree (e.g. a `git worktree` of an older
+commit: `-m launcher` / `-m trainer` resolve from the working directory), interleaved within each round:
+before and after in one invocation. `--recipe` picks the recipe (default `small`; the README's job is `quick`),
+`--caches true` only the default compile cache.
 """
 import argparse
 import json
@@ -43,11 +48,11 @@ def startup_phases(run: Path, step: int) -> dict:
     raise SystemExit(f"no startup record for step {step} in {run / 'metrics.jsonl'}")
 
 
-def launch(run: Path, data_dir: str, steps: int, cache: bool, resume: bool):
+def launch(run: Path, data_dir: str, steps: int, cache: bool, resume: bool, tree: Path = ROOT, recipe: str = "small"):
     """Launch a 2-worker job that trains to `steps`; seconds from launch to its first update, and where
     they went."""
     cmd = [sys.executable, "-m", "launcher", "--worker_num", "2", "--local_worker_num", "2", "--master_port", "0",
-           "--log_dir", str(run / "logs"), "-m", "trainer", "train", "--config", "small", "--data-dir", data_dir,
+           "--log_dir", str(run / "logs"), "-m", "trainer", "train", "--config", recipe, "--data-dir", data_dir,
            "--set", f"train.out_dir={run}", "--set", f"train.max_steps={steps}", "--set", "train.log_every=1",
            "--set", "train.eval_every=0", "--set", "data.valid_limit=16", "--set", "train.progress=false",
            "--set", f"train.compile_cache={str(cache).lower()}"]
@@ -55,7 +60,7 @@ def launch(run: Path, data_dir: str, steps: int, cache: bool, resume: bool):
         cmd.append("--resume")
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     started = time.time()
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=1200)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tree, env=env, timeout=1200)
     if proc.returncode != 0:
         raise SystemExit(f"launch failed ({run}):\n{(proc.stdout + proc.stderr)[-3000:]}")
     seconds, phases = first_update_after(run, steps - 1, started), startup_phases(run, steps - 1)
@@ -67,34 +72,42 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "multi30k"))
     parser.add_argument("--out", default="bench/out/startup")
+    parser.add_argument("--trees", nargs="+", default=[], metavar="NAME=DIR",
+                        help="source trees to compare (default: this one)")
+    parser.add_argument("--recipe", default="small")
+    parser.add_argument("--caches", nargs="+", choices=["true", "false"], default=["true", "false"])
     args = parser.parse_args()
     out = ROOT / args.out
-    times = {(cache, kind): [] for cache in (True, False) for kind in ("cold", "restart")}
+    trees = dict(t.split("=", 1) for t in args.trees) or {"": str(ROOT)}
+    label = {(tree, cache): (f"{tree} " if tree else "") + ("cache" if cache else "nocache")
+             for tree in trees for cache in (c == "true" for c in args.caches)}
+    times = {(case, kind): [] for case in label for kind in ("cold", "restart")}
     phases = {key: [] for key in times}
     for i in range(args.rounds):
-        for cache in (True, False):
-            run = out / f"run-{'cache' if cache else 'nocache'}"
+        for (tree, cache), name in label.items():
+            run = out / f"run-{name.replace(' ', '-')}"
             shutil.rmtree(run, ignore_errors=True)
             for kind, steps in (("cold", 2), ("restart", 4)):
-                seconds, parts = launch(run, args.data_dir, steps, cache, resume=kind == "restart")
-                times[(cache, kind)].append(seconds)
-                phases[(cache, kind)].append(parts)
-            print(f"round {i} compile_cache={cache}: cold {times[(cache, 'cold')][-1]:.1f} s, restart "
-                  f"{times[(cache, 'restart')][-1]:.1f} s", file=sys.stderr)
-    medians = {f"{'cache' if c else 'nocache'}_{k}": round(statistics.median(v), 1) for (c, k), v in times.items()}
-    record = {"date": time.strftime("%Y-%m-%d %H:%M"), "rounds": args.rounds, "medians_s": medians,
-              "all_s": {f"{'cache' if c else 'nocache'}_{k}": [round(x, 1) for x in v] for (c, k), v in times.items()},
-              "phases_s": {f"{'cache' if c else 'nocache'}_{k}": v for (c, k), v in phases.items()}}
+                seconds, parts = launch(run, args.data_dir, steps, cache, kind == "restart", Path(trees[tree]),
+                                        args.recipe)
+                times[((tree, cache), kind)].append(seconds)
+                phases[((tree, cache), kind)].append(parts)
+            print(f"round {i} {name}: cold {times[((tree, cache), 'cold')][-1]:.1f} s, restart "
+                  f"{times[((tree, cache), 'restart')][-1]:.1f} s", file=sys.stderr)
+    medians = {f"{label[c]}_{k}": round(statistics.median(v), 1) for (c, k), v in times.items()}
+    record = {"date": time.strftime("%Y-%m-%d %H:%M"), "rounds": args.rounds, "recipe": args.recipe, "trees": trees,
+              "medians_s": medians,
+              "all_s": {f"{label[c]}_{k}": [round(x, 1) for x in v] for (c, k), v in times.items()},
+              "phases_s": {f"{label[c]}_{k}": v for (c, k), v in phases.items()}}
     out.mkdir(parents=True, exist_ok=True)
     (out / "result.json").write_text(json.dumps(record, indent=1) + "\n")
-    print("| train.compile_cache | launch to first update (cold) | restart (--resume) to first update | ratio |")
+    print("| case (train.compile_cache) | launch to first update (cold) | restart (--resume) to first update | ratio |")
     print("|---|---|---|---|")
-    for cache in (True, False):
-        name = "cache" if cache else "nocache"
+    for name in label.values():
         cold, restart = medians[f"{name}_cold"], medians[f"{name}_restart"]
-        print(f"| {str(cache).lower()} | {cold} s | {restart} s | {cold / restart:.2f}x |")
-    names = list(phases[(True, "cold")][0])
-    print("\n| phase (median s, rank 0) | " + " | ".join(f"{'cache' if c else 'no cache'}, {k}" for c, k in phases) + " |")
+        print(f"| {name} | {cold} s | {restart} s | {cold / restart:.2f}x |")
+    names = list(next(iter(phases.values()))[0])
+    print("\n| phase (median s, rank 0) | " + " | ".join(f"{label[c]}, {k}" for c, k in phases) + " |")
     print("|---|" + "---|" * len(phases))
     for name in names:
         cells = [f"{statistics.median(p[name] for p in runs):.1f}" for runs in phases.values()]

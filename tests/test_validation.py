@@ -12,7 +12,7 @@ from trainer.parallel.context import ParallelContext
 from trainer.parallel.plan import make_plan
 from trainer.train import Trainer
 from trainer.translation import Translator
-from trainer.validation import Validator, decode_buckets, loss_batches
+from trainer.validation import LossBatches, Validator, decode_buckets
 
 BUCKETS = [12, 16, 20, 24, 32, 48, 64, 128]
 
@@ -34,7 +34,7 @@ def test_packed_loss_batches_hold_every_pair_once_and_send_long_ones_to_buckets(
                                "data.max_tokens=128"])
     src = [[5] * n for n in (3, 14, 15, 16, 30)]  # source + EOS: 4, 15, 16, 17 (too long), 31 (too long)
     tgt = [[6] * n for n in (2, 3, 15, 4, 5)]
-    batches = loss_batches(cfg, src, tgt)
+    batches = list(LossBatches(cfg, src, tgt))
     packed = [arrays for is_packed, arrays in batches if is_packed]
     padded = [arrays for is_packed, arrays in batches if not is_packed]
     assert packed and all(a[0].shape == (8, 16) for a in packed)

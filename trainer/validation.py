@@ -9,7 +9,7 @@ Tensor-parallel peers share a data-parallel rank, so they decode the same senten
 import math
 from collections import Counter
 from itertools import combinations
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import mindspore as ms
@@ -103,7 +103,7 @@ class Validator:
         self.sum = GroupSum(ctx.dp_group) if shares > 1 else None
         self.src_ids = [self.split.src_ids[i] for i in self.share]
         self.tgt_ids = [self.split.tgt_ids[i] for i in self.share]
-        self.batches = loss_batches(cfg, self.src_ids, self.tgt_ids)
+        self.batches = LossBatches(cfg, self.src_ids, self.tgt_ids)
         if shares > 1:
             print(f"validation: data-parallel rank {ctx.dp_rank} decodes {len(self.share)} of "
                   f"{len(lengths)} sentences", flush=True)
@@ -156,32 +156,38 @@ def per_token(total: np.ndarray) -> Dict[str, float]:
     return {"loss": float(total[0] / n), "nll": float(total[1] / n), "ppl": math.exp(min(total[1] / n, 50))}
 
 
-def loss_batches(cfg: RunConfig, src_ids, tgt_ids) -> List[Tuple[bool, Tuple[np.ndarray, ...]]]:
-    """The collated validation batches of these pairs, each with whether it is packed.
+class LossBatches:
+    """The validation loss's batches of some pairs, collated as they are read: (packed, arrays) each.
 
     With data.packing the pairs go into rows of the training's packed shape ([max_tokens // pack_length,
     pack_length]: one loss graph to compile instead of one per length bucket; each pair's loss is the one
     it has alone); pairs a row cannot hold whole, and every pair without packing, go in length buckets.
     """
-    data = cfg.data
-    whole = list(range(len(src_ids)))
-    out: List[Tuple[bool, Tuple[np.ndarray, ...]]] = []
-    if data.packing:
-        src_len, tgt_len = side_lengths(src_ids, tgt_ids, data.pack_length + 1)
-        fits = (src_len <= data.pack_length) & (tgt_len <= data.pack_length)
-        whole = [i for i in whole if not fits[i]]
-        kept = np.flatnonzero(fits)
-        if len(kept):
-            packer = PackedBatcher(src_len[kept], tgt_len[kept], data.pack_length, data.max_tokens, seed=0,
-                                   shuffle=False)
-            src, tgt = [src_ids[i] for i in kept], [tgt_ids[i] for i in kept]
-            out += [(True, collate_packed(b, src, tgt)) for b in packer.epoch(0)]
-    if whole:
-        src, tgt = [src_ids[i] for i in whole], [tgt_ids[i] for i in whole]
-        batcher = TokenBatcher([pair_length(a, b) for a, b in zip(src, tgt)], data.buckets, data.max_tokens,
-                               seed=0, shuffle=False)
-        out += [(False, collate(b, src, tgt)) for b in batcher.epoch(0)]
-    return out
+
+    def __init__(self, cfg: RunConfig, src_ids, tgt_ids):
+        data = cfg.data
+        whole = list(range(len(src_ids)))
+        self.parts = []  # (packed, batches, collate, sources, targets)
+        if data.packing:
+            src_len, tgt_len = side_lengths(src_ids, tgt_ids, data.pack_length + 1)
+            fits = (src_len <= data.pack_length) & (tgt_len <= data.pack_length)
+            whole = [i for i in whole if not fits[i]]
+            kept = np.flatnonzero(fits)
+            if len(kept):
+                packer = PackedBatcher(src_len[kept], tgt_len[kept], data.pack_length, data.max_tokens, seed=0,
+                                       shuffle=False)
+                self.parts.append((True, packer.epoch(0), collate_packed, [src_ids[i] for i in kept],
+                                   [tgt_ids[i] for i in kept]))
+        if whole:
+            src, tgt = [src_ids[i] for i in whole], [tgt_ids[i] for i in whole]
+            batcher = TokenBatcher([pair_length(a, b) for a, b in zip(src, tgt)], data.buckets, data.max_tokens,
+                                   seed=0, shuffle=False)
+            self.parts.append((False, batcher.epoch(0), collate, src, tgt))
+
+    def __iter__(self) -> Iterator[Tuple[bool, Tuple[np.ndarray, ...]]]:
+        for packed, batches, collate_fn, src, tgt in self.parts:
+            for batch in batches:
+                yield packed, collate_fn(batch, src, tgt)
 
 
 def decode_buckets(lengths: Sequence[int], buckets: Sequence[int], shapes: int = 2) -> List[int]:

@@ -30,6 +30,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn, ops
 from mindspore.ops import operations as P
+from mindspore.ops.auto_generate import SplitWithSize
 
 
 @dataclass(frozen=True)
@@ -88,11 +89,24 @@ class FlatShard:
         return [full[o:o + n].reshape(s) for o, n, s in zip(self.offsets, self.sizes, self.shapes)]
 
 
-def _flat(tensors, padded: int, dtype=ms.float32):
-    parts = [t.reshape(-1).astype(dtype) for t in tensors]
-    total = sum(int(np.prod(t.shape)) for t in tensors)
-    if padded > total:
-        parts.append(ops.zeros((padded - total,), dtype))
+_hyper_map = ops.HyperMap()
+
+
+def _flatten_as(dtype, tensor):
+    return tensor.reshape(-1).astype(dtype)
+
+
+def _assign_shaped(weight, piece):
+    return ops.assign(weight, piece.reshape(weight.shape).astype(weight.dtype))
+
+
+def _flat(tensors, shard: FlatShard, dtype=ms.float32):
+    """The tensors (weights or gradients, in the shard's order) as one flat vector of shard.padded elements.
+    HyperMap, not a comprehension: graph mode compiles a hundred-odd reshapes in a comprehension in seconds."""
+    parts = _hyper_map(ops.partial(_flatten_as, dtype), tensors)
+    spare = shard.padded - sum(shard.sizes)
+    if spare:
+        parts = parts + (ops.zeros((spare,), dtype),)
     return ops.concat(parts)
 
 
@@ -110,7 +124,7 @@ class ShardedReduction(nn.Cell):
         self.sum = ops.AllReduce(ops.ReduceOp.SUM, shard.group)
 
     def construct(self, grads, loss_sum, nll_sum):
-        flat = _flat(grads, self.shard.padded, self.wire)
+        flat = _flat(grads, self.shard, self.wire)
         if self.shard.native:
             piece = self.scatter(flat).astype(ms.float32)
         else:
@@ -165,6 +179,8 @@ class ShardedAdam(nn.Optimizer):
         decays = [weight_decay if ("beta" not in p.name and "gamma" not in p.name) else 0.0 for p in weights]
         self.decay = ms.Tensor(shard.per_element(decays)) if weight_decay > 0 else None
         self.adam = P.Adam()
+        spare = shard.padded - sum(shard.sizes)
+        self.cut, self.cut_sizes = SplitWithSize(), tuple(shard.sizes) + ((spare,) if spare else ())
         if shard.native:
             self.gather = ops.AllGather(shard.group)
         else:
@@ -176,7 +192,7 @@ class ShardedAdam(nn.Optimizer):
     def construct(self, gradients):
         grad = gradients[0]
         weights = self._parameters
-        piece = _flat(weights, self.shard.padded)[self.shard.lo:self.shard.hi]
+        piece = _flat(weights, self.shard)[self.shard.lo:self.shard.hi]
         done = ops.assign(self.piece, piece)  # the weights as they are now (a load may have changed them)
         if self.decay is not None:
             grad = grad + self.decay * piece
@@ -194,11 +210,8 @@ class ShardedAdam(nn.Optimizer):
             full = self.gather(updated)
         else:
             full = self.gather_sum((self.slot * updated.reshape(1, -1)).reshape(-1))
-        results = ()
-        for i in range(len(self.shard.sizes)):
-            o, n = self.shard.offsets[i], self.shard.sizes[i]
-            results += (ops.assign(weights[i], full[o:o + n].reshape(self.shard.shapes[i]).astype(weights[i].dtype)),)
-        return results
+        pieces = self.cut(full, self.cut_sizes, 0)  # one op, not a static slice per weight (compile time)
+        return _hyper_map(_assign_shaped, weights, pieces[:len(self.shard.sizes)])
 
     # -- checkpoints (trainer/ckpt/store.py) -----------------------------------------------------------------
     def _counters_and_weights(self) -> List[ms.Parameter]:
