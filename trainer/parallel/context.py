@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass
 from typing import Optional
 
+from trainer.parallel.affinity import unpinned
 from trainer.parallel.plan import Plan
 
 
@@ -65,7 +66,8 @@ def init_parallel(plan: Plan, backend: str) -> ParallelContext:
     # the device explicitly, before init(), as MindSpore's rank-table tutorial does (the launcher exports
     # DEVICE_ID per rank; on the CPU the same call runs with device 0)
     ms.set_device(backend, int(os.environ.get("DEVICE_ID", "0")) if backend != "CPU" else 0)
-    init()
+    with unpinned():  # registration is seconds slower on one pinned core (trainer/parallel/affinity.py)
+        init()
     if get_group_size() != plan.world_size:
         raise RuntimeError(f"the cluster has {get_group_size()} ranks but the plan expects {plan.world_size}")
     rank, mp, dp = get_rank(), plan.model_parallel, plan.data_parallel
