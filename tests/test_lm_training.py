@@ -279,11 +279,13 @@ def test_the_run_accounts_for_its_time_and_skips_a_validation_right_after_one(co
 
 
 def test_a_run_without_epoch_validations_validates_once_at_its_end(corpus, tmp_path):
-    """train.validate_epochs=false (the `quick` recipe): no pass at the end of each epoch, one at the end of the
-    run, whether max_epochs or max_steps ends it."""
+    """train.validate_epochs=false (the `quick` recipe): no pass at the end of each epoch (a checkpoint only), one
+    pass at the end of the run, whether max_epochs or max_steps ends it."""
     limit = ["data.train_limit=320", "train.save_every_steps=0", "train.validate_epochs=false"]  # 40 an epoch
     summary = train_here(corpus, tmp_path / "epochs", *limit, "train.max_epochs=3", "train.max_steps=1000")
     assert [r["step"] for r in records(tmp_path / "epochs", "valid")] == [120] and summary["steps"] == 120
+    saved = sorted(int(p.name[5:]) for p in (tmp_path / "epochs" / "checkpoints").glob("step_*"))
+    assert saved == [40, 80, 120]  # the ends of epochs still save (nothing lost to a crash)
     assert (tmp_path / "epochs" / "checkpoints" / "latest").resolve().name == "step_120"
     train_here(corpus, tmp_path / "steps", *limit, "train.max_epochs=3", "train.max_steps=50")
     assert [r["step"] for r in records(tmp_path / "steps", "valid")] == [50]

@@ -77,7 +77,7 @@ class TrainConfig:
     time_budget_minutes: Optional[float] = None  # stop (after a final evaluation) when spent
     eval_every: int = 500  # validate every N steps (0: never mid-epoch), and at the end of the run
     # also at the end of every epoch; false: a short run validates only every eval_every steps and at its end
-    # (a validation pass is run time not spent training: the `quick` recipe)
+    # (a validation pass is run time not spent training: the `quick` recipe); the end of an epoch still saves
     validate_epochs: bool = True
     log_every: int = 20
     # auto (bleu for translation, ppl for causal_lm) | bleu | loss | ppl (on the validation split only)

@@ -291,9 +291,8 @@ class Trainer:
                     self.save_position(epoch + 1, 0, f"signal {self.stop_signal or 'on another rank'}")
                     break
                 with window.paused():
-                    if not (cfg.train.validate_epochs or stop or last_epoch):
-                        if self._save_due():
-                            self.save_position(epoch + 1, 0, "train.save_every_*")
+                    if not (cfg.train.validate_epochs or stop or last_epoch):  # a checkpoint, not a pass
+                        self.save_position(epoch + 1, 0, "end of epoch (train.validate_epochs: false)")
                     elif self._validated_recently():
                         self.save_position(epoch + 1, 0, f"end of epoch; validated at step {self.last_validation}")
                     else:
