@@ -59,6 +59,11 @@ class FlatShard:
                    backend.lower() != "cpu", mp_rank, mp_size)
 
     @property
+    def spare(self) -> int:
+        """Zeros after the last weight that make the flat length a multiple of dp_size."""
+        return self.padded - sum(self.sizes)
+
+    @property
     def piece(self) -> int:
         return self.padded // self.dp_size
 
@@ -104,9 +109,8 @@ def _flat(tensors, shard: FlatShard, dtype=ms.float32):
     """The tensors (weights or gradients, in the shard's order) as one flat vector of shard.padded elements.
     HyperMap, not a comprehension: graph mode compiles a hundred-odd reshapes in a comprehension in seconds."""
     parts = _hyper_map(ops.partial(_flatten_as, dtype), tensors)
-    spare = shard.padded - sum(shard.sizes)
-    if spare:
-        parts = parts + (ops.zeros((spare,), dtype),)
+    if shard.spare:
+        parts = parts + (ops.zeros((shard.spare,), dtype),)
     return ops.concat(parts)
 
 
@@ -179,8 +183,7 @@ class ShardedAdam(nn.Optimizer):
         decays = [weight_decay if ("beta" not in p.name and "gamma" not in p.name) else 0.0 for p in weights]
         self.decay = ms.Tensor(shard.per_element(decays)) if weight_decay > 0 else None
         self.adam = P.Adam()
-        spare = shard.padded - sum(shard.sizes)
-        self.cut, self.cut_sizes = SplitWithSize(), tuple(shard.sizes) + ((spare,) if spare else ())
+        self.cut, self.cut_sizes = SplitWithSize(), tuple(shard.sizes) + ((shard.spare,) if shard.spare else ())
         if shard.native:
             self.gather = ops.AllGather(shard.group)
         else:
