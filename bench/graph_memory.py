@@ -21,7 +21,7 @@ def main(argv) -> int:
 
     from model.config import ModelConfig
     from model.decoder_only import DecoderOnly
-    from trainer.train import resident_mib
+    from trainer.loop.host_memory import resident_mib
 
     ms.set_context(mode=ms.GRAPH_MODE)
     options = {}

@@ -11,7 +11,6 @@ Markdown table for bench/README.md.
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -33,11 +32,11 @@ CASES = {
                                        "data.buckets=[64]", "data.vocab_size=8000"],
                         [[], ["parallel.optimizer_shard=true", "model.recompute=full"]]),
 }
-PEAK = re.compile(r"peak host memory: ([\d,]+) MiB \(rank (\d+); ([\d,]+) MiB at the end\)")
 
 
 def run(recipe: str, workers: int, sets, data_dir: str, out: Path) -> dict:
     """One training run; its peak RSS (largest over ranks, MiB), median tokens/s and wall seconds."""
+    from trainer.loop.host_memory import parse_lines
     from trainer.loop.summary import median_of
 
     args = ["--config", recipe, "--data-dir", data_dir, "--set", f"train.out_dir={out / 'run'}"]
@@ -59,10 +58,11 @@ def run(recipe: str, workers: int, sets, data_dir: str, out: Path) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         (out / "output.txt").write_text(text)
         raise RuntimeError(f"{recipe} {sets} failed (exit {proc.returncode}); see {out / 'output.txt'}")
-    found = PEAK.findall(text)
-    peaks = {int(rank): int(mib.replace(",", "")) for mib, rank, _ in found}
-    ends = {int(rank): int(mib.replace(",", "")) for _, rank, mib in found}
-    return {"peak_mib": max(peaks.values()), "peaks": peaks, "end_mib": max(ends.values()), "tokens_per_s": median_of(out / "run"),
+    ranks = parse_lines(text)
+    return {"peak_mib": max(r["peak"] for r in ranks.values()), "peaks": {k: r["peak"] for k, r in ranks.items()},
+            "training_mib": max(r["training"] for r in ranks.values()),
+            "training_less_before_model_mib": max(r["training"] - r["before_model"] for r in ranks.values()),
+            "end_mib": max(r["end"] for r in ranks.values()), "tokens_per_s": median_of(out / "run"),
             "wall_s": round(seconds, 1)}
 
 
@@ -87,12 +87,13 @@ def main() -> int:
             print(json.dumps(record), flush=True)
     out.mkdir(parents=True, exist_ok=True)
     (out / "result.json").write_text(json.dumps(rows, indent=1))
-    print("\n| case | workers | settings | peak RSS (largest rank) | vs baseline | RSS at the end | tokens/s | "
-          "vs baseline |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\n| case | workers | settings | peak RSS (largest rank) | vs baseline | training's peak | RSS at the end | "
+          "tokens/s | vs baseline |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['case']} | {r['workers']} | {' '.join(r['settings'])} | {r['peak_mib']:,} MiB | "
-              f"{r['memory_ratio']:.2f} | {r['end_mib']:,} MiB | {r['tokens_per_s']:,.0f} | {r['speed_ratio']:.2f} |")
+              f"{r['memory_ratio']:.2f} | {r['training_mib']:,} MiB | {r['end_mib']:,} MiB | {r['tokens_per_s']:,.0f} | "
+              f"{r['speed_ratio']:.2f} |")
     return 0
 
 

@@ -1,4 +1,5 @@
 """The command-line surface is frozen here, and bad input exits 2 with a message, no traceback."""
+import json
 import os
 import re
 import shutil
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from trainer.cli import build_parser
+from trainer.loop.host_memory import parse_lines
 
 
 def surface():
@@ -192,7 +194,11 @@ def test_a_direct_train_run_keeps_mindsporess_warnings_off_the_console(data_dir,
     assert proc.returncode == 0, proc.stderr[-2000:]
     noise = [line for line in (proc.stdout + proc.stderr).splitlines() if "[WARNING]" in line or "[INFO]" in line]
     assert noise == [], noise[:3]
-    assert "peak host memory" in proc.stdout and "time: training updates " in proc.stdout
+    assert "time: training updates " in proc.stdout
+    (memory,) = parse_lines(proc.stdout).values()  # the end-of-run line, as benchmarks read it
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["host_mib"] == {**memory, "end": summary["host_mib"]["end"]}
+    assert 0 < memory["before_model"] < memory["training"] <= memory["peak"]  # the model and its step took memory
     last = proc.stderr.strip().splitlines()[-1]  # as a launched job ends: where they are, how many
     assert last.startswith("MindSpore's own log lines stay in ") and "warning" in last, proc.stderr[-500:]
     kept = Path(last.split(" stay in ", 1)[1].split(" (", 1)[0]).read_text()

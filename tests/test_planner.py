@@ -1,6 +1,7 @@
 """The planner's sizes (issue 18): parameter counts equal the built models' for every recipe, at full size
 without allocating; a layout that cannot fit is an error naming the shortfall; decoder-only recipes build
 and take a step at tiny scale; a decoder-only row spans both sides of a pair."""
+import json
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +16,8 @@ from model.size import parameter_count, replicated_parameters
 from trainer.cli import main
 from trainer.config import load_config
 from trainer.parallel.plan import make_plan
-from trainer.parallel.sizing import (GIB, flops_per_token, memory, rows_per_device, sequence_length,
-                                      side_length)
+from trainer.parallel.sizing import (CPU, GIB, flops_per_token, memory, memory_model, rows_per_device,
+                                     sequence_length, side_length)
 
 RECIPES = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "trainer" / "recipes").glob("*.yaml"))
 SHRINK = ["model.d_model=32", "model.n_heads=8", "model.d_ff=64", "model.decoder_layers=2", "model.encoder_layers=1",
@@ -132,3 +133,58 @@ def test_a_layout_that_fits_only_with_the_levers_names_the_settings(capsys):
                  "--set", "parallel.optimizer_shard=true", "--set", "model.recompute=selective"]) == 0
     out = capsys.readouterr().out
     assert ": fits" in out and "with this config's levers (optimizer_shard true, recompute selective)" in out
+
+
+def test_the_cpu_memory_model_scales_the_formula_and_its_levers_free_nothing():
+    cfg = load_config("small")
+    mem = memory(cfg, 8000, dp=2, mp=1)
+    state, activations = mem.parts()
+    assert state + activations == pytest.approx(mem.total())  # the parts are the formula's total
+    assert 0 < mem.logits < activations
+    assert mem.parts(optimizer_shard=True)[0] == pytest.approx(state - mem.optimizer / 2)
+    assert mem.parts(recompute="full")[1] < activations
+    held = CPU.fixed + CPU.state * state + CPU.activations * activations
+    params = mem.weights / 4
+    assert mem.total(model=CPU) == pytest.approx(held)
+    # the levers free nothing on the CPU: each adds what the runs measured per parameter
+    assert mem.total(False, "full", CPU) == pytest.approx(held + CPU.recompute_extra * params)
+    assert mem.total(True, "none", CPU) == pytest.approx(held + CPU.shard_extra * params)
+    assert CPU.state > 1 and CPU.activations > 1 and CPU.fixed > 0  # the CPU holds more than the formula counts
+    assert mem.total(model=memory_model("Ascend")) == pytest.approx(mem.total())  # the formula as written
+    assert memory_model("cpu") is CPU and memory_model("GPU").is_formula
+
+
+def test_the_cpu_memory_model_is_within_a_quarter_of_the_runs_it_was_fitted_on():
+    """bench/results/planner-*.json: the measured runs (5 models x the levers at dp 2) against sizing.CPU, so a
+    change of the formula or of the factors that no longer matches what was measured fails here."""
+    from bench.planner import FACTORS, estimate_parts, model_estimate
+
+    result = sorted((Path(__file__).resolve().parents[1] / "bench" / "results").glob("planner-*.json"))[-1]
+    rows = json.loads(result.read_text())["rows"]
+    assert len({r["case"] for r in rows}) >= 5 and len(rows) >= 20
+    for row in rows:
+        levers = {"model.recompute=full", "parallel.optimizer_shard=true"}
+        row["parts"] = estimate_parts(row["recipe"], row["settings"])
+        row["parts_none"] = estimate_parts(row["recipe"], [s for s in row["settings"] if s not in levers])
+        estimate = model_estimate(row, **{name: getattr(CPU, name) for name in FACTORS})
+        assert abs(estimate / row["measured"] - 1) <= 0.25, (row["case"], row["settings"], estimate, row["measured"])
+
+
+def test_plan_names_the_backends_memory_model_and_offers_no_levers_on_the_cpu(capsys):
+    sets = ["--set", "data.max_tokens=8192"]
+    assert main(["plan", "--config", "small", "--cluster", "cluster_configs/local_cpu_2.yaml", *sets]) == 0
+    out = capsys.readouterr().out
+    assert "memory model: cpu, calibrated (" in out and "free no memory there" in out
+    assert "(cpu: a device is this host's memory over its 2 workers, " in out
+    mem = memory(load_config("small", ["data.max_tokens=8192"]), 8000, dp=2, mp=1)
+    held = next(line for line in out.splitlines() if line.startswith("  as cpu holds it"))
+    assert f"{mem.total(model=CPU) / GIB:,.2f} GiB" in held
+    table = out.split("est. step  note\n")[1]
+    assert "optimizer sharding" not in table and "recompute" not in table
+    assert main(["plan", "--config", "small", "--cluster", "cluster_configs/local_cpu_2.yaml", *sets,
+                 "--set", "model.d_model=4096", "--set", "model.d_ff=16384"]) == 2
+    out, err = capsys.readouterr()
+    assert "(the levers free no memory on cpu)" in out and "it fits with" not in err
+    assert main(["plan", "--config", "small", "--cluster", "cluster_configs/ascend_1x8.yaml"]) == 0
+    assert "memory model: ascend, the formula as written (factors 1.0; not yet measured on an NPU)" in \
+        capsys.readouterr().out

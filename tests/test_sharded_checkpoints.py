@@ -264,7 +264,8 @@ def test_a_sharded_optimizer_saves_pieces_without_gathering_and_any_layout_reads
 
     def rank(d):
         shard = FlatShard.of(weights, d, 2, "dp", "CPU")
-        pieces = {f"zero.{m}": ms.Parameter(ms.Tensor(shard.flatten([want[f"{m}.{w.name}"] for w in weights])),
+        pieces = {f"zero.{m}": ms.Parameter(ms.Tensor(shard.flatten({i: want[f"{m}.{w.name}"]
+                                                                     for i, w in enumerate(weights)})),
                                             name=f"zero.{m}") for m in ("moment1", "moment2")}
         flat = {"names": [w.name for w in weights], "shapes": [list(s) for s in shard.shapes],
                 "offsets": list(shard.offsets), "sizes": list(shard.sizes), "piece": shard.piece}
@@ -301,3 +302,27 @@ def test_a_sharded_optimizer_saves_pieces_without_gathering_and_any_layout_reads
     load_tensors(list(half.get_parameters()), ShardLayout(1, 2, split_axes=AXES), directory, manifest)
     np.testing.assert_array_equal(state(half)["moment1.a.weight"], want["moment1.a.weight"][3:])
     np.testing.assert_array_equal(state(half)["moment2.b.weight"], want["moment2.b.weight"][:, 3:])
+
+    from trainer.parallel.zero import ShardedAdam, SkippedMoment
+
+    read = []
+    original = store_module.ShardReader.read
+    monkeypatch.setattr(store_module.ShardReader, "read", lambda self, name, *a: read.append(name) or
+                        original(self, name, *a))
+    # a sharded rank reads only the moments its piece overlaps: a.weight [0, 24), a.bias [24, 30),
+    # b.weight [30, 48), b.bias [48, 51) of 52; rank 0 holds [0, 26), rank 1 [26, 52)
+    for d, skipped in ((0, {"b.weight", "b.bias"}), (1, {"a.weight"})):
+        params = Two().trainable_params()
+        shard = FlatShard.of(params, d, 2, "dp", "CPU")
+        sharded = ShardedAdam(params, shard)
+        layout = ShardLayout(0, 1, d, 2, AXES)
+        assert {p.name for p in sharded.load_state() if isinstance(p, SkippedMoment)} == \
+            {f"{m}.{n}" for m in ("moment1", "moment2") for n in skipped}
+        read.clear()
+        CheckpointStore(tmp_path, layout, world_size=2, warn=lambda _: None).load(sharded, directory, manifest)
+        assert not {f"{m}.{n}" for m in ("moment1", "moment2") for n in skipped} & set(read)
+        for m in ("moment1", "moment2"):
+            np.testing.assert_array_equal(getattr(sharded, m).asnumpy(),
+                                          shard.flatten({i: want[f"{m}.{w.name}"] for i, w in enumerate(weights)}))
+        for w in sharded.parameters:
+            np.testing.assert_array_equal(w.asnumpy(), want[w.name])

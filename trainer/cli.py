@@ -128,12 +128,13 @@ def _plan(args) -> int:
     except LaunchError as exc:
         raise ConfigError(str(exc)) from None
     world = args.world_size or (cluster.worker_num if cluster else 1)
-    plan = make_plan(cfg, world, args.backend, vocab_size=args.vocab_size, for_execution=False)
+    backend = args.backend or ({"cpu": "CPU", "gpu": "GPU"}.get(cluster.backend, "Ascend") if cluster else "Ascend")
+    plan = make_plan(cfg, world, backend, vocab_size=args.vocab_size, for_execution=False)
     print(f"plan: {plan.describe()}")
     if plan.caveat:
         print(f"warning: {plan.caveat}")
     vocab = args.vocab_size or cfg.data.vocab_size
-    lines, problem = sizing_report(cfg, vocab, plan.data_parallel, plan.model_parallel, cluster)
+    lines, problem = sizing_report(cfg, vocab, plan.data_parallel, plan.model_parallel, cluster, backend)
     for line in lines:
         print(line)
     if args.strategies:
@@ -141,7 +142,7 @@ def _plan(args) -> int:
         for pattern, kind in TRANSFORMER_LAYOUT:
             print(f"  {pattern:<14} {kind}")
         with no_init_parameters():  # shapes only: a 7B model is not allocated to list its strategies
-            model = build_model(cfg, vocab, vocab, args.backend)
+            model = build_model(cfg, vocab, vocab, backend)
         print(f"semi_auto shard() strategies (dp={plan.data_parallel}, mp={plan.model_parallel}), "
               f"used only with parallel.mode=semi_auto:")
         for path, op, strategy in semi_auto_plan(model, plan.data_parallel, plan.model_parallel):
@@ -342,7 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--world-size", type=int, help="workers in the job (default: the cluster file's, else 1)")
     p.add_argument("--cluster", help="cluster file (cluster_configs/*.yaml): check the memory fit against its "
                    "device_memory_gib and rank every layout for its devices")
-    p.add_argument("--backend", default="Ascend", choices=["CPU", "GPU", "Ascend"], help="where it would run")
+    p.add_argument("--backend", choices=["CPU", "GPU", "Ascend"], help="where it would run, which picks the memory "
+                   "model (default: the cluster file's backend, else Ascend)")
     p.add_argument("--vocab-size", type=int, help="the real vocabulary size (default: data.vocab_size)")
     p.add_argument("--strategies", action="store_true", help="also print the layout table and every sharded "
                    "operator's shard() strategy (parallel.mode=semi_auto)")

@@ -5,8 +5,6 @@
     Trainer     the loop of one rank
 """
 import json
-import os
-import resource
 import time
 from contextlib import nullcontext
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -26,6 +24,7 @@ from trainer.data.batching import TokenBatcher, collate
 from trainer.data.lm import LmBatcher, LmCorpus, prepare_lm
 from trainer.data.packing import PackedBatcher, collate_packed, side_lengths
 from trainer.dataset import Corpus, Split, prepare, prepare_pairs
+from trainer.loop.host_memory import HostMemory, device_peak_mib
 from trainer.loop.metrics import MetricsLog
 from trainer.loop.schedule import learning_rate
 from trainer.loop.startup import StartupClock
@@ -58,6 +57,7 @@ class Trainer:
         self.cfg, self.corpus, self.ctx = cfg, corpus, ctx
         self.startup = startup  # closed phase by phase up to the first update, then logged
         self.run_dir = cfg.run_dir()
+        self.host_memory = HostMemory()  # before the model: MindSpore, the data
         built = build_training(cfg, ctx, len(corpus.src_vocab), len(corpus.tgt_vocab))
         self.model, self.parallel, self.optimizer, self.stepper = built.model, built.parallel, built.optimizer, built.step
         if hasattr(self.optimizer, "state_elements"):  # parallel.optimizer_shard (trainer/parallel/zero.py)
@@ -114,6 +114,7 @@ class Trainer:
 
     def validate_and_save(self, epoch: int, batch_index: int) -> None:
         """Validate, then save step_<N> with the resume position (the new `best` if it is better)."""
+        self.host_memory.training_done()  # validation's graphs are not training's memory
         t0 = time.time()
         with self.time_shares.timing("validation"):
             val = self.validator.run()
@@ -301,10 +302,12 @@ class Trainer:
             catch_signals(None, handlers)
         self.log.close()
         ckpt = self.checkpoints
-        peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-        print(f"peak host memory: {peak_mib:,.0f} MiB (rank {self.ctx.rank}; {resident_mib():,.0f} MiB at the end)",
-              flush=True)
-        summary = {"steps": self.step, "interrupted_by_signal": self.stop_signal, "peak_host_mib": round(peak_mib),
+        print(self.host_memory.line(self.ctx.rank), flush=True)
+        memory, device = self.host_memory.record(), device_peak_mib(self.ctx.backend)
+        if device is not None:  # what `mindrun plan` estimates on an accelerator (its calibration's input)
+            print(f"peak device memory: {device:,} MiB (rank {self.ctx.rank}; MindSpore's allocator)", flush=True)
+        summary = {"steps": self.step, "interrupted_by_signal": self.stop_signal, "peak_host_mib": memory["peak"],
+                   "host_mib": memory, "device_peak_mib": device,
                    "time_s": self.time_shares.record(time.time()),
                    "epochs": round(self.step / max(per_epoch, 1), 2),
                    "train_seconds": round(time.time() - start, 1), "best": ckpt.best, "run_dir": str(self.run_dir),
@@ -320,15 +323,6 @@ def prepare_corpus(cfg: RunConfig) -> Union[Corpus, LmCorpus]:
     if cfg.data.source != "tokens":
         return prepare(cfg.data)
     return prepare_lm(cfg.data) if cfg.data.objective == "causal_lm" else prepare_pairs(cfg.data)
-
-
-def resident_mib() -> float:
-    """This process's resident memory now (0 where /proc is missing)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
-    except (OSError, ValueError, IndexError):
-        return 0.0
 
 
 def train(cfg: RunConfig, corpus: Optional[Corpus] = None) -> Dict[str, object]:

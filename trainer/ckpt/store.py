@@ -431,6 +431,8 @@ def load_tensors(params: List, layout: ShardLayout, directory: Path, manifest: D
     reader = ShardReader(directory, manifest)
     try:
         for p in params:
+            if not getattr(p, "wanted", True):  # checked above, not needed here (zero.SkippedMoment)
+                continue
             shape = manifest["tensors"][p.name]["shape"]
             span = layout.local_range(p.name, shape)
             data = reader.read(p.name, layout.axis(p.name), *span) if span else reader.read(p.name)

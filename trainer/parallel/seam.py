@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING, Callable, Dict, Optional, Sequence, Tuple
 import numpy as np
 import mindspore as ms
 from mindspore import nn, ops
-from mindspore.ops.auto_generate import SplitWithSize  # one op for the whole cut (ops.split loops)
 
 from model.parallel.layout import apply_hybrid, apply_semi_auto
 from model.parallel.mappings import all_gather_works
 from trainer.parallel.context import ParallelContext
 from trainer.parallel.data import RankRows, shard_rows
+from trainer.parallel.flat_split import FlatSplit
 from trainer.parallel.plan import FLAT_LIMIT_BYTES
 
 if TYPE_CHECKING:
@@ -56,15 +56,14 @@ class FlatReduction(nn.Cell):
     parameter, in `wire` dtype (float16: half the bytes; the sums come back as float32 for the update).
     The loss sums stay float32 (a float16 sum of ~1e4 would keep only units).
 
-    The buffer is cut back by one SplitWithSize and reshaped through HyperMap: a hundred-odd static
-    slices, or reshapes in a comprehension, took graph mode about 8 s to compile (bench/README.md,
-    bench.startup); this takes under 1 s.
+    The buffer is cut back by SplitWithSize (trainer/parallel/flat_split.py) and reshaped through HyperMap:
+    a hundred-odd static slices, or reshapes in a comprehension, took graph mode about 8 s to compile
+    (bench/README.md, bench.startup); this takes under 1 s.
     """
 
     def __init__(self, weights, group: str, wire=ms.float32):
         super().__init__(auto_prefix=False)
-        self.sizes = tuple(int(np.prod(p.shape)) for p in weights)
-        self.split = SplitWithSize()
+        self.split = FlatSplit([int(np.prod(p.shape)) for p in weights])
         self.wire = wire
         self.grad_sum = ops.AllReduce(ops.ReduceOp.SUM, group)
         self.sum = ops.AllReduce(ops.ReduceOp.SUM, group)
@@ -72,7 +71,7 @@ class FlatReduction(nn.Cell):
     def construct(self, grads, loss_sum, nll_sum):
         flat = ops.concat(_hyper_map(self._flatten, grads))
         total = self.grad_sum(flat).astype(ms.float32)
-        out = _hyper_map(self._shaped_like, self.split(total, self.sizes, 0), grads)
+        out = _hyper_map(self._shaped_like, self.split(total), grads)
         sums = self.sum(ops.stack((loss_sum, nll_sum)))
         return out, sums[0], sums[1]
 

@@ -15,7 +15,10 @@ Estimates, from the config alone (nothing is allocated):
   with full recompute only each layer's input is kept, plus one layer's activations; with selective
   recompute the attention core's 5*a*s/(h*t) term is not kept.
 
-Measured against the peak memory of CPU runs in bench/README.md ("planner").
+What a backend's runtime holds is the formula times that backend's `MemoryModel`: the formula as written for
+Ascend (made for a fused, memory-reusing NPU backward; not yet measured on an NPU), factors fitted on measured
+runs for the CPU (bench/planner.py; bench/README.md "bench.planner"), where MindSpore keeps every intermediate of
+a compiled graph, so recompute and optimizer sharding free no host memory.
 """
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
@@ -39,15 +42,69 @@ class Memory:
     activations: float
     activations_recompute: float  # model.recompute=full
     activations_selective: float = 0.0  # model.recompute=selective
+    logits: float = 0.0  # of every activations_* figure: the float32 logits and their gradient (for reports)
 
     def activations_with(self, recompute: str) -> float:
         """Activation bytes under model.recompute = none | selective | full."""
         return {"none": self.activations, "selective": self.activations_selective,
                 "full": self.activations_recompute}[recompute]
 
-    def total(self, optimizer_shard: bool = False, recompute: str = "none") -> float:
-        return (self.weights + self.gradients + (self.optimizer_sharded if optimizer_shard else self.optimizer)
-                + self.activations_with(recompute))
+    def total(self, optimizer_shard: bool = False, recompute: str = "none",
+              model: Optional["MemoryModel"] = None) -> float:
+        """Bytes per device with these levers, as `model`'s backend holds them (default: the formula)."""
+        model = model or FORMULA
+        parts = self.parts(optimizer_shard if model.levers_free else False, recompute if model.levers_free else "none")
+        params = self.weights / 4.0  # float32
+        extra = (model.shard_extra if optimizer_shard else 0.0) + (model.recompute_extra if recompute != "none" else 0.0)
+        extra *= params
+        return model.fixed + model.state * parts[0] + model.activations * parts[1] + extra
+
+    def parts(self, optimizer_shard: bool = False, recompute: str = "none") -> Tuple[float, float]:
+        """(weights + gradients + Adam moments, activations with the logits) in bytes, as the formula counts them."""
+        state = self.weights + self.gradients + (self.optimizer_sharded if optimizer_shard else self.optimizer)
+        return state, self.activations_with(recompute)
+
+
+@dataclass(frozen=True)
+class MemoryModel:
+    """How one backend's runtime holds what the formula counts: a factor per part, whether the levers free
+    memory there, and what the sharded optimizer adds per parameter."""
+
+    backend: str
+    fixed: float = 0.0  # bytes the runtime holds whatever the model (compiled graph, kernels, workspace)
+    state: float = 1.0  # x weights + gradients + Adam moments
+    activations: float = 1.0  # x the activations, the logits included
+    levers_free: bool = True  # recompute and optimizer sharding reduce what the runtime holds
+    shard_extra: float = 0.0  # bytes per parameter of this device the sharded optimizer adds
+    recompute_extra: float = 0.0  # bytes per parameter of this device recompute adds (where it frees nothing)
+    source: str = ""
+
+    @property
+    def is_formula(self) -> bool:
+        """The formula as written: no factor, no fixed part."""
+        return (self.fixed, self.state, self.activations, self.shard_extra, self.recompute_extra) == (0, 1, 1, 0, 0)
+
+    def describe(self) -> str:
+        """One line for `mindrun plan`: which backend's factors, and where they come from."""
+        if self.is_formula:
+            return f"memory model: {self.backend}, the formula as written (factors 1.0; {self.source})"
+        levers = "" if self.levers_free else "; recompute and optimizer sharding free no memory there"
+        return (f"memory model: {self.backend}, calibrated ({self.source}): {self.fixed / 2 ** 20:,.0f} MiB + state "
+                f"x {self.state:.2f} + activations x {self.activations:.2f}{levers}")
+
+
+FORMULA = MemoryModel("ascend", source="not yet measured on an NPU")
+# Fitted by `python -m bench.planner --fit` (bench/README.md "bench.planner"): MindSpore 2.10's CPU runtime keeps
+# every intermediate of a compiled graph (a forward-only graph of 8 blocks held all their activations:
+# bench/results/cpu_graph_memory-20261205/), so neither lever frees host memory there: full recompute adds
+# graph nodes (2-26 % more in the runs) and the sharded optimizer's AllReduce emulation adds flat copies.
+CPU = MemoryModel("cpu", fixed=184_635_230.0, state=1.945, activations=2.22, levers_free=False, shard_extra=11.746,
+                  recompute_extra=9.394, source="bench.planner 2026-12-05: 20 runs of 5 models at dp 2, within 14 %")
+
+
+def memory_model(backend: str) -> MemoryModel:
+    """The MemoryModel of a backend (cpu | ascend | gpu, any case); GPU and Ascend use the formula."""
+    return CPU if backend.lower() == "cpu" else MemoryModel(backend.lower(), source=FORMULA.source)
 
 
 def side_length(cfg: RunConfig) -> int:
@@ -115,7 +172,8 @@ def memory(cfg: RunConfig, vocab: int, dp: int, mp: int) -> Memory:
     recompute = (layers * 2 * seq * rows * model.d_model + one_layer) * act_bytes / 2 + logits
     return Memory(weights=4.0 * per_device, gradients=4.0 * per_device, optimizer=8.0 * per_device,
                   optimizer_sharded=8.0 * per_device / dp, activations=activations,
-                  activations_recompute=recompute, activations_selective=selective * act_bytes / 2 + logits)
+                  activations_recompute=recompute, activations_selective=selective * act_bytes / 2 + logits,
+                  logits=logits)
 
 
 @dataclass(frozen=True)
@@ -128,10 +186,11 @@ class Fit:
     device_bytes: float
     optimizer_shard: bool
     recompute: str  # none | selective | full
+    model: MemoryModel = FORMULA
 
     @property
     def needed(self) -> float:
-        return self.memory.total(self.optimizer_shard, self.recompute)
+        return self.memory.total(self.optimizer_shard, self.recompute, self.model)
 
     @property
     def usable(self) -> float:
@@ -196,25 +255,27 @@ class Ranked:
         return out
 
 
-def fit_with_levers(cfg: RunConfig, vocab: int, dp: int, mp: int, device_gib: float) -> Fit:
-    """The layout with the first of LEVERS that fits (sharding only with dp > 1), else with none."""
+def fit_with_levers(cfg: RunConfig, vocab: int, dp: int, mp: int, device_gib: float,
+                    model: MemoryModel = FORMULA) -> Fit:
+    """The layout with the first of LEVERS that fits (sharding only with dp > 1), else with none. Where the
+    levers free no memory (`model.levers_free` false) none is proposed."""
     mem = memory(cfg, vocab, dp, mp)
-    for shard, recompute in LEVERS:
+    for shard, recompute in LEVERS if model.levers_free else LEVERS[:1]:
         if shard and dp < 2:
             continue
-        fit = Fit(dp, mp, mem, device_gib * GIB, shard, recompute)
+        fit = Fit(dp, mp, mem, device_gib * GIB, shard, recompute, model)
         if fit.fits:
             return fit
-    return Fit(dp, mp, mem, device_gib * GIB, False, "none")
+    return Fit(dp, mp, mem, device_gib * GIB, False, "none", model)
 
 
 def rank(cfg: RunConfig, vocab: int, world: int, device_gib: float, peak_flops: float,
-         link_bytes_s: float) -> List[Ranked]:
+         link_bytes_s: float, model: MemoryModel = FORMULA) -> List[Ranked]:
     """Every valid layout with the levers it needs: those that fit first, by estimated step time (recompute's
     extra forward counted); then the rest by what they need."""
     out = []
     for dp, mp in valid_layouts(cfg.model, vocab, world):
-        fit = fit_with_levers(cfg, vocab, dp, mp, device_gib)
+        fit = fit_with_levers(cfg, vocab, dp, mp, device_gib, model)
         seconds = (step_seconds(cfg, vocab, dp, mp, peak_flops, link_bytes_s) * RECOMPUTE_COST[fit.recompute]
                    if fit.fits else None)
         out.append(Ranked(fit, seconds))

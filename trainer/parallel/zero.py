@@ -19,8 +19,8 @@ piece r. Per update:
 Checkpoints: every rank writes its pieces of the moments to a piece file of its own (no gather: at 7B the whole
 moments of a model-parallel rank would be tens of GB on each host), and the manifest describes `moment1.<weight>`
 / `moment2.<weight>` (split like the weight under hybrid) as ranges of those pieces (trainer/ckpt/layout.py
-flat_parts). A load reads them by those names, whole, and cuts them into this rank's piece: a checkpoint resumes
-into any dp or mp size, sharded or not, and vice versa.
+flat_parts). A load reads by those names the moments of the weights this rank's piece overlaps (about 1/dp of
+them) and cuts them into its piece: a checkpoint resumes into any dp or mp size, sharded or not, and vice versa.
 The ReduceScatter / AllGather branch (Ascend) has not run; the CPU branch is what the tests run.
 """
 from dataclasses import dataclass
@@ -30,7 +30,8 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn, ops
 from mindspore.ops import operations as P
-from mindspore.ops.auto_generate import SplitWithSize
+
+from trainer.parallel.flat_split import FlatSplit
 
 
 @dataclass(frozen=True)
@@ -82,12 +83,24 @@ class FlatShard:
             full[offset:offset + size] = value
         return full[self.lo:self.hi]
 
-    def flatten(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
-        """Host arrays of the weights' shapes -> this rank's piece of their flat vector."""
-        full = np.zeros(self.padded, np.float32)
-        for array, offset, size in zip(arrays, self.offsets, self.sizes):
-            full[offset:offset + size] = np.asarray(array, np.float32).reshape(-1)
-        return full[self.lo:self.hi]
+    def overlap(self, index: int) -> Optional[Tuple[int, int, int]]:
+        """(first, end, at): elements [first, end) of weight `index`, flattened, lie in this rank's piece from
+        position `at`; None when the piece holds none of them."""
+        first, end = max(self.offsets[index], self.lo), min(self.offsets[index] + self.sizes[index], self.hi)
+        if first >= end:
+            return None
+        return first - self.offsets[index], end - self.offsets[index], first - self.lo
+
+    def flatten(self, arrays: Dict[int, np.ndarray]) -> np.ndarray:
+        """Host arrays of the weights' shapes (by index; only those the piece overlaps are needed) -> this rank's
+        piece of their flat vector."""
+        piece = np.zeros(self.piece, np.float32)
+        for index in range(len(self.sizes)):
+            span = self.overlap(index)
+            if span is not None:
+                first, end, at = span
+                piece[at:at + end - first] = np.asarray(arrays[index], np.float32).reshape(-1)[first:end]
+        return piece
 
     def split(self, full: np.ndarray) -> List[np.ndarray]:
         """A whole flat host vector -> one array per weight."""
@@ -95,6 +108,17 @@ class FlatShard:
 
 
 _hyper_map = ops.HyperMap()
+
+
+@dataclass(frozen=True)
+class SkippedMoment:
+    """A moment of a weight this rank's piece does not overlap: in a load's state for the checkpoint's shape
+    check (trainer/ckpt/store.py), never read."""
+
+    name: str
+    shape: tuple
+    dtype: object = ms.float32
+    wanted: bool = False
 
 
 def _flatten_as(dtype, tensor):
@@ -183,7 +207,7 @@ class ShardedAdam(nn.Optimizer):
         decays = [weight_decay if ("beta" not in p.name and "gamma" not in p.name) else 0.0 for p in weights]
         self.decay = ms.Tensor(shard.per_element(decays)) if weight_decay > 0 else None
         self.adam = P.Adam()
-        self.cut, self.cut_sizes = SplitWithSize(), tuple(shard.sizes) + ((shard.spare,) if shard.spare else ())
+        self.cut = FlatSplit(tuple(shard.sizes) + ((shard.spare,) if shard.spare else ()))
         if shard.native:
             self.gather = ops.AllGather(shard.group)
         else:
@@ -213,7 +237,7 @@ class ShardedAdam(nn.Optimizer):
             full = self.gather(updated)
         else:
             full = self.gather_sum((self.slot * updated.reshape(1, -1)).reshape(-1))
-        pieces = self.cut(full, self.cut_sizes, 0)  # one op, not a static slice per weight (compile time)
+        pieces = self.cut(full)  # not a static slice per weight (compile time)
         return _hyper_map(_assign_shaped, weights, pieces[:len(self.shard.sizes)])
 
     # -- checkpoints (trainer/ckpt/store.py) -----------------------------------------------------------------
@@ -232,20 +256,28 @@ class ShardedAdam(nn.Optimizer):
         return {"names": [w.name for w in self._parameters], "shapes": [list(s) for s in shard.shapes],
                 "offsets": list(shard.offsets), "sizes": list(shard.sizes), "piece": shard.piece}
 
-    def load_state(self) -> List[ms.Parameter]:
-        """The state as nn.Adam holds it (moments per weight, whole, zeros) for a load to fill, whatever layout
-        saved it; `load_checkpoint_state` then cuts the moments into this rank's pieces."""
+    def load_state(self) -> List:
+        """The state as nn.Adam names it, for a load to fill whatever layout saved it: the counters and weights,
+        the moments of the weights this rank's piece overlaps (zeros, this rank's shape), and for the others a
+        `SkippedMoment` (checked against the checkpoint's shapes, not read: a rank reads about 1/dp of the
+        moments). `load_checkpoint_state` then cuts the moments into this rank's pieces."""
         state = self._counters_and_weights()
         for name in ("moment1", "moment2"):
-            for weight, array in zip(self._parameters, self.shard.split(np.zeros(self.shard.padded, np.float32))):
-                state.append(ms.Parameter(ms.Tensor(array), name=f"{name}.{weight.name}", requires_grad=False))
+            for index, weight in enumerate(self._parameters):
+                full = f"{name}.{weight.name}"
+                if self.shard.overlap(index) is None:
+                    state.append(SkippedMoment(full, tuple(weight.shape)))
+                else:
+                    state.append(ms.Parameter(ms.Tensor(np.zeros(weight.shape, np.float32)), name=full,
+                                              requires_grad=False))
         return state
 
-    def load_checkpoint_state(self, state: List[ms.Parameter]) -> None:
-        """Cut the whole moments of `state` (as load_state gave, then loaded) into this rank's pieces."""
+    def load_checkpoint_state(self, state: List) -> None:
+        """Cut the moments of `state` (as load_state gave, then loaded) into this rank's pieces."""
         by_name = {p.name: p for p in state}
         for name, piece in (("moment1", self.moment1), ("moment2", self.moment2)):
-            arrays = [by_name[f"{name}.{w.name}"].asnumpy() for w in self._parameters]
+            arrays = {i: by_name[f"{name}.{w.name}"].asnumpy() for i, w in enumerate(self._parameters)
+                      if self.shard.overlap(i) is not None}
             piece.set_data(ms.Tensor(self.shard.flatten(arrays)))
 
     def state_elements(self) -> int:
