@@ -28,7 +28,8 @@ import numpy as np
 
 QUICK = ["train.max_steps=3", "train.eval_every=100000", "data.valid_limit=8", "eval.max_len_b=2",
          "train.progress=false", "train.keep_last=1", "train.log_every=1", "train.compile_cache=false"]
-# name -> (recipe, settings): each a 2-worker data-parallel job
+O2 = ["precision.level=O2", "precision.dtype=float16", "precision.loss_scale=dynamic"]
+# name -> (recipe, settings[, the lever settings it runs: default all of LEVERS]): each a 2-worker data-parallel job
 CASES = {
     "tiny": ("tiny", []),
     "small": ("small", ["data.max_tokens=2048"]),
@@ -37,9 +38,15 @@ CASES = {
     # gpt_125m's width and depth (12 x 768) with an 8k vocabulary at a sequence the CPU affords
     "gpt_125m_width": ("gpt_125m", ["data.max_tokens=512", "data.pack_length=64", "model.max_positions=128",
                                     "data.buckets=[64]", "data.vocab_size=8000", "precision.level=O0"]),
+    # mixed precision (O2 float16; float16 on the CPU is slow: the levers' none and both only; the gpt_125m width
+    # without levers only: with them two ranks' end-of-run validation outgrew this 24 GiB machine)
+    "small_o2": ("small", ["data.max_tokens=2048", *O2], "ends"),
+    "gpt_125m_width_o2": ("gpt_125m", ["data.max_tokens=512", "data.pack_length=64", "model.max_positions=128",
+                                       "data.buckets=[64]", "data.vocab_size=8000", *O2], "none"),
 }
 LEVERS = ([], ["model.recompute=full"], ["parallel.optimizer_shard=true"],
           ["model.recompute=full", "parallel.optimizer_shard=true"])
+ENDS = (LEVERS[0], LEVERS[-1])
 WORKERS = 2
 MIB = 1024 ** 2
 
@@ -77,19 +84,20 @@ def estimate_parts(recipe: str, sets: List[str]) -> Dict[str, float]:
     state, acts = mem.parts(shard, cfg.model.recompute)
     layers = cfg.model.decoder_layers + (0 if cfg.model.arch == "decoder_only" else cfg.model.encoder_layers)
     return {"state": state, "activations": acts, "logits": mem.logits, "weights": mem.weights, "shard": shard,
-            "layers": layers,
+            "layers": layers, "mixed": mem.mixed,
             "recompute": cfg.model.recompute, "formula": mem.total(shard, cfg.model.recompute)}
 
 
-FACTORS = ("fixed", "state", "activations", "shard_extra", "recompute_extra")
+FACTORS = ("fixed", "state", "activations", "shard_extra", "recompute_extra", "mixed_activations")
 
 
 def _terms(row: dict) -> List[float]:
     """What each of FACTORS multiplies for a row (the levers free nothing in the CPU model: the parts without
-    them; what the sharded optimizer and recompute add per parameter of the device)."""
-    parts, params = row["parts_none"], row["parts"]["weights"] / 4.0
-    return [1.0, parts["state"], parts["activations"], params if row["parts"]["shard"] else 0.0,
-            params if row["parts"]["recompute"] != "none" else 0.0]
+    them; what the sharded optimizer and recompute add per parameter of the device; activations under mixed
+    precision have a factor of their own)."""
+    parts, params, mixed = row["parts_none"], row["parts"]["weights"] / 4.0, row["parts"]["mixed"]
+    return [1.0, parts["state"], 0.0 if mixed else parts["activations"], params if row["parts"]["shard"] else 0.0,
+            params if row["parts"]["recompute"] != "none" else 0.0, parts["activations"] if mixed else 0.0]
 
 
 def model_estimate(row: dict, **factors: float) -> float:
@@ -111,21 +119,21 @@ def main() -> int:
     parser.add_argument("--cases", default=",".join(CASES))
     parser.add_argument("--fit", action="store_true", help="fit the CPU memory model's factors on these runs")
     parser.add_argument("--out", default="bench/out/planner")
-    parser.add_argument("--rows-from", type=Path, help="a result.json of an earlier invocation: its runs, not new "
-                        "ones (estimates, fit and table made again)")
+    parser.add_argument("--rows-from", type=Path, nargs="+", help="result.json files of earlier invocations: their "
+                        "runs, not new ones (estimates, fit and table made again)")
     args = parser.parse_args()
     from trainer.parallel.sizing import CPU
 
-    out, rows, failed = Path(args.out), [], []
-    if args.rows_from:
-        earlier = json.loads(args.rows_from.read_text())
-        rows, failed = earlier["rows"], earlier["failed"]
-        for row in rows:
-            row["parts"], row["parts_none"] = estimate_parts(row["recipe"], row["settings"]), estimate_parts(
-                row["recipe"], [s for s in row["settings"] if s not in sum(LEVERS, [])])
+    out, rows, failed, dates = Path(args.out), [], [], []
+    for path in args.rows_from or []:
+        earlier = json.loads(path.read_text())
+        rows, failed, dates = rows + earlier["rows"], failed + earlier["failed"], dates + [earlier["date"]]
+    for row in rows:  # the estimates of the current formula
+        row["parts"], row["parts_none"] = estimate_parts(row["recipe"], row["settings"]), estimate_parts(
+            row["recipe"], [s for s in row["settings"] if s not in sum(LEVERS, [])])
     for name in [] if args.rows_from else args.cases.split(","):
-        recipe, fixed = CASES[name]
-        for levers in LEVERS:
+        recipe, fixed, *subset = CASES[name]
+        for levers in {"ends": ENDS, "none": LEVERS[:1]}.get(subset[0], LEVERS) if subset else LEVERS:
             sets = [*fixed, *levers]
             try:
                 ranks = run(recipe, sets, args.data_dir, out / f"{name}-{len(rows) + len(failed)}")
@@ -153,8 +161,8 @@ def main() -> int:
         if fitted:
             row["fitted_error"] = model_estimate(row, **fitted) / row["measured"] - 1
     out.mkdir(parents=True, exist_ok=True)
-    (out / "result.json").write_text(json.dumps({"date": earlier["date"] if args.rows_from else
-                                                 time.strftime("%Y-%m-%d %H:%M"), "fitted": fitted,
+    (out / "result.json").write_text(json.dumps({"date": ", ".join(dates) or time.strftime("%Y-%m-%d %H:%M"),
+                                                 "fitted": fitted,
                                                  "cpu_model": {n: getattr(CPU, n) for n in FACTORS},
                                                  "rows": rows, "failed": failed},
                                                 indent=1))

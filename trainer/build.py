@@ -60,8 +60,8 @@ def recompute_note(cfg: RunConfig, backend: str) -> Optional[str]:
     """What model.recompute buys on this backend, for the run's first lines (None if nothing to say)."""
     if cfg.model.recompute != "none" and backend.lower() == "cpu":
         return (f"model.recompute={cfg.model.recompute} on the CPU gives the same gradients but saves no memory: "
-                f"MindSpore 2.10's CPU runtime held 2-5 % more at its peak and stepped up to ~20 % slower with it "
-                f"(bench/README.md); it is meant for Ascend")
+                f"MindSpore 2.10's CPU runtime keeps every intermediate of a graph, and full recompute held 2-26 % "
+                f"more in training and stepped up to ~20 % slower (bench/README.md); it is meant for Ascend")
     return None
 
 

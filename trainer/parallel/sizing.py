@@ -43,6 +43,7 @@ class Memory:
     activations_recompute: float  # model.recompute=full
     activations_selective: float = 0.0  # model.recompute=selective
     logits: float = 0.0  # of every activations_* figure: the float32 logits and their gradient (for reports)
+    mixed: bool = False  # precision O1-O3: 16-bit compute over float32 parameters
 
     def activations_with(self, recompute: str) -> float:
         """Activation bytes under model.recompute = none | selective | full."""
@@ -55,9 +56,10 @@ class Memory:
         model = model or FORMULA
         parts = self.parts(optimizer_shard if model.levers_free else False, recompute if model.levers_free else "none")
         params = self.weights / 4.0  # float32
-        extra = (model.shard_extra if optimizer_shard else 0.0) + (model.recompute_extra if recompute != "none" else 0.0)
-        extra *= params
-        return model.fixed + model.state * parts[0] + model.activations * parts[1] + extra
+        extra = ((model.shard_extra if optimizer_shard else 0.0)
+                 + (model.recompute_extra if recompute != "none" else 0.0)) * params
+        activations = model.mixed_activations if self.mixed else model.activations
+        return model.fixed + model.state * parts[0] + activations * parts[1] + extra
 
     def parts(self, optimizer_shard: bool = False, recompute: str = "none") -> Tuple[float, float]:
         """(weights + gradients + Adam moments, activations with the logits) in bytes, as the formula counts them."""
@@ -77,12 +79,14 @@ class MemoryModel:
     levers_free: bool = True  # recompute and optimizer sharding reduce what the runtime holds
     shard_extra: float = 0.0  # bytes per parameter of this device the sharded optimizer adds
     recompute_extra: float = 0.0  # bytes per parameter of this device recompute adds (where it frees nothing)
+    mixed_activations: float = 1.0  # x the activations (16-bit, as the formula counts them) under O1-O3
     source: str = ""
 
     @property
     def is_formula(self) -> bool:
         """The formula as written: no factor, no fixed part."""
-        return (self.fixed, self.state, self.activations, self.shard_extra, self.recompute_extra) == (0, 1, 1, 0, 0)
+        return ((self.fixed, self.state, self.activations, self.shard_extra, self.recompute_extra,
+                 self.mixed_activations) == (0, 1, 1, 0, 0, 1))
 
     def describe(self) -> str:
         """One line for `mindrun plan`: which backend's factors, and where they come from."""
@@ -90,7 +94,8 @@ class MemoryModel:
             return f"memory model: {self.backend}, the formula as written (factors 1.0; {self.source})"
         levers = "" if self.levers_free else "; recompute and optimizer sharding free no memory there"
         return (f"memory model: {self.backend}, calibrated ({self.source}): {self.fixed / 2 ** 20:,.0f} MiB + state "
-                f"x {self.state:.2f} + activations x {self.activations:.2f}{levers}")
+                f"x {self.state:.2f} + activations x {self.activations:.2f} (x {self.mixed_activations:.1f} under O1-O3)"
+                f"{levers}")
 
 
 FORMULA = MemoryModel("ascend", source="not yet measured on an NPU")
@@ -98,8 +103,9 @@ FORMULA = MemoryModel("ascend", source="not yet measured on an NPU")
 # every intermediate of a compiled graph (a forward-only graph of 8 blocks held all their activations:
 # bench/results/cpu_graph_memory-20261205/), so neither lever frees host memory there: full recompute adds
 # graph nodes (2-26 % more in the runs) and the sharded optimizer's AllReduce emulation adds flat copies.
-CPU = MemoryModel("cpu", fixed=184_635_230.0, state=1.945, activations=2.22, levers_free=False, shard_extra=11.746,
-                  recompute_extra=9.394, source="bench.planner 2026-12-05: 20 runs of 5 models at dp 2, within 14 %")
+CPU = MemoryModel("cpu", fixed=184_646_212.0, state=1.937, activations=2.224, levers_free=False, shard_extra=11.725,
+                  recompute_extra=9.385, mixed_activations=12.379,
+                  source="bench.planner 2026-12-05: 23 runs of 5 models at dp 2, O0 and O2, within 14 %")
 
 
 def memory_model(backend: str) -> MemoryModel:
@@ -173,7 +179,7 @@ def memory(cfg: RunConfig, vocab: int, dp: int, mp: int) -> Memory:
     return Memory(weights=4.0 * per_device, gradients=4.0 * per_device, optimizer=8.0 * per_device,
                   optimizer_sharded=8.0 * per_device / dp, activations=activations,
                   activations_recompute=recompute, activations_selective=selective * act_bytes / 2 + logits,
-                  logits=logits)
+                  logits=logits, mixed=cfg.precision.level in ("O1", "O2", "O3"))
 
 
 @dataclass(frozen=True)

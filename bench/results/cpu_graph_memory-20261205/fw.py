@@ -4,7 +4,7 @@ import mindspore as ms
 from mindspore import nn, ops, Tensor
 ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
 if len(sys.argv) > 1: exec(sys.argv[1])
-L, N, D = 8, 8192, 512
+import os; L, N, D = int(os.environ.get("BLOCKS", 8)), 8192, 512
 class Block(nn.Cell):
     def __init__(self):
         super().__init__()
