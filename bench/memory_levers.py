@@ -92,7 +92,8 @@ def main() -> int:
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['case']} | {r['workers']} | {' '.join(r['settings'])} | {r['peak_mib']:,} MiB | "
-              f"{r['memory_ratio']:.2f} | {r['training_mib']:,} MiB | {r['end_mib']:,} MiB | {r['tokens_per_s']:,.0f} | "
+              f"{r['memory_ratio']:.2f} | {r['training_mib']:,} MiB | {r['end_mib']:,} MiB | "
+              f"{r['tokens_per_s']:,.0f} | "
               f"{r['speed_ratio']:.2f} |")
     return 0
 

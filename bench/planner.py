@@ -8,11 +8,11 @@ is what its ranks print at the end (trainer/loop/host_memory.py): the peak of tr
 validation) less what was resident before the model was built (MindSpore, the data); the largest rank counts.
 
 For every run the table gives the formula's parts (trainer/parallel/sizing.py: state = float32 weights,
-gradients and Adam moments; activations, the logits included) and the error of two estimates: the formula as written, and the
-formula through the CPU memory model in sizing.py (`CPU`). `--fit` also fits the CPU model's factors on these runs
-(least squares of the relative errors) and prints them with the errors they give, in sample and with each case
-predicted from a fit on the other cases: copy them into sizing.CPU. `--rows-from result.json` redoes the estimates,
-fit and table from an earlier invocation's runs.
+gradients and Adam moments; activations, the logits included) and the error of two estimates: the formula as
+written, and the formula through the CPU memory model in sizing.py (`CPU`). `--fit` also fits the CPU model's
+factors on these runs (least squares of the relative errors) and prints them with the errors they give, in
+sample and with each case predicted from a fit on the other cases: copy them into sizing.CPU. `--rows-from
+result.json ...` redoes the estimates, fit and table from earlier invocations' runs.
 Results: bench/out/planner/result.json and a Markdown table.
 """
 import argparse

@@ -1,4 +1,4 @@
-"""FlatSplit: a flat vector cut back into hundreds of pieces inside a compiled graph (trainer/parallel/flat_split.py)."""
+"""FlatSplit (trainer/parallel/flat_split.py): a flat vector cut back into hundreds of pieces in a compiled graph."""
 import numpy as np
 import mindspore as ms
 from mindspore import nn, ops

@@ -94,8 +94,8 @@ class MemoryModel:
             return f"memory model: {self.backend}, the formula as written (factors 1.0; {self.source})"
         levers = "" if self.levers_free else "; recompute and optimizer sharding free no memory there"
         return (f"memory model: {self.backend}, calibrated ({self.source}): {self.fixed / 2 ** 20:,.0f} MiB + state "
-                f"x {self.state:.2f} + activations x {self.activations:.2f} (x {self.mixed_activations:.1f} under O1-O3)"
-                f"{levers}")
+                f"x {self.state:.2f} + activations x {self.activations:.2f} (x {self.mixed_activations:.1f} under "
+                f"O1-O3){levers}")
 
 
 FORMULA = MemoryModel("ascend", source="not yet measured on an NPU")

@@ -102,10 +102,6 @@ class FlatShard:
                 piece[at:at + end - first] = np.asarray(arrays[index], np.float32).reshape(-1)[first:end]
         return piece
 
-    def split(self, full: np.ndarray) -> List[np.ndarray]:
-        """A whole flat host vector -> one array per weight."""
-        return [full[o:o + n].reshape(s) for o, n, s in zip(self.offsets, self.sizes, self.shapes)]
-
 
 _hyper_map = ops.HyperMap()
 
