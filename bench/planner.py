@@ -29,24 +29,23 @@ import numpy as np
 QUICK = ["train.max_steps=3", "train.eval_every=100000", "data.valid_limit=8", "eval.max_len_b=2",
          "train.progress=false", "train.keep_last=1", "train.log_every=1", "train.compile_cache=false"]
 O2 = ["precision.level=O2", "precision.dtype=float16", "precision.loss_scale=dynamic"]
+LEVERS = ([], ["model.recompute=full"], ["parallel.optimizer_shard=true"],
+          ["model.recompute=full", "parallel.optimizer_shard=true"])
+# gpt_125m's width and depth (12 x 768) with an 8k vocabulary at a sequence the CPU affords
+GPT_125M_WIDTH = ["data.max_tokens=512", "data.pack_length=64", "model.max_positions=128", "data.buckets=[64]",
+                  "data.vocab_size=8000"]
 # name -> (recipe, settings[, the lever settings it runs: default all of LEVERS]): each a 2-worker data-parallel job
 CASES = {
     "tiny": ("tiny", []),
     "small": ("small", ["data.max_tokens=2048"]),
     "small_8k": ("small", ["data.max_tokens=8192"]),
     "base": ("base", ["data.max_tokens=4096", "data.packing=true", "data.pack_length=64"]),
-    # gpt_125m's width and depth (12 x 768) with an 8k vocabulary at a sequence the CPU affords
-    "gpt_125m_width": ("gpt_125m", ["data.max_tokens=512", "data.pack_length=64", "model.max_positions=128",
-                                    "data.buckets=[64]", "data.vocab_size=8000", "precision.level=O0"]),
+    "gpt_125m_width": ("gpt_125m", [*GPT_125M_WIDTH, "precision.level=O0"]),
     # mixed precision (O2 float16; float16 on the CPU is slow: the levers' none and both only; the gpt_125m width
     # without levers only: with them two ranks' end-of-run validation outgrew this 24 GiB machine)
-    "small_o2": ("small", ["data.max_tokens=2048", *O2], "ends"),
-    "gpt_125m_width_o2": ("gpt_125m", ["data.max_tokens=512", "data.pack_length=64", "model.max_positions=128",
-                                       "data.buckets=[64]", "data.vocab_size=8000", *O2], "none"),
+    "small_o2": ("small", ["data.max_tokens=2048", *O2], (LEVERS[0], LEVERS[-1])),
+    "gpt_125m_width_o2": ("gpt_125m", [*GPT_125M_WIDTH, *O2], LEVERS[:1]),
 }
-LEVERS = ([], ["model.recompute=full"], ["parallel.optimizer_shard=true"],
-          ["model.recompute=full", "parallel.optimizer_shard=true"])
-ENDS = (LEVERS[0], LEVERS[-1])
 WORKERS = 2
 MIB = 1024 ** 2
 
@@ -100,6 +99,14 @@ def _terms(row: dict) -> List[float]:
             params if row["parts"]["recompute"] != "none" else 0.0, parts["activations"] if mixed else 0.0]
 
 
+def with_estimates(row: dict) -> dict:
+    """A measured row (of a result.json) given the current formula's parts, with and without its levers."""
+    levers = {s for setting in LEVERS for s in setting}
+    row["parts"] = estimate_parts(row["recipe"], row["settings"])
+    row["parts_none"] = estimate_parts(row["recipe"], [s for s in row["settings"] if s not in levers])
+    return row
+
+
 def model_estimate(row: dict, **factors: float) -> float:
     """A MemoryModel's estimate for a row, from its FACTORS."""
     return sum(factors[name] * term for name, term in zip(FACTORS, _terms(row)))
@@ -128,12 +135,11 @@ def main() -> int:
     for path in args.rows_from or []:
         earlier = json.loads(path.read_text())
         rows, failed, dates = rows + earlier["rows"], failed + earlier["failed"], dates + [earlier["date"]]
-    for row in rows:  # the estimates of the current formula
-        row["parts"], row["parts_none"] = estimate_parts(row["recipe"], row["settings"]), estimate_parts(
-            row["recipe"], [s for s in row["settings"] if s not in sum(LEVERS, [])])
+    for row in rows:
+        with_estimates(row)
     for name in [] if args.rows_from else args.cases.split(","):
-        recipe, fixed, *subset = CASES[name]
-        for levers in {"ends": ENDS, "none": LEVERS[:1]}.get(subset[0], LEVERS) if subset else LEVERS:
+        recipe, fixed, *runs = CASES[name]
+        for levers in runs[0] if runs else LEVERS:
             sets = [*fixed, *levers]
             try:
                 ranks = run(recipe, sets, args.data_dir, out / f"{name}-{len(rows) + len(failed)}")
@@ -142,9 +148,8 @@ def main() -> int:
                 print(json.dumps(failed[-1]), flush=True)
                 continue
             measured = max(r["training"] - r["before_model"] for r in ranks.values()) * MIB
-            row = {"case": name, "recipe": recipe, "settings": sets, "levers": levers or ["(none)"], "ranks": ranks,
-                   "measured": measured, "parts": estimate_parts(recipe, sets),
-                   "parts_none": estimate_parts(recipe, fixed)}
+            row = with_estimates({"case": name, "recipe": recipe, "settings": sets, "levers": levers or ["(none)"],
+                                  "ranks": ranks, "measured": measured})
             rows.append(row)
             print(json.dumps({k: row[k] for k in ("case", "levers", "measured")}), flush=True)
     fitted = fit(rows) if args.fit else None

@@ -161,15 +161,12 @@ def test_the_cpu_memory_model_scales_the_formula_and_its_levers_free_nothing():
 def test_the_cpu_memory_model_is_within_a_quarter_of_the_runs_it_was_fitted_on():
     """bench/results/planner-*-fit.json: the measured runs (5 models x the levers at dp 2, O0 and O2) against
     sizing.CPU, so a change of the formula or of the factors that no longer matches what was measured fails here."""
-    from bench.planner import FACTORS, estimate_parts, model_estimate
+    from bench.planner import FACTORS, model_estimate, with_estimates
 
     result = sorted((Path(__file__).resolve().parents[1] / "bench" / "results").glob("planner-*-fit.json"))[-1]
     rows = json.loads(result.read_text())["rows"]
     assert len({r["case"] for r in rows}) >= 7 and len(rows) >= 23
-    for row in rows:
-        levers = {"model.recompute=full", "parallel.optimizer_shard=true"}
-        row["parts"] = estimate_parts(row["recipe"], row["settings"])
-        row["parts_none"] = estimate_parts(row["recipe"], [s for s in row["settings"] if s not in levers])
+    for row in map(with_estimates, rows):
         estimate = model_estimate(row, **{name: getattr(CPU, name) for name in FACTORS})
         assert abs(estimate / row["measured"] - 1) <= 0.25, (row["case"], row["settings"], estimate, row["measured"])
 

@@ -115,6 +115,7 @@ def _plan(args) -> int:
     from mindspore.nn.utils import no_init_parameters
 
     from launcher.cluster import load_cluster
+    from launcher.environment import DEVICE_TARGETS
     from launcher.errors import LaunchError
     from model.parallel.layout import TRANSFORMER_LAYOUT, semi_auto_plan
     from trainer.build import build_model
@@ -128,7 +129,7 @@ def _plan(args) -> int:
     except LaunchError as exc:
         raise ConfigError(str(exc)) from None
     world = args.world_size or (cluster.worker_num if cluster else 1)
-    backend = args.backend or ({"cpu": "CPU", "gpu": "GPU"}.get(cluster.backend, "Ascend") if cluster else "Ascend")
+    backend = args.backend or (DEVICE_TARGETS[cluster.backend] if cluster else "Ascend")
     plan = make_plan(cfg, world, backend, vocab_size=args.vocab_size, for_execution=False)
     print(f"plan: {plan.describe()}")
     if plan.caveat:

@@ -302,8 +302,8 @@ class Trainer:
             catch_signals(None, handlers)
         self.log.close()
         ckpt = self.checkpoints
-        print(self.host_memory.line(self.ctx.rank), flush=True)
         memory, device = self.host_memory.record(), device_peak_mib(self.ctx.backend)
+        print(self.host_memory.line(self.ctx.rank, memory), flush=True)
         if device is not None:  # what `mindrun plan` estimates on an accelerator (its calibration's input)
             print(f"peak device memory: {device:,} MiB (rank {self.ctx.rank}; MindSpore's allocator)", flush=True)
         summary = {"steps": self.step, "interrupted_by_signal": self.stop_signal, "peak_host_mib": memory["peak"],

@@ -59,9 +59,9 @@ class HostMemory:
         return {"peak": round(peak_mib()), "training": round(self.training), "before_model": round(self.before_model),
                 "end": round(resident_mib())}
 
-    def line(self, rank: int) -> str:
-        """The end-of-run console line."""
-        r = self.record()
+    def line(self, rank: int, record: Optional[Dict[str, int]] = None) -> str:
+        """The end-of-run console line (of `record`, else of a reading now)."""
+        r = record or self.record()
         return (f"peak host memory: {r['peak']:,} MiB (rank {rank}; training {r['training']:,} MiB, of it "
                 f"{r['before_model']:,} MiB before the model was built; {r['end']:,} MiB at the end)")
 

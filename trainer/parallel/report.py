@@ -53,10 +53,10 @@ def sizing_report(cfg: RunConfig, vocab: int, dp: int, mp: int, cluster=None,
                      f"{runtime.describe()}")
     device = cluster.device_memory_gib if cluster is not None else None
     if cluster is not None and not device and runtime.backend == "cpu":
-        device = host_share_gib(max(n.devices for n in cluster.nodes))
+        workers = max(n.devices for n in cluster.nodes)
+        device = host_share_gib(workers)
         if device:
-            lines.append(f"  (cpu: a device is this host's memory over its {max(n.devices for n in cluster.nodes)} "
-                         f"workers, {device:.1f} GiB)")
+            lines.append(f"  (cpu: a device is this host's memory over its {workers} workers, {device:.1f} GiB)")
     if not device:
         lines.append("  (give --cluster with device_memory_gib to check the fit and rank layouts)")
         return lines, None
