@@ -15,7 +15,9 @@ launcher's own start until it spawns the workers). Results: medians printed, and
 `--trees before=DIR after=DIR` runs every case from each source tree (e.g. a `git worktree` of an older
 commit: `-m launcher` / `-m trainer` resolve from the working directory), interleaved within each round:
 before and after in one invocation. `--recipe` picks the recipe (default `small`; the README's job is `quick`),
-`--caches true` only the default compile cache.
+`--caches true` only the default compile cache. `--modes dynamic store` compares the launch modes (the scheduler
+process against rank 0's store, launcher/join.py) within each round; `--bind-core` launches as the README does
+(`--bind_core True`).
 """
 import argparse
 import json
@@ -48,11 +50,14 @@ def startup_phases(run: Path, step: int) -> dict:
     raise SystemExit(f"no startup record for step {step} in {run / 'metrics.jsonl'}")
 
 
-def launch(run: Path, data_dir: str, steps: int, cache: bool, resume: bool, tree: Path = ROOT, recipe: str = "small"):
+def launch(run: Path, data_dir: str, steps: int, cache: bool, resume: bool, tree: Path = ROOT, recipe: str = "small",
+           mode: str = "", bind_core: bool = False):
     """Launch a 2-worker job that trains to `steps`; seconds from launch to its first update, and where
-    they went."""
-    cmd = [sys.executable, "-m", "launcher", "--worker_num", "2", "--local_worker_num", "2", "--master_port", "0",
-           "--log_dir", str(run / "logs"), "-m", "trainer", "train", "--config", recipe, "--data-dir", data_dir,
+    they went. `mode`: --launch_mode (empty: the launcher's default)."""
+    cmd = [sys.executable, "-m", "launcher", "--worker_num", "2", "--local_worker_num", "2", "--master_port", "0"]
+    cmd += ["--launch_mode", mode] if mode else []
+    cmd += ["--bind_core", "True"] if bind_core else []
+    cmd += ["--log_dir", str(run / "logs"), "-m", "trainer", "train", "--config", recipe, "--data-dir", data_dir,
            "--set", f"train.out_dir={run}", "--set", f"train.max_steps={steps}", "--set", "train.log_every=1",
            "--set", "train.eval_every=0", "--set", "data.valid_limit=16", "--set", "train.progress=false",
            "--set", f"train.compile_cache={str(cache).lower()}"]
@@ -76,26 +81,32 @@ def main() -> int:
                         help="source trees to compare (default: this one)")
     parser.add_argument("--recipe", default="small")
     parser.add_argument("--caches", nargs="+", choices=["true", "false"], default=["true", "false"])
+    parser.add_argument("--modes", nargs="+", choices=["dynamic", "store"], default=[""],
+                        help="launch modes to compare (default: the launcher's own)")
+    parser.add_argument("--bind-core", action="store_true", help="--bind_core True, as the README's job")
     args = parser.parse_args()
     out = ROOT / args.out
     trees = dict(t.split("=", 1) for t in args.trees) or {"": str(ROOT)}
-    label = {(tree, cache): (f"{tree} " if tree else "") + ("cache" if cache else "nocache")
-             for tree in trees for cache in (c == "true" for c in args.caches)}
+    label = {(tree, cache, mode): (f"{tree} " if tree else "") + (f"{mode} " if mode else "")
+             + ("cache" if cache else "nocache")
+             for tree in trees for cache in (c == "true" for c in args.caches) for mode in args.modes}
     times = {(case, kind): [] for case in label for kind in ("cold", "restart")}
     phases = {key: [] for key in times}
     for i in range(args.rounds):
-        for (tree, cache), name in label.items():
+        for case, name in label.items():
+            tree, cache, mode = case
             run = out / f"run-{name.replace(' ', '-')}"
             shutil.rmtree(run, ignore_errors=True)
             for kind, steps in (("cold", 2), ("restart", 4)):
                 seconds, parts = launch(run, args.data_dir, steps, cache, kind == "restart", Path(trees[tree]),
-                                        args.recipe)
-                times[((tree, cache), kind)].append(seconds)
-                phases[((tree, cache), kind)].append(parts)
-            print(f"round {i} {name}: cold {times[((tree, cache), 'cold')][-1]:.1f} s, restart "
-                  f"{times[((tree, cache), 'restart')][-1]:.1f} s", file=sys.stderr)
+                                        args.recipe, mode, args.bind_core)
+                times[(case, kind)].append(seconds)
+                phases[(case, kind)].append(parts)
+            print(f"round {i} {name}: cold {times[(case, 'cold')][-1]:.1f} s, restart "
+                  f"{times[(case, 'restart')][-1]:.1f} s", file=sys.stderr)
     medians = {f"{label[c]}_{k}": round(statistics.median(v), 1) for (c, k), v in times.items()}
     record = {"date": time.strftime("%Y-%m-%d %H:%M"), "rounds": args.rounds, "recipe": args.recipe, "trees": trees,
+              "modes": args.modes, "bind_core": args.bind_core,
               "medians_s": medians,
               "all_s": {f"{label[c]}_{k}": [round(x, 1) for x in v] for (c, k), v in times.items()},
               "phases_s": {f"{label[c]}_{k}": v for (c, k), v in phases.items()}}

@@ -29,7 +29,7 @@ from launcher import affinity, environment, watchdog
 from launcher.console import Console, hidden_summary
 from launcher.ranks import Worker
 from launcher.registration import ConnectionWatch, describe_missing
-from launcher.spec import LaunchSpec
+from launcher.spec import LaunchSpec, hosts_store
 
 POLL_S = 0.05
 REGISTRATION_CHECK_S = 0.5
@@ -41,6 +41,7 @@ LAST_LINES = 20
 STARTUP_ALLOWANCE_S = 20.0
 MIN_ALLOWANCE_S = 5.0
 TOPOLOGY_FAILURES = ("Topology build timed out", "Failed to initialize distributed job cluster")
+PLAIN_INIT = "call 'mindspore.communication.init()' without"  # MindSpore's init() with no cluster variables
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _PR_SET_PDEATHSIG = 1
@@ -194,6 +195,8 @@ class Agent:
             place = self.places[f"device{w.local_rank}"]
             if spec.launch_mode == "dynamic":
                 env = environment.worker_env(spec, w, self.base_env, restart)
+            elif spec.launch_mode == "store":
+                env = environment.store_env(spec, w, self.base_env, restart)
             else:
                 env = environment.ranktable_env(spec, w, self.rank_table, self.base_env, restart)
             # Like msrun, workers run in the launcher's directory, so relative paths mean the same in both modes.
@@ -316,8 +319,9 @@ class Agent:
             say(f"MindSpore's own log lines stay in the logs ({summary}); --show_ms_logs or GLOG_v shows them")
 
     def _not_formed(self) -> str:
+        server = "rank 0's store" if self.spec.launch_mode == "store" else "the scheduler"
         return (f"MindSpore's cluster did not form within --cluster_time_out {self.spec.cluster_time_out} s: not "
-                f"all {self.spec.worker_num} workers reached the scheduler at {self.spec.master_addr}:"
+                f"all {self.spec.worker_num} workers reached {server} at {self.spec.master_addr}:"
                 f"{self.spec.master_port}. Start the other nodes' launchers with the same --master_addr/"
                 f"--master_port and --worker_num, or raise --cluster_time_out")
 
@@ -326,11 +330,13 @@ class Agent:
         started = time.monotonic()
         scheduler = next((c for c in self.children if c.key == -1), None)
         workers = [c for c in self.children if c.key >= 0]
-        # only beside a scheduler of ours (dynamic mode, no simulation): it alone tells a MindSpore cluster
-        # job (it lives as long as the workers) from a script that never joins one; elsewhere, or with
-        # --cluster_time_out -1, MindSpore's own MS_TOPO_TIMEOUT decides
+        # only beside a scheduler of ours (dynamic mode, no simulation), or in store mode (rank 0 serves the
+        # store at the master address): they tell a MindSpore cluster job (the server lives as long as the
+        # workers) from a script that never joins one; elsewhere, or with --cluster_time_out -1, MindSpore's
+        # own MS_TOPO_TIMEOUT decides
+        store = self.spec.launch_mode == "store"
         watch = (ConnectionWatch(self.spec.master_addr, self.spec.master_port)
-                 if workers and scheduler is not None and self.spec.cluster_time_out >= 0 else None)
+                 if workers and (scheduler is not None or store) and self.spec.cluster_time_out >= 0 else None)
         allowance = min(STARTUP_ALLOWANCE_S, max(MIN_ALLOWANCE_S, float(self.spec.cluster_time_out)))
         next_check = 0.0
         while True:
@@ -357,7 +363,7 @@ class Agent:
             if not workers and scheduler is not None and scheduler.popen.poll() == 0:
                 return Outcome(State.SUCCEEDED)
             now = time.monotonic()
-            if watch is not None and scheduler.popen.poll() is not None:
+            if watch is not None and scheduler is not None and scheduler.popen.poll() is not None:
                 watch = None  # MindSpore's scheduler lives as long as its workers: this script is no cluster job
             if watch is not None and now >= next_check:
                 next_check = now + REGISTRATION_CHECK_S
@@ -372,9 +378,10 @@ class Agent:
                 elif now - started > self.spec.cluster_time_out + allowance:
                     names = [c.name for c in workers if c.key in missing]
                     late = next(c for c in workers if c.key in missing)
-                    return Outcome(State.FAILED, 1, late, "never connected to the scheduler", describe_missing(
+                    server = "rank 0's store" if store else "the scheduler"
+                    return Outcome(State.FAILED, 1, late, f"never connected to {server}", describe_missing(
                         names, len(workers), self.spec.master_addr, self.spec.master_port,
-                        self.spec.cluster_time_out))
+                        self.spec.cluster_time_out, server))
             time.sleep(POLL_S)
 
     def report(self, outcome: Outcome) -> None:
@@ -390,6 +397,10 @@ class Agent:
                 say(outcome.advice)
             elif any(t in line for t in TOPOLOGY_FAILURES for line in lines):
                 say(self._not_formed())
+            elif self.spec.launch_mode == "store" and any(PLAIN_INIT in line for line in lines):
+                say("--launch_mode store starts no scheduler, so MindSpore's init() finds no cluster: join with "
+                    "`from launcher.join import join_cluster; join_cluster()` (mindrun's trainer does), or launch "
+                    "with --launch_mode dynamic")
         elif outcome.state is State.INTERRUPTED:
             say(f"received {outcome.how}: stopped all processes (exit {outcome.code})")
 
@@ -408,7 +419,7 @@ class Agent:
         try:
             restart = 0
             while True:
-                if self.spec.run_scheduler and self.spec.launch_mode == "dynamic":
+                if (self.spec.run_scheduler and self.spec.launch_mode == "dynamic") or hosts_store(self.spec):
                     from launcher.ports import check_master_port
 
                     check_master_port(self.spec.master_addr, self.spec.master_port)

@@ -67,8 +67,10 @@ def launch_parser() -> argparse.ArgumentParser:
                     "this node's first rank)")
     own = p.add_argument_group("mindrun options")
     own.add_argument("--cluster", help="cluster description (cluster_configs/*.yaml); options above override it")
-    own.add_argument("--launch_mode", choices=["dynamic", "ranktable"],
-                     help="dynamic: scheduler + workers (CPU/GPU/Ascend); ranktable: Ascend, no scheduler")
+    own.add_argument("--launch_mode", choices=["dynamic", "ranktable", "store"],
+                     help="dynamic: scheduler + workers (CPU/GPU/Ascend); ranktable: Ascend, no scheduler; store: "
+                     "no scheduler, rank 0 hosts the cluster's store (scripts join with launcher.join.join_cluster; "
+                     "the trainer does; ran on CPU only)")
     own.add_argument("--visible_devices", help="physical NPUs for this node's workers, e.g. 4,5,6,7: exported as "
                      "ASCEND_RT_VISIBLE_DEVICES (DEVICE_ID is then 0..n-1) and used in the rank table")
     own.add_argument("--max_restarts", type=int, default=0,

@@ -17,7 +17,7 @@ from launcher.errors import LaunchError
 from launcher.ranktable import address_problem
 
 BACKENDS = ("cpu", "gpu", "ascend")
-LAUNCH_MODES = ("dynamic", "ranktable")
+LAUNCH_MODES = ("dynamic", "ranktable", "store")
 DEVICE_IP_SOURCES = ("config", "auto", "hccn_tool", "hccn_conf")  # auto: hccn_tool when on PATH, else hccn_conf
 
 
@@ -44,7 +44,7 @@ class ClusterConfig:
     backend: str = "cpu"
     master_addr: Optional[str] = None  # default: the first node's host
     master_port: int = 8118
-    launch_mode: str = "dynamic"  # dynamic (scheduler + workers) | ranktable (Ascend, no scheduler)
+    launch_mode: str = "dynamic"  # dynamic (scheduler + workers) | ranktable (Ascend, no scheduler) | store (rank 0 hosts)
     device_ip_source: str = "config"  # where device_ip comes from: config | auto | hccn_tool | hccn_conf
     hccn_conf: str = "/etc/hccn.conf"
     device_memory_gib: Optional[float] = None  # per device; read by `mindrun plan`, not by the launcher

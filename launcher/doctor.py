@@ -232,7 +232,9 @@ def check_rank_table(target: Target) -> Check:
                 servers = ranktable_job.this_host_servers(target.devices, None, target.ip_source, target.hccn_conf)
             table, src = ranktable.build(servers), "the table the launch would generate"
         else:
-            return Check("rank table", True, "not used (launch_mode dynamic: workers register with the scheduler)")
+            how = ("rank 0's store" if target.launch_mode == "store" else "the scheduler")
+            return Check("rank table", True, f"not used (launch_mode {target.launch_mode}: workers register with "
+                                             f"{how})")
     except LaunchError as exc:
         return Check("rank table", False, str(exc))
     warning = ranktable.order_warning(table, src)
@@ -365,7 +367,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--devices", help="this node's physical NPUs, e.g. 0-7 (default: the cluster file's, "
                    "ASCEND_RT_VISIBLE_DEVICES, what npu-smi lists, else 0-7)")
     p.add_argument("--visible_devices", help="as for mindrun launch: the NPUs the job's workers use")
-    p.add_argument("--launch_mode", choices=["dynamic", "ranktable"], help="default: the cluster file's, else "
+    p.add_argument("--launch_mode", choices=["dynamic", "ranktable", "store"], help="default: the cluster file's, else "
                    "dynamic (as for mindrun launch, also with --rank_table_file)")
     p.add_argument("--rank_table_file", help="the rank table the job will use (validated)")
     p.add_argument("--master_addr", help="scheduler address (default: the cluster file's, else 127.0.0.1)")

@@ -16,7 +16,7 @@ INHERITED = ("MS_ROLE", "MS_SCHED_HOST", "MS_SCHED_PORT", "MS_WORKER_NUM", "MS_S
              "MS_NODE_RANK", "MS_LOCAL_WORKER", "MS_TOPO_TIMEOUT", "MS_SIMULATION_LEVEL", "RANK_ID",
              "RANK_SIZE", "RANK_TABLE_FILE", "MINDSPORE_HCCL_CONFIG_PATH", "DEVICE_ID", "RANK_START",
              "MINDRUN_RESTART_COUNT", "MINDRUN_LOCAL_RANK", "MINDRUN_LOCAL_WORLD_SIZE", "MINDRUN_NODE_RANK",
-             "MINDRUN_SPAWNED_AT")
+             "MINDRUN_SPAWNED_AT", "MINDRUN_STORE", "MINDRUN_STORE_TIMEOUT")
 
 RESTART_COUNT = "MINDRUN_RESTART_COUNT"  # how many times the group was restarted (0 on the first run)
 SPAWNED_AT = "MINDRUN_SPAWNED_AT"  # when the group was spawned (Unix time): the trainer's start-up clock
@@ -90,6 +90,18 @@ def worker_env(spec: LaunchSpec, worker: Worker, base: Mapping[str, str], restar
     if worker.rank is not None:
         env["MS_NODE_ID"] = str(worker.rank)
         env["RANK_ID"] = str(worker.rank)
+    return env
+
+
+def store_env(spec: LaunchSpec, worker: Worker, base: Mapping[str, str], restart: int = 0) -> Dict[str, str]:
+    """A store-mode worker: no scheduler, rank 0 hosts MindSpore's store at the master address
+    (launcher/join.py); RANK_ID and RANK_SIZE say who it is, MINDRUN_STORE where to join."""
+    from launcher.join import STORE, STORE_TIMEOUT
+
+    env = _device(_common(spec, base, restart), worker)
+    host = f"[{spec.master_addr}]" if ":" in spec.master_addr else spec.master_addr
+    env.update({STORE: f"{host}:{spec.master_port}", STORE_TIMEOUT: str(spec.cluster_time_out),
+                "RANK_ID": str(worker.rank)})
     return env
 
 

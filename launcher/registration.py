@@ -65,10 +65,12 @@ class ConnectionWatch:
         return [w.key for w in workers if w.key not in self.seen]
 
 
-def describe_missing(missing: List[str], total: int, host: str, port: int, timeout: int) -> str:
-    """The backstop's message: which local workers never reached the scheduler, and what to do."""
-    return (f"{len(missing)} of this node's {total} workers ({', '.join(missing)}) had not connected to the "
-            f"scheduler at {host}:{port} within --cluster_time_out {timeout} s (they hang before MindSpore's "
+def describe_missing(missing: List[str], total: int, host: str, port: int, timeout: int,
+                     server: str = "the scheduler") -> str:
+    """The backstop's message: which local workers never reached the scheduler (or rank 0's store), and what
+    to do."""
+    return (f"{len(missing)} of this node's {total} workers ({', '.join(missing)}) had not connected to "
+            f"{server} at {host}:{port} within --cluster_time_out {timeout} s (they hang before MindSpore's "
             f"init(), or cannot reach that address). Check their logs, or raise --cluster_time_out "
             f"(-1 waits forever)")
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from launcher import affinity, devices, ranks
-from launcher.cluster import ClusterConfig, load_cluster, this_node
+from launcher.cluster import LAUNCH_MODES, ClusterConfig, load_cluster, this_node
 from launcher.discovery import Discovered, from_environment, is_local, resolve as resolve_host
 from launcher.errors import LaunchError
 
@@ -46,7 +46,7 @@ class LaunchSpec:
     log_dir: Path
     cluster_time_out: int  # negative: wait forever
     bind_core: affinity.Binding
-    launch_mode: str  # dynamic | ranktable
+    launch_mode: str  # dynamic | ranktable | store (launcher/join.py)
     rank_table_file: str
     run_scheduler: bool
     run_workers: bool = True
@@ -242,6 +242,8 @@ def resolve(cli: Dict, env: Optional[Dict[str, str]] = None, probe_port: bool = 
             from launcher.ports import check_master_port
 
             check_master_port(spec.master_addr, spec.master_port)  # before anything is created on disk
+    elif spec.launch_mode == "store":
+        _store(spec, probe_port)
     check_log_dir(spec.log_dir, create=not spec.dry_run)
     _check_log_names(spec)
     if ignored:
@@ -251,6 +253,31 @@ def resolve(cli: Dict, env: Optional[Dict[str, str]] = None, probe_port: bool = 
         if where.startswith("environment"):
             spec.notes.append(f"{name} = {getattr(spec, name)} from {where}")
     return spec
+
+
+def hosts_store(spec: LaunchSpec) -> bool:
+    """Store mode: whether rank 0, which serves the store at the master address, runs on this node."""
+    return spec.launch_mode == "store" and ranks.rank_of(spec, 0) == 0
+
+
+def _store(spec: LaunchSpec, probe_port: bool) -> None:
+    """Store mode's checks: every rank known up front (MindSpore assigns none), a port for rank 0's store."""
+    if spec.sim_level is not None:
+        raise LaunchError("--sim_level starts no cluster: use it with --launch_mode dynamic")
+    if ranks.rank_of(spec, 0) is None:
+        raise LaunchError("--launch_mode store needs each worker's rank before it starts: pass --node_rank "
+                          "(0 on the node whose workers are ranks 0..local_worker_num-1), or use a cluster file")
+    given, spec.master_addr = spec.master_addr, resolve_host(spec.master_addr)
+    if spec.master_port == 0:
+        _pick_master_port(spec, given)
+    elif probe_port and hosts_store(spec) and not spec.dry_run:
+        from launcher.ports import check_master_port
+
+        check_master_port(spec.master_addr, spec.master_port)
+    if spec.backend not in (None, "cpu"):
+        spec.notes.append(f"--launch_mode store on {spec.backend}: joins through MindSpore's private "
+                          f"_init_with_store, which ran only on the CPU here (launcher/join.py); dynamic is "
+                          f"the tested mode there")
 
 
 def _pick_master_port(spec: LaunchSpec, given: str) -> None:
@@ -395,8 +422,8 @@ def _check(spec: LaunchSpec) -> None:
     if spec.rank_table_file and not Path(spec.rank_table_file).is_file():
         state = "is a directory, not a rank table file" if Path(spec.rank_table_file).is_dir() else "does not exist"
         raise LaunchError(f"--rank_table_file {spec.rank_table_file} {state}")
-    if spec.launch_mode not in ("dynamic", "ranktable"):
-        raise LaunchError(f"--launch_mode must be dynamic or ranktable, got {spec.launch_mode!r}")
+    if spec.launch_mode not in LAUNCH_MODES:
+        raise LaunchError(f"--launch_mode must be one of {', '.join(LAUNCH_MODES)}, got {spec.launch_mode!r}")
 
 
 def _runs_scheduler(spec: LaunchSpec, disc: Discovered) -> bool:

@@ -210,3 +210,45 @@ def test_hccl_exec_timeout_follows_the_cluster_time_out(tmp_path):
     assert proc.returncode == 0 and [p["HCCL_EXEC_TIMEOUT"] for p in procs.values()] == ["3600"] * 3  # all three
     proc = launch("--worker_num", "1", "--local_worker_num", "1", "--master_port", "0", "--dry_run", SCRIPT)
     assert "HCCL_EXEC_TIMEOUT=1800" in proc.stdout  # never below 30 minutes
+
+
+def test_store_mode_starts_no_scheduler_and_tells_each_rank_where_rank_0_serves(tmp_path):
+    proc = launch("--worker_num", "2", "--local_worker_num", "2", "--master_port", "8301", "--launch_mode", "store",
+                  "--cluster_time_out", "45", "--log_dir", str(tmp_path / "logs"), "--dry_run", SCRIPT)
+    assert proc.returncode == 0, proc.stderr
+    procs = dry_run_processes(proc.stdout)
+    assert list(procs) == ["rank 0", "rank 1"]  # no scheduler process
+    assert [p["RANK_ID"] for p in procs.values()] == ["0", "1"] and {p["RANK_SIZE"] for p in procs.values()} == {"2"}
+    assert {p["MINDRUN_STORE"] for p in procs.values()} == {"127.0.0.1:8301"}
+    assert {p["MINDRUN_STORE_TIMEOUT"] for p in procs.values()} == {"45"}
+    assert not any(key in p for p in procs.values() for key in ("MS_ROLE", "MS_SCHED_HOST", "MS_SCHED_PORT"))
+
+
+def test_store_mode_env_and_its_refusals():
+    spec = resolve({"script": SCRIPT, "worker_num": 4, "local_worker_num": 2, "node_rank": 1, "launch_mode": "store",
+                    "master_addr": "127.0.0.1", "master_port": 8302}, {})
+    workers = ranks.dynamic_workers(spec)
+    env = environment.store_env(spec, workers[1], {"MS_ROLE": "MS_SCHED", "PATH": "/bin"})
+    assert (env["RANK_ID"], env["RANK_SIZE"], env["MINDRUN_STORE"], env["DEVICE_ID"]) == ("3", "4", "127.0.0.1:8302",
+                                                                                         "1")
+    assert not spec.run_scheduler
+    # a store-mode worker inherits no earlier job's store
+    assert environment.clean({"MINDRUN_STORE": "h:1", "MINDRUN_STORE_TIMEOUT": "5"})[1] == [
+        "MINDRUN_STORE", "MINDRUN_STORE_TIMEOUT"]
+    with pytest.raises(LaunchError, match="--launch_mode store needs each worker's rank"):
+        resolve({"script": SCRIPT, "worker_num": 4, "local_worker_num": 2, "launch_mode": "store"}, {})
+    with pytest.raises(LaunchError, match="--sim_level starts no cluster"):
+        resolve({"script": SCRIPT, "worker_num": 2, "local_worker_num": 2, "launch_mode": "store", "sim_level": 1},
+                {})
+    with pytest.raises(LaunchError, match="--launch_mode must be one of dynamic, ranktable, store"):
+        resolve({"script": SCRIPT, "worker_num": 2, "local_worker_num": 2, "launch_mode": "stor"}, {})
+
+
+def test_store_address_and_timeout_are_read_with_context():
+    from launcher.join import JoinError, store_address
+
+    assert store_address({}) is None
+    assert store_address({"MINDRUN_STORE": "10.0.0.1:8118"}) == ("10.0.0.1", 8118)
+    assert store_address({"MINDRUN_STORE": "[fe80::1]:8118"}) == ("fe80::1", 8118)
+    with pytest.raises(JoinError, match="MINDRUN_STORE='10.0.0.1': expected host:port"):
+        store_address({"MINDRUN_STORE": "10.0.0.1"})

@@ -236,3 +236,43 @@ def test_a_one_server_table_needs_no_node_rank(tmp_path):
     assert proc.returncode == 0, proc.stderr
     procs = dry_run_processes(proc.stdout)
     assert [p["RANK_ID"] for p in procs.values()] == ["0", "1"] and "--node_rank" not in proc.stderr
+
+
+def test_store_mode_joins_through_rank_0_without_a_scheduler(tmp_path):
+    proc = launch("--worker_num", "2", "--local_worker_num", "2", "--master_port", "0", "--launch_mode", "store",
+                  "--log_dir", str(tmp_path), "--tail_worker_log", "-1", str(SCRIPTS / "join_allreduce.py"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    joined = sorted(line.split(" seconds=")[0] for line in log_lines(tmp_path, "JOINED"))
+    port = next(line for line in proc.stderr.splitlines() if "picked free master port" in line).split()[-1]
+    assert joined == [f"JOINED rank={r} size=2 rank_id={r} role=None store=127.0.0.1:{port} sum=3.0 restart=0"
+                      for r in (0, 1)]
+    assert {p.name for p in tmp_path.iterdir()} == {"worker_0.log", "worker_1.log"}  # no scheduler process
+
+
+def test_store_mode_restarts_on_the_same_port(tmp_path):
+    port = str(free_port())
+    proc = launch("--worker_num", "2", "--local_worker_num", "2", "--master_port", port, "--launch_mode", "store",
+                  "--max_restarts", "1", "--grace_period", "2", "--log_dir", str(tmp_path), "--tail_worker_log", "-1",
+                  str(SCRIPTS / "join_allreduce.py"), "1", "1")  # rank 1 fails on the first run only
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    restarts = sorted(line.split("restart=")[1].split()[0] + " " + line.split()[1]
+                      for line in log_lines(tmp_path, "JOINED"))
+    assert restarts == ["0 rank=0", "0 rank=1", "1 rank=0", "1 rank=1"]
+    assert "restarting the whole group (1 of 1)" in proc.stderr
+
+
+def test_store_mode_names_the_ranks_that_never_came_within_the_cluster_time_out(tmp_path):
+    start = time.monotonic()
+    proc = launch("--worker_num", "2", "--local_worker_num", "1", "--node_rank", "0", "--master_port",
+                  str(free_port()), "--launch_mode", "store", "--cluster_time_out", "5", "--grace_period", "2",
+                  "--log_dir", str(tmp_path), str(SCRIPTS / "join_allreduce.py"), timeout=120)
+    assert proc.returncode != 0
+    assert "1 of 2 ranks (ranks 1) had not reached rank 0's store within 5 s (--cluster_time_out)" in proc.stderr
+    assert time.monotonic() - start < 40  # MindSpore alone would poll for a missing rank a whole minute
+
+
+def test_store_mode_says_how_to_join_when_a_script_calls_mindspores_init(tmp_path):
+    proc = launch("--worker_num", "2", "--local_worker_num", "2", "--master_port", "0", "--launch_mode", "store",
+                  "--grace_period", "2", "--log_dir", str(tmp_path), str(SCRIPTS / "allreduce.py"), timeout=120)
+    assert proc.returncode != 0
+    assert "join with `from launcher.join import join_cluster; join_cluster()`" in proc.stderr

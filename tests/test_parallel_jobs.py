@@ -12,9 +12,9 @@ a wrong scale moves the weights as much as it moves the norm. The packed 2x2 job
 normalising regime and clipping that acts (clip_norm below the measured gradient norm), the path users train with.
 
     job                                            compared with           resumed
-    dp2 (data_parallel, optimizer sharding),       standalone, same        in one process (dp 2 -> 1,
-        padded, gradient accumulation 2, LINEAR,   settings, no recompute, no recompute, unsharded)
-        full recompute                             unsharded
+    dp2 (data_parallel, optimizer sharding,        standalone, same        in one process (dp 2 -> 1,
+        --launch_mode store), padded, gradient     settings, no recompute, no recompute, unsharded)
+        accumulation 2, LINEAR, full recompute     unsharded
     2x2 (hybrid dp 2 x mp 2, optimizer             packed standalone,      launched 2x2 (exact); in one
         sharding over dp sub-groups), packed,      no recompute,           process (mp 2 -> 1, no
         Adam + clipping (one norm from the         unsharded               recompute, unsharded)
@@ -117,9 +117,9 @@ def launch_job(data_dir, out, workers, *sets, run=None, launcher_args=()):
     return run, proc
 
 
-def launched(data_dir, out, workers, *sets, run=None, plan=None):
+def launched(data_dir, out, workers, *sets, run=None, plan=None, launcher_args=()):
     """A launched job's run directory, checked to have run `plan` (its worker_0 log's plan line)."""
-    run = launch_job(data_dir, out, workers, *sets, run=run)[0]
+    run = launch_job(data_dir, out, workers, *sets, run=run, launcher_args=launcher_args)[0]
     if plan:
         assert plan in (out / "logs" / "worker_0.log").read_text()
     return run
@@ -197,12 +197,14 @@ def standalone(data_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def data_parallel(data_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("dp2")
+    # joined through rank 0's store (the README job's launch mode); the 2x2 jobs below join through the scheduler
     return launched(data_dir, out, 2, "parallel.mode=data_parallel", "model.recompute=full",
                     "parallel.optimizer_shard=true", *PADDED,
-                    plan="data_parallel 2 x model_parallel 1")
+                    plan="data_parallel 2 x model_parallel 1", launcher_args=("--launch_mode", "store"))
 
 
 def test_data_parallel_with_accumulation_matches_standalone(standalone, data_parallel):
+    assert not (data_parallel.parent / "logs" / "scheduler.log").exists()  # store mode: no scheduler process
     log = (data_parallel.parent / "logs" / "worker_0.log").read_text()
     assert "gradients reduce-scattered in one flat float32 buffer, Adam's moments sharded" in log
     assert "model.recompute=full on the CPU gives the same gradients" in log  # recompute was on

@@ -61,13 +61,15 @@ def init_parallel(plan: Plan, backend: str) -> ParallelContext:
     if plan.world_size == 1:
         return ParallelContext(plan, backend)
     import mindspore as ms
-    from mindspore.communication import GlobalComm, create_group, get_group_size, get_rank, init
+    from mindspore.communication import GlobalComm, create_group, get_group_size, get_rank
+
+    from launcher.join import join_cluster
 
     # the device explicitly, before init(), as MindSpore's rank-table tutorial does (the launcher exports
     # DEVICE_ID per rank; on the CPU the same call runs with device 0)
     ms.set_device(backend, int(os.environ.get("DEVICE_ID", "0")) if backend != "CPU" else 0)
     with unpinned():  # registration is seconds slower on one pinned core (trainer/parallel/affinity.py)
-        init()
+        join_cluster()  # the scheduler's init(), or rank 0's store under --launch_mode store
     if get_group_size() != plan.world_size:
         raise RuntimeError(f"the cluster has {get_group_size()} ranks but the plan expects {plan.world_size}")
     rank, mp, dp = get_rank(), plan.model_parallel, plan.data_parallel
