@@ -12,7 +12,7 @@ reduction (--no-comm: for the communication share 1 - t(no comm) / t(real)). Eff
 the job / (2 x standalone's) at the same accumulation. Against the single-process alternative (goal 1's
 second half): one worker on both cores ("standalone 2 threads", unpinned) and the README's job shape
 (2 workers, no --bind_core), each row's "vs 2-thread worker" = its tokens/s over that worker's.
---variants picks a subset. Medians; bench/out/dp_efficiency/result.json and a Markdown table on stdout.
+--variants picks a subset; --set KEY=VALUE overrides a setting of every variant (e.g. data.max_tokens). Medians; bench/out/dp_efficiency/result.json and a Markdown table on stdout.
 """
 import argparse
 import json
@@ -60,6 +60,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=12, help="timed updates per run, after 2 warm-up updates")
     parser.add_argument("--accumulation", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--set", action="append", default=[], dest="sets", metavar="KEY=VALUE",
+                        help="a config override for every variant, e.g. data.max_tokens=4096 (repeatable)")
     parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "multi30k"))
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--out", default="bench/out/dp_efficiency")
@@ -71,7 +73,8 @@ def main() -> int:
     for i in range(args.rounds):
         for k in args.accumulation:
             for name, (workers, extra, bound) in chosen.items():
-                rates[(name, k)].append(run(name, workers, extra, bound, k, out, args.steps, args.data_dir))
+                sets = [a for kv in args.sets for a in ("--set", kv)]
+                rates[(name, k)].append(run(name, workers, [*extra, *sets], bound, k, out, args.steps, args.data_dir))
                 print(f"round {i} accumulation {k} {name}: {rates[(name, k)][-1]:.0f} tokens/s", file=sys.stderr)
     rows = []
     for k in args.accumulation:
@@ -83,7 +86,7 @@ def main() -> int:
                          "comm_share": (round(1 - rate / no_comm, 3) if no_comm and chosen[name][0] == 2
                                         and name != "dp2 no communication" else None),
                          "vs_2_threads": round(rate / threads, 3) if threads else None})
-    record = {"date": time.strftime("%Y-%m-%d %H:%M"), "rounds": args.rounds, "steps": args.steps,
+    record = {"date": time.strftime("%Y-%m-%d %H:%M"), "rounds": args.rounds, "steps": args.steps, "sets": args.sets,
               "cpu": next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                            if line.startswith("model name")), "?"),
               "rows": rows, "all": {f"{n} acc{k}": v for (n, k), v in rates.items()}}
