@@ -276,3 +276,29 @@ def test_store_mode_says_how_to_join_when_a_script_calls_mindspores_init(tmp_pat
                   "--grace_period", "2", "--log_dir", str(tmp_path), str(SCRIPTS / "allreduce.py"), timeout=120)
     assert proc.returncode != 0
     assert "join with `from launcher.join import join_cluster; join_cluster()`" in proc.stderr
+
+
+def test_store_mode_two_launchers_with_node_ranks_form_one_job(tmp_path):
+    port = str(free_port())
+    common = ["--worker_num", "2", "--local_worker_num", "1", "--master_addr", "127.0.0.1", "--master_port", port,
+              "--launch_mode", "store"]
+    script = str(SCRIPTS / "join_allreduce.py")
+    node1 = subprocess.Popen([sys.executable, "-m", "launcher", *common, "--node_rank", "1", "--log_dir",
+                              str(tmp_path / "n1"), script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, env=env_with_venv())
+    node0 = launch(*common, "--node_rank", "0", "--log_dir", str(tmp_path / "n0"), script)
+    out1, err1 = node1.communicate(timeout=180)
+    assert node0.returncode == 0, node0.stderr[-3000:]
+    assert node1.returncode == 0, err1[-3000:]
+    for node, rank in (("n0", 0), ("n1", 1)):
+        lines = log_lines(tmp_path / node, "JOINED")
+        assert len(lines) == 1 and lines[0].startswith(f"JOINED rank={rank} size=2 rank_id={rank} ") and \
+            "sum=3.0" in lines[0], lines
+
+
+def test_mpirun_in_store_mode(tmp_path):
+    proc = mpirun("--launch_mode", "store", "--log_dir", str(tmp_path), str(SCRIPTS / "join_allreduce.py"))
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    lines = sorted(line.split(" store=")[0] for line in log_lines(tmp_path, "JOINED"))
+    assert lines == [f"JOINED rank={r} size=2 rank_id={r} role=None" for r in (0, 1)]
+    assert not (tmp_path / "scheduler.log").exists()
