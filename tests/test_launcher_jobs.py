@@ -48,17 +48,23 @@ def test_two_worker_allreduce(tmp_path):
     assert {p.name for p in tmp_path.iterdir()} >= {"scheduler.log", "worker_0.log", "worker_1.log"}
 
 
-def test_two_launchers_with_node_ranks_form_one_job(tmp_path):
-    port = str(free_port())
-    common = ["--worker_num", "2", "--local_worker_num", "1", "--master_addr", "127.0.0.1", "--master_port", port]
-    script = str(SCRIPTS / "allreduce.py")
+def two_launchers(tmp_path, script, *options):
+    """One job from two launchers on this host, node ranks 0 and 1 (logs in tmp_path/n0, n1); both must exit 0.
+    Returns node 1's stdout."""
+    common = ["--worker_num", "2", "--local_worker_num", "1", "--master_addr", "127.0.0.1", "--master_port",
+              str(free_port()), *options]
     node1 = subprocess.Popen([sys.executable, "-m", "launcher", *common, "--node_rank", "1", "--log_dir",
-                              str(tmp_path / "n1"), script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              str(tmp_path / "n1"), str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True, env=env_with_venv())
-    node0 = launch(*common, "--node_rank", "0", "--log_dir", str(tmp_path / "n0"), script)
+    node0 = launch(*common, "--node_rank", "0", "--log_dir", str(tmp_path / "n0"), str(script))
     out1, err1 = node1.communicate(timeout=180)
     assert node0.returncode == 0, node0.stderr[-3000:]
     assert node1.returncode == 0, err1[-3000:]
+    return out1
+
+
+def test_two_launchers_with_node_ranks_form_one_job(tmp_path):
+    out1 = two_launchers(tmp_path, SCRIPTS / "allreduce.py")
     assert (tmp_path / "n0" / "scheduler.log").exists() and not (tmp_path / "n1" / "scheduler.log").exists()
     assert log_lines(tmp_path / "n0", "ALLREDUCE") == ["ALLREDUCE rank=0 sum=3.0 restart=0"]
     assert log_lines(tmp_path / "n1", "ALLREDUCE") == ["ALLREDUCE rank=1 sum=3.0 restart=0"]
@@ -279,17 +285,7 @@ def test_store_mode_says_how_to_join_when_a_script_calls_mindspores_init(tmp_pat
 
 
 def test_store_mode_two_launchers_with_node_ranks_form_one_job(tmp_path):
-    port = str(free_port())
-    common = ["--worker_num", "2", "--local_worker_num", "1", "--master_addr", "127.0.0.1", "--master_port", port,
-              "--launch_mode", "store"]
-    script = str(SCRIPTS / "join_allreduce.py")
-    node1 = subprocess.Popen([sys.executable, "-m", "launcher", *common, "--node_rank", "1", "--log_dir",
-                              str(tmp_path / "n1"), script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True, env=env_with_venv())
-    node0 = launch(*common, "--node_rank", "0", "--log_dir", str(tmp_path / "n0"), script)
-    out1, err1 = node1.communicate(timeout=180)
-    assert node0.returncode == 0, node0.stderr[-3000:]
-    assert node1.returncode == 0, err1[-3000:]
+    two_launchers(tmp_path, SCRIPTS / "join_allreduce.py", "--launch_mode", "store")
     for node, rank in (("n0", 0), ("n1", 1)):
         lines = log_lines(tmp_path / node, "JOINED")
         assert len(lines) == 1 and lines[0].startswith(f"JOINED rank={rank} size=2 rank_id={rank} ") and \
