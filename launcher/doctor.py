@@ -244,15 +244,17 @@ def check_rank_table(target: Target) -> Check:
 
 
 def check_master_port_free(target: Target) -> Check:
-    """The scheduler's address resolves, and its port is free on the node that will run it."""
+    """The scheduler's (store mode: rank 0's store's) address resolves, and its port is free on the node that will
+    run it."""
     if target.launch_mode == "ranktable":
         return Check("master port", True, "not used (rank-table mode runs no scheduler)")
     try:
         addr = resolve(target.master_addr)
     except LaunchError as exc:
         return Check("master port", False, str(exc))
+    server = "rank 0's store" if target.launch_mode == "store" else "scheduler"
     if not is_local(addr):
-        return Check("master port", True, f"scheduler {target.master_addr}:{target.master_port} runs on another "
+        return Check("master port", True, f"{server} {target.master_addr}:{target.master_port} runs on another "
                                           f"node (its own doctor checks the port)")
     try:
         check_master_port(addr, target.master_port)

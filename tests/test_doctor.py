@@ -173,3 +173,16 @@ def test_doctor_reads_rank_table_file_as_launch_does(tmp_path):
     assert shown.returncode == 0, shown.stderr
     procs = dry_run_processes(shown.stdout)
     assert "scheduler" in procs and procs["rank 0"]["RANK_TABLE_FILE"] == str(table)  # launch: the same rule
+
+
+def test_store_mode_needs_the_master_port_for_rank_0s_store():
+    import socket
+
+    store = doctor.target_from(doctor.parser().parse_args(["--devices", "0-1", "--launch_mode", "store"]), {})
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        store.master_port = busy.getsockname()[1]
+        assert not doctor.check_master_port_free(store).ok  # rank 0 will serve the store there
+    check = doctor.check_rank_table(store)
+    assert check.ok and "launch_mode store: workers register with rank 0's store" in check.message, check
