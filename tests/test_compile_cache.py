@@ -1,6 +1,8 @@
 """The compile cache's directory key: what changes compiled graphs changes it, run control does not, and
-an older key's directory is removed when a run starts under a new one."""
+an older key's directory is removed when a run starts under a new one. Graphs are shared between runs of one
+configuration through mindrun's cache directory."""
 import os
+from pathlib import Path
 
 from trainer.compile_cache import cache_key, compile_cache
 from trainer.config import load_config
@@ -25,3 +27,47 @@ def test_a_new_key_replaces_the_old_directory(tmp_path):
         assert path.is_dir() and path.name == "rank_0" and path.parent.name == cache_key(load_config("tiny"), 1)
         assert not old.parent.exists() and os.environ["MS_COMPILER_CACHE_ENABLE"] == "1"
     assert os.environ.get("MS_COMPILER_CACHE_ENABLE") == before  # nothing compiled later reads this run's cache
+
+
+def test_publish_seed_and_prune_share_graphs_between_runs(tmp_path):
+    from trainer.compile_cache import prune, publish, seed
+
+    run_a, run_b, shared = tmp_path / "a" / "rank_0", tmp_path / "b" / "rank_0", tmp_path / "shared" / "k1" / "rank_0"
+    run_a.mkdir(parents=True)
+    (run_a / "graph.mindir").write_bytes(b"compiled by a")
+    assert not seed(run_b, shared)  # nothing shared yet
+    publish(run_a, shared)
+    assert (shared / "graph.mindir").read_bytes() == b"compiled by a"
+    assert not list(shared.parent.glob(".*.tmp"))  # renamed into place, no temporary left
+    (run_a / "graph.mindir").write_bytes(b"recompiled")
+    publish(run_a, shared)  # an existing copy wins: no run overwrites graphs another may be copying
+    assert (shared / "graph.mindir").read_bytes() == b"compiled by a"
+    run_b.mkdir(parents=True)
+    assert seed(run_b, shared) and (run_b / "graph.mindir").read_bytes() == b"compiled by a"
+    assert not seed(run_b, shared)  # a run's own graphs are never replaced
+    for i, name in enumerate(["k2", "k3", "k4"]):
+        (shared.parent.parent / name).mkdir()
+        os.utime(shared.parent.parent / name, (1000 + i, 1000 + i))
+    os.utime(shared.parent, (5000, 5000))  # k1 used last
+    prune(shared.parent.parent, keep=2)
+    assert sorted(p.name for p in shared.parent.parent.iterdir()) == ["k1", "k4"]
+
+
+def test_a_second_run_of_a_configuration_starts_from_the_first_runs_graphs(data_dir, tmp_path, capsys):
+    import mindspore as ms
+
+    from trainer.train import train
+
+    ms.set_context(mode=ms.GRAPH_MODE)
+    sets = [f"data.dir={data_dir}", "train.max_steps=1", "data.buckets=[32]", "data.valid_limit=4",
+            "eval.max_len_b=2", "train.progress=false"]
+    train(load_config("tiny", [*sets, f"train.out_dir={tmp_path / 'first'}"]))
+    key = cache_key(load_config("tiny", sets), 1)
+    shared = Path(os.environ["MINDRUN_CACHE_DIR"]) / "compile" / key / "rank_0"  # the session's scratch cache
+    assert any(shared.iterdir())  # the first run published its graphs
+    capsys.readouterr()
+    train(load_config("tiny", [*sets, f"train.out_dir={tmp_path / 'second'}", "train.max_steps=2"]))
+    assert "compile cache: starting from the graphs an earlier run of this configuration compiled" in \
+        capsys.readouterr().out
+    assert {p.name for p in (tmp_path / "second" / "compile_cache" / key / "rank_0").rglob("*")} >= \
+        {p.name for p in shared.rglob("*")}

@@ -8,6 +8,12 @@ everything that shapes the graphs: MindSpore's version and device target, mindru
 sources (Python and C++), and the
 config without its run-control keys (steps, budgets, logging, checkpoint cadence, paths). Another key, another
 directory; older ones are removed. Per rank: <run>/compile_cache/<key>/rank_<r>.
+
+Across runs: a run that ends normally publishes its graphs to mindrun's cache directory
+(<cache>/compile/<key>/rank_<r>, written under a temporary name and renamed), and a new run whose own cache is
+empty starts from a copy of them, so a second run of a configuration compiled before (another out_dir, budget or
+step count) starts like a restart: the README's job reached its first update in 8.4 s instead of 16.6 s. Each
+run writes only its own directory (no two jobs write one cache); the newest SHARED_KEEP keys are kept.
 """
 import contextlib
 import hashlib
@@ -20,8 +26,10 @@ from typing import Iterator
 import mindspore as ms
 
 from trainer.config import RunConfig
+from trainer.data.multi30k import cache_root
 
 ENABLE = "MS_COMPILER_CACHE_ENABLE"
+SHARED_KEEP = 8  # configurations whose graphs the shared cache keeps (the newest by use)
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = {".py", ".cc", ".cpp", ".h"}  # Python and the CPU kernels' C++ (trainer/cpu/kernels)
@@ -59,6 +67,11 @@ def compile_cache(cfg: RunConfig, run_dir: Path, rank: int, world_size: int) -> 
                 shutil.rmtree(old, ignore_errors=True)
     path = root / key / f"rank_{rank}"
     path.mkdir(parents=True, exist_ok=True)
+    shared = cache_root(cfg.data.cache_dir) / "compile" / key / f"rank_{rank}"
+    seeded = seed(path, shared)
+    if seeded and rank == 0:
+        print(f"compile cache: starting from the graphs an earlier run of this configuration compiled ({shared.parent})",
+              flush=True)
     before = os.environ.get(ENABLE)
     os.environ[ENABLE] = "1"
     ms.set_context(compile_cache_path=str(path))
@@ -69,3 +82,47 @@ def compile_cache(cfg: RunConfig, run_dir: Path, rank: int, world_size: int) -> 
             os.environ.pop(ENABLE, None)
         else:
             os.environ[ENABLE] = before
+    publish(path, shared)
+    if rank == 0:
+        prune(shared.parent.parent, SHARED_KEEP)
+
+
+def _has_files(path: Path) -> bool:
+    return path.is_dir() and any(p.is_file() for p in path.rglob("*"))
+
+
+def seed(path: Path, shared: Path) -> bool:
+    """Copy the shared graphs of this key into the run's empty cache directory; True if it did."""
+    if _has_files(path) or not _has_files(shared):
+        return False
+    try:
+        shutil.copytree(shared, path, dirs_exist_ok=True)
+        os.utime(shared.parent)  # used: kept longer by `prune`
+    except OSError:  # a shared copy being pruned by another run: compile instead
+        shutil.rmtree(path, ignore_errors=True)
+        path.mkdir(parents=True, exist_ok=True)
+        return False
+    return True
+
+
+def publish(path: Path, shared: Path) -> None:
+    """Offer the run's graphs to later runs: copied under a temporary name, then renamed into place (an existing
+    copy wins; nothing is written when the cache directory is not writable)."""
+    if not _has_files(path) or shared.exists():
+        return
+    tmp = shared.parent / f".{shared.name}-{os.getpid()}.tmp"
+    try:
+        shared.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(path, tmp)
+        os.rename(tmp, shared)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def prune(root: Path, keep: int) -> None:
+    """Remove all but the `keep` most recently used keys under `root`."""
+    if not root.is_dir():
+        return
+    keys = sorted((d for d in root.iterdir() if d.is_dir()), key=lambda d: d.stat().st_mtime, reverse=True)
+    for old in keys[keep:]:
+        shutil.rmtree(old, ignore_errors=True)
