@@ -12,7 +12,8 @@ reduction (--no-comm: for the communication share 1 - t(no comm) / t(real)). Eff
 the job / (2 x standalone's) at the same accumulation. Against the single-process alternative (goal 1's
 second half): one worker on both cores ("standalone 2 threads", unpinned) and the README's job shape
 (2 workers, no --bind_core), each row's "vs 2-thread worker" = its tokens/s over that worker's.
---variants picks a subset; --set KEY=VALUE overrides a setting of every variant (e.g. data.max_tokens). Medians; bench/out/dp_efficiency/result.json and a Markdown table on stdout.
+--variants picks a subset; --set KEY=VALUE overrides a setting of every variant (e.g. data.max_tokens).
+Medians; bench/out/dp_efficiency/result.json and a Markdown table on stdout.
 """
 import argparse
 import json
@@ -70,10 +71,10 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     chosen = {name: VARIANTS[name] for name in VARIANTS if name in args.variants}
     rates = {(name, k): [] for k in args.accumulation for name in chosen}
+    sets = [a for kv in args.sets for a in ("--set", kv)]
     for i in range(args.rounds):
         for k in args.accumulation:
             for name, (workers, extra, bound) in chosen.items():
-                sets = [a for kv in args.sets for a in ("--set", kv)]
                 rates[(name, k)].append(run(name, workers, [*extra, *sets], bound, k, out, args.steps, args.data_dir))
                 print(f"round {i} accumulation {k} {name}: {rates[(name, k)][-1]:.0f} tokens/s", file=sys.stderr)
     rows = []
@@ -86,7 +87,8 @@ def main() -> int:
                          "comm_share": (round(1 - rate / no_comm, 3) if no_comm and chosen[name][0] == 2
                                         and name != "dp2 no communication" else None),
                          "vs_2_threads": round(rate / threads, 3) if threads else None})
-    record = {"date": time.strftime("%Y-%m-%d %H:%M"), "rounds": args.rounds, "steps": args.steps, "sets": args.sets,
+    record = {"date": time.strftime("%Y-%m-%d %H:%M"), "rounds": args.rounds, "steps": args.steps,
+              "sets": args.sets,
               "cpu": next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                            if line.startswith("model name")), "?"),
               "rows": rows, "all": {f"{n} acc{k}": v for (n, k), v in rates.items()}}

@@ -5,11 +5,11 @@
 Each round, for train.compile_cache on and off (interleaved): a cold 2-worker data-parallel job of the
 `small` recipe in a fresh run directory (2 updates, then its end-of-run checkpoint), then the same job
 relaunched with --resume (what `--max_restarts` does after a failure: the workers start again and resume
-from the newest checkpoint) for 2 more updates; then, with the compile cache on, a new run of the same configuration
-in another run directory ("rerun": it starts from the graphs the cold run published to mindrun's cache directory,
-trainer/compile_cache.py; every cold run starts with that shared cache emptied). The time of an update is the time stamp of its record in
-metrics.jsonl (train.log_every=1), against the moment the bench started `mindrun launch`. The tokenizer and
-the CPU kernels are already in the cache directory for every run (a user's first run builds them once:
+from the newest checkpoint) for 2 more updates; then a new run of the same configuration in another run
+directory ("rerun": with the compile cache on, it starts from the graphs the cold run published to mindrun's
+cache directory, trainer/compile_cache.py; every cold run starts with that shared cache emptied). The time of
+an update is the time stamp of its record in metrics.jsonl (train.log_every=1), against the moment the bench
+started `mindrun launch`. The tokenizer and the CPU kernels are already in the cache directory for every run (a user's first run builds them once:
 not counted). Where the time goes: rank 0's `startup` record (trainer/loop/startup.py: seconds from the launcher's
 spawn through imports, cluster, data, build, checkpoint, first update); "launcher" is the rest (the
 launcher's own start until it spawns the workers). Results: medians printed, and bench/out/startup/result.json.
@@ -98,14 +98,12 @@ def main() -> int:
     for i in range(args.rounds):
         for case, name in label.items():
             tree, cache, mode = case
-            run = out / f"run-{name.replace(' ', '-')}"
-            shutil.rmtree(run, ignore_errors=True)
-            shutil.rmtree(out / f"rerun-{name.replace(' ', '-')}", ignore_errors=True)
-            shutil.rmtree(cache_root() / "compile", ignore_errors=True)  # cold: no graph compiled before
+            run, rerun = (out / f"{what}-{name.replace(' ', '-')}" for what in ("run", "rerun"))
+            for stale in (run, rerun, cache_root() / "compile"):  # cold: no graph compiled before
+                shutil.rmtree(stale, ignore_errors=True)
             for kind, steps in (("cold", 2), ("restart", 4), ("rerun", 2)):
-                where = out / f"rerun-{name.replace(' ', '-')}" if kind == "rerun" else run
-                seconds, parts = launch(where, args.data_dir, steps, cache, kind == "restart", Path(trees[tree]),
-                                        args.recipe, mode, args.bind_core)
+                seconds, parts = launch(rerun if kind == "rerun" else run, args.data_dir, steps, cache,
+                                        kind == "restart", Path(trees[tree]), args.recipe, mode, args.bind_core)
                 times[(case, kind)].append(seconds)
                 phases[(case, kind)].append(parts)
             print(f"round {i} {name}: cold {times[(case, 'cold')][-1]:.1f} s, restart "

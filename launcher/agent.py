@@ -27,6 +27,7 @@ from typing import Dict, List, Optional
 
 from launcher import affinity, environment, watchdog
 from launcher.console import Console, hidden_summary
+from launcher.join import server_of
 from launcher.ranks import Worker
 from launcher.registration import ConnectionWatch, describe_missing
 from launcher.spec import LaunchSpec, hosts_store
@@ -319,7 +320,7 @@ class Agent:
             say(f"MindSpore's own log lines stay in the logs ({summary}); --show_ms_logs or GLOG_v shows them")
 
     def _not_formed(self) -> str:
-        server = "rank 0's store" if self.spec.launch_mode == "store" else "the scheduler"
+        server = server_of(self.spec.launch_mode)
         return (f"MindSpore's cluster did not form within --cluster_time_out {self.spec.cluster_time_out} s: not "
                 f"all {self.spec.worker_num} workers reached {server} at {self.spec.master_addr}:"
                 f"{self.spec.master_port}. Start the other nodes' launchers with the same --master_addr/"
@@ -378,7 +379,7 @@ class Agent:
                 elif now - started > self.spec.cluster_time_out + allowance:
                     names = [c.name for c in workers if c.key in missing]
                     late = next(c for c in workers if c.key in missing)
-                    server = "rank 0's store" if store else "the scheduler"
+                    server = server_of(self.spec.launch_mode)
                     return Outcome(State.FAILED, 1, late, f"never connected to {server}", describe_missing(
                         names, len(workers), self.spec.master_addr, self.spec.master_port,
                         self.spec.cluster_time_out, server))

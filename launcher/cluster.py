@@ -44,7 +44,8 @@ class ClusterConfig:
     backend: str = "cpu"
     master_addr: Optional[str] = None  # default: the first node's host
     master_port: int = 8118
-    launch_mode: str = "dynamic"  # dynamic (scheduler + workers) | ranktable (Ascend, no scheduler) | store (rank 0 hosts)
+    # dynamic (scheduler + workers) | ranktable (Ascend, no scheduler) | store (rank 0 hosts the cluster)
+    launch_mode: str = "dynamic"
     device_ip_source: str = "config"  # where device_ip comes from: config | auto | hccn_tool | hccn_conf
     hccn_conf: str = "/etc/hccn.conf"
     device_memory_gib: Optional[float] = None  # per device; read by `mindrun plan`, not by the launcher

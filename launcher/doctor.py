@@ -36,6 +36,7 @@ from launcher import atomic, devices, ranktable, ranktable_job
 from launcher.cluster import ClusterConfig, load_cluster, this_node
 from launcher.discovery import is_local, resolve
 from launcher.errors import LaunchError
+from launcher.join import server_of
 from launcher.ports import check_master_port
 
 MOUNTS = Path("/proc/mounts")
@@ -232,9 +233,8 @@ def check_rank_table(target: Target) -> Check:
                 servers = ranktable_job.this_host_servers(target.devices, None, target.ip_source, target.hccn_conf)
             table, src = ranktable.build(servers), "the table the launch would generate"
         else:
-            how = ("rank 0's store" if target.launch_mode == "store" else "the scheduler")
             return Check("rank table", True, f"not used (launch_mode {target.launch_mode}: workers register with "
-                                             f"{how})")
+                                             f"{server_of(target.launch_mode)})")
     except LaunchError as exc:
         return Check("rank table", False, str(exc))
     warning = ranktable.order_warning(table, src)
@@ -252,10 +252,9 @@ def check_master_port_free(target: Target) -> Check:
         addr = resolve(target.master_addr)
     except LaunchError as exc:
         return Check("master port", False, str(exc))
-    server = "rank 0's store" if target.launch_mode == "store" else "scheduler"
     if not is_local(addr):
-        return Check("master port", True, f"{server} {target.master_addr}:{target.master_port} runs on another "
-                                          f"node (its own doctor checks the port)")
+        return Check("master port", True, f"{server_of(target.launch_mode)} {target.master_addr}:{target.master_port} "
+                                          f"runs on another node (its own doctor checks the port)")
     try:
         check_master_port(addr, target.master_port)
     except LaunchError as exc:

@@ -27,6 +27,11 @@ KEY = "mindrun/joined"
 BACKENDS = {"CPU": "mccl", "GPU": "nccl", "Ascend": "hccl"}
 
 
+def server_of(launch_mode: str) -> str:
+    """What the workers of a launch mode connect to, for messages: "rank 0's store" or "the scheduler"."""
+    return "rank 0's store" if launch_mode == "store" else "the scheduler"
+
+
 class JoinError(RuntimeError):
     """The store-mode variables are malformed, or MindSpore gave this process another rank."""
 

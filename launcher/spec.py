@@ -235,13 +235,8 @@ def resolve(cli: Dict, env: Optional[Dict[str, str]] = None, probe_port: bool = 
     if spec.launch_mode == "dynamic":
         spec.run_scheduler = _runs_scheduler(spec, disc) and spec.sim_level is None
         spec.run_workers = not disc.scheduler_only
-        given, spec.master_addr = spec.master_addr, resolve_host(spec.master_addr)
-        if spec.master_port == 0 and spec.sim_level is None:  # simulation runs no scheduler: no port to pick
-            _pick_master_port(spec, given)
-        elif probe_port and spec.run_scheduler and not spec.dry_run:
-            from launcher.ports import check_master_port
-
-            check_master_port(spec.master_addr, spec.master_port)  # before anything is created on disk
+        # simulation runs no scheduler: no port to pick
+        _master_endpoint(spec, pick=spec.sim_level is None, probe=probe_port and spec.run_scheduler)
     elif spec.launch_mode == "store":
         _store(spec, probe_port)
     check_log_dir(spec.log_dir, create=not spec.dry_run)
@@ -253,6 +248,18 @@ def resolve(cli: Dict, env: Optional[Dict[str, str]] = None, probe_port: bool = 
         if where.startswith("environment"):
             spec.notes.append(f"{name} = {getattr(spec, name)} from {where}")
     return spec
+
+
+def _master_endpoint(spec: LaunchSpec, pick: bool, probe: bool) -> None:
+    """Resolve --master_addr; with --master_port 0 pick a free port (`pick`), else check that the port is free when
+    this node will serve it (`probe`), before anything is created on disk."""
+    given, spec.master_addr = spec.master_addr, resolve_host(spec.master_addr)
+    if spec.master_port == 0 and pick:
+        _pick_master_port(spec, given)
+    elif probe and not spec.dry_run:
+        from launcher.ports import check_master_port
+
+        check_master_port(spec.master_addr, spec.master_port)
 
 
 def hosts_store(spec: LaunchSpec) -> bool:
@@ -267,13 +274,7 @@ def _store(spec: LaunchSpec, probe_port: bool) -> None:
     if ranks.rank_of(spec, 0) is None:
         raise LaunchError("--launch_mode store needs each worker's rank before it starts: pass --node_rank "
                           "(0 on the node whose workers are ranks 0..local_worker_num-1), or use a cluster file")
-    given, spec.master_addr = spec.master_addr, resolve_host(spec.master_addr)
-    if spec.master_port == 0:
-        _pick_master_port(spec, given)
-    elif probe_port and hosts_store(spec) and not spec.dry_run:
-        from launcher.ports import check_master_port
-
-        check_master_port(spec.master_addr, spec.master_port)
+    _master_endpoint(spec, pick=True, probe=probe_port and hosts_store(spec))
     if spec.backend not in (None, "cpu"):
         spec.notes.append(f"--launch_mode store on {spec.backend}: joins through MindSpore's private "
                           f"_init_with_store, which ran only on the CPU here (launcher/join.py); dynamic is "
