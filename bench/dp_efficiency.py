@@ -6,7 +6,8 @@ One core per worker (`mindrun launch --bind_core True`; standalone pinned to one
 recipe's own packed Multi30k batches (the first updates of epoch 0, cycled), dropout off. In interleaved
 rounds: standalone and 2-worker data parallel with one AllReduce per gradient (parallel.grad_reduce=
 per_tensor, float32; the default before `auto`), the flat buffer (parallel.grad_reduce=flat, what `auto`
-picks for `small`), the flat buffer in float16 (with a static loss scale of 1024), each at gradient
+picks for `small` off the CPU), the flat buffer summed through shared memory (parallel.grad_reduce=
+shared_memory, `auto`'s pick for a one-host CPU job), the flat buffer in float16 (with a static loss scale of 1024), each at gradient
 accumulation 1 and 4 (same global batch per micro-batch), and the step without its data-parallel
 reduction (--no-comm: for the communication share 1 - t(no comm) / t(real)). Efficiency = tokens/s of
 the job / (2 x standalone's) at the same accumulation. Against the single-process alternative (goal 1's
@@ -29,12 +30,15 @@ WORKER = ROOT / "bench" / "parallel_worker.py"
 FP16 = ["parallel.grad_reduce_dtype=float16", "precision.loss_scale=static", "precision.initial_scale=1024"]
 FLAT = ["--set", "parallel.grad_reduce=flat"]
 PER_TENSOR = ["--set", "parallel.grad_reduce=per_tensor"]
+SHARED = ["--set", "parallel.grad_reduce=shared_memory"]
 VARIANTS = {  # name: (workers, extra worker arguments, one core per process)
     "standalone": (1, [], True),
     "dp2 per-tensor fp32": (2, PER_TENSOR, True),
     "dp2 no communication": (2, ["--no-comm"], True),
     "dp2 flat fp32": (2, FLAT, True),
     "dp2 flat fp16": (2, [a for s in FP16 for a in ("--set", s)], True),
+    "dp2 shared memory fp32": (2, SHARED, True),
+    "dp2 shared memory fp16": (2, SHARED + [a for s in FP16 for a in ("--set", s)], True),
     "standalone 2 threads": (1, [], False),
     "dp2 flat fp32 unbound": (2, FLAT, False),
     "dp2 per-tensor fp32 unbound": (2, PER_TENSOR, False),

@@ -311,6 +311,21 @@ def test_float16_gradient_reduction_stays_within_its_tolerance_of_standalone_flo
         assert f["norm_gap"] < 1e-3 and 1e-5 < f["weight_gap"] < 3e-3, f
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_float32_gradient_sums_through_shared_memory_and_allreduce_equal_standalone(launched_steps):
+    """The flat float32 buffer summed through shared memory (a one-host CPU job's default) and through
+    MindSpore's AllReduce: 3 SGD updates at rate 1 without clipping, so a wrong scale of the sum (a mean, a
+    double count) moves the weights by as much as the update itself; both equal standalone float32 up to
+    float32 rounding of another summation order."""
+    for r in launched_steps:
+        wires = r["float32_wire"]
+        assert wires["shared_memory"]["path"] == "Custom" and wires["flat"]["path"] == "AllReduce", wires
+        for f in wires.values():
+            assert f["reduction"] == "FlatReduction Float32" and f["largest_change"] > 1e-3, f
+            assert f["norm_gap"] < 1e-5 and f["weight_gap"] < 1e-5, f
+
+
 # -- the trainer -------------------------------------------------------------------------------------
 
 def _train(capfd, data_dir, out, *sets):

@@ -170,9 +170,11 @@ class ParallelConfig:
     optimizer_shard: bool = False
     # the data-parallel gradient reduction (trainer/parallel/seam.py): per_tensor, one AllReduce per gradient
     # (MindSpore's DistributedGradReducer), or flat, all gradients in one buffer and one AllReduce; auto is
-    # flat up to FLAT_LIMIT_BYTES of gradients (one more copy of them), per_tensor beyond; on the wire in
-    # float32, or float16 (half the bytes, ~3 significant digits; the update stays float32; float16 always
-    # goes through the flat buffer)
+    # flat up to FLAT_LIMIT_BYTES of gradients (one more copy of them), per_tensor beyond, except on the CPU
+    # with every rank on one host under `mindrun launch`: there auto is shared_memory, the flat buffer summed
+    # through a shared segment instead of MindSpore's TCP collectives (trainer/parallel/shared_sum.py); on the
+    # wire in float32, or float16 (half the bytes, ~3 significant digits; the update stays float32; float16
+    # always goes through the flat buffer)
     grad_reduce: str = "auto"
     grad_reduce_dtype: str = "float32"
 
@@ -301,7 +303,7 @@ class RunConfig:
         _positive("eval.train_beam", self.eval.train_beam)
         _positive("eval.batch_size", self.eval.batch_size)
         _choice("parallel.mode", self.parallel.mode, ("auto", "standalone", "data_parallel", "hybrid", "semi_auto"))
-        _choice("parallel.grad_reduce", self.parallel.grad_reduce, ("auto", "per_tensor", "flat"))
+        _choice("parallel.grad_reduce", self.parallel.grad_reduce, ("auto", "per_tensor", "flat", "shared_memory"))
         _choice("parallel.grad_reduce_dtype", self.parallel.grad_reduce_dtype, ("float32", "float16"))
         if self.parallel.grad_reduce_dtype == "float16" and self.precision.scaling() == "none":
             # unscaled gradients are loss / tokens of the update: many below float16's smallest normal (6e-5),

@@ -15,6 +15,9 @@ tests/test_precision.py asserts:
                  under a static loss scale of 1024, against the same updates computed standalone in
                  this process in float32: the largest relative gap of the gradient norms and of the
                  weights' changes
+  float32_wire   the same 3 updates in float32 through each flat reduction, shared memory (the CPU
+                 default of a one-host `mindrun launch`) and MindSpore's AllReduce, against the same
+                 standalone updates: the reduction's class and path, and the same two gaps
 Accumulation under data and tensor parallelism is compared with standalone by the launched trainer jobs
 (tests/test_parallel_jobs.py); the helpers here (micro-batches, builds, the accumulation gap) are imported by
 the in-process tests too.
@@ -208,6 +211,30 @@ def float16_wire(ctx, updates=3):
             "norm_gap": float(max(abs(a - b) / b for a, b in zip(norms16, norms32))), "weight_gap": weight_gap}
 
 
+def float32_wire(ctx, updates=3):
+    """Gradient norms and weight changes of each float32 flat reduction against standalone (see the module)."""
+    import dataclasses
+
+    batches = padded_micro_batches(seed=9, k=updates)
+
+    def run(context):
+        model, _, stepper = build(context, clip_norm=0.0)
+        norms = []
+        return norms, changes(model, lambda: norms.extend(stepper.update([b]).grad_norm for b in batches)), \
+            stepper.update_step.reduction
+
+    norms32, moved32, _ = run(None)
+    report = {}
+    for choice in ("shared_memory", "flat"):
+        norms, moved, reduction = run(dataclasses.replace(ctx, plan=dataclasses.replace(ctx.plan, grad_reduce=choice)))
+        weight_gap, largest = relative_gap(moved, moved32)
+        report[choice] = {"reduction": f"{type(reduction).__name__} {reduction.wire}",
+                          "path": type(reduction.grad_sum).__name__, "largest_change": largest,
+                          "norm_gap": float(max(abs(a - b) / b for a, b in zip(norms, norms32))),
+                          "weight_gap": weight_gap}
+    return report
+
+
 def main(out_dir: Path) -> None:
     from trainer.config import load_config
     from trainer.parallel.context import init_parallel, is_scheduler, select_backend, world_size_from_env
@@ -225,7 +252,8 @@ def main(out_dir: Path) -> None:
     ctx = init_parallel(make_plan(cfg, world_size_from_env(), backend), backend)
     report = {"rank": ctx.rank, "dp_rank": ctx.dp_rank, "mode": "data_parallel",
               "reductions": count_reductions(ctx), "overflow": overflow(ctx, ctx.rank),
-              "dropout": dropout_digest(ctx, ctx.dp_rank), "float16_wire": float16_wire(ctx)}
+              "dropout": dropout_digest(ctx, ctx.dp_rank), "float16_wire": float16_wire(ctx),
+              "float32_wire": float32_wire(ctx)}
     (out_dir / "data_parallel").mkdir(parents=True, exist_ok=True)
     (out_dir / "data_parallel" / f"rank_{ctx.rank}.json").write_text(json.dumps(report), encoding="utf-8")
 

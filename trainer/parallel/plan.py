@@ -29,7 +29,7 @@ class Plan:
     micro_batches: int
     optimizer_shard: bool
     world_size: int
-    grad_reduce: str = "auto"  # parallel.grad_reduce: auto | per_tensor | flat
+    grad_reduce: str = "auto"  # parallel.grad_reduce: auto | per_tensor | flat | shared_memory
     grad_reduce_dtype: str = "float32"  # parallel.grad_reduce_dtype: the reduction's wire dtype
 
     @property
@@ -40,13 +40,15 @@ class Plan:
     def describe(self) -> str:
         reduction = ""
         if self.data_parallel > 1 and self.mode != "semi_auto":
-            if self.grad_reduce_dtype == "float16":
+            if self.grad_reduce == "shared_memory":
+                reduction = f"; gradients summed in one flat {self.grad_reduce_dtype} buffer through shared memory"
+            elif self.grad_reduce_dtype == "float16":
                 reduction = "; gradients summed in one flat float16 buffer"
             elif self.grad_reduce == "flat":
                 reduction = "; gradients summed in one flat float32 buffer"
             elif self.grad_reduce == "auto":
-                reduction = (f"; gradients summed in one flat float32 buffer (one AllReduce per gradient past "
-                             f"{FLAT_LIMIT_BYTES >> 20} MiB of them)")
+                reduction = (f"; gradients summed in one flat float32 buffer (through shared memory on one CPU "
+                             f"host; else one AllReduce per gradient past {FLAT_LIMIT_BYTES >> 20} MiB of them)")
         if self.optimizer_shard and self.mode != "semi_auto":
             reduction = (f"; gradients reduce-scattered in one flat {self.grad_reduce_dtype} buffer, Adam's moments "
                          f"sharded over data_parallel {self.data_parallel}")

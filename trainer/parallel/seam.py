@@ -27,6 +27,7 @@ from model.parallel.layout import apply_hybrid, apply_semi_auto
 from model.parallel.mappings import all_gather_works
 from trainer.parallel.context import ParallelContext
 from trainer.parallel.data import RankRows, shard_rows
+from trainer.parallel import shared_sum
 from trainer.parallel.flat_split import FlatSplit
 from trainer.parallel.plan import FLAT_LIMIT_BYTES
 
@@ -61,12 +62,20 @@ class FlatReduction(nn.Cell):
     (bench/README.md, bench.startup); this takes under 1 s.
     """
 
-    def __init__(self, weights, group: str, wire=ms.float32):
+    def __init__(self, weights, group: str, wire=ms.float32, shared: Optional[Tuple[Sequence[int], int]] = None):
         super().__init__(auto_prefix=False)
-        self.split = FlatSplit([int(np.prod(p.shape)) for p in weights])
+        sizes = [int(np.prod(p.shape)) for p in weights]
+        self.split = FlatSplit(sizes)
         self.wire = wire
-        self.grad_sum = ops.AllReduce(ops.ReduceOp.SUM, group)
-        self.sum = ops.AllReduce(ops.ReduceOp.SUM, group)
+        if shared is None:
+            self.grad_sum = ops.AllReduce(ops.ReduceOp.SUM, group)
+            self.sum = ops.AllReduce(ops.ReduceOp.SUM, group)
+        else:  # the group's ranks share this CPU host: sum through memory (trainer/parallel/shared_sum.py)
+            ranks, rank = shared
+            wire_np = np.float16 if wire == ms.float16 else np.float32
+            self.grad_sum = shared_sum.summing_op(
+                "grads", shared_sum.join("grads", ranks, rank, sum(sizes), wire_np, tag=group))
+            self.sum = shared_sum.summing_op("losses", shared_sum.join("losses", ranks, rank, 2, np.float32, tag=group))
 
     def construct(self, grads, loss_sum, nll_sum):
         flat = ops.concat(_hyper_map(self._flatten, grads))
@@ -112,12 +121,38 @@ class Parallelized:
         plan = self.ctx.plan if self.ctx is not None else None
         if self.dp_group is None or plan is None:
             return DataParallelReduction(weights, self.dp_group)
+        wire = ms.float16 if plan.grad_reduce_dtype == "float16" else ms.float32
+        shared = self.shared_memory_group()
+        if shared is not None:
+            return FlatReduction(weights, self.dp_group, wire, shared)
         if plan.grad_reduce_dtype == "float16":
             return FlatReduction(weights, self.dp_group, ms.float16)
         flat_bytes = sum(4 * int(np.prod(p.shape)) for p in weights)
         if plan.grad_reduce == "flat" or (plan.grad_reduce == "auto" and flat_bytes <= FLAT_LIMIT_BYTES):
             return FlatReduction(weights, self.dp_group, ms.float32)
         return DataParallelReduction(weights, self.dp_group)
+
+    def shared_memory_group(self) -> Optional[Tuple[Tuple[int, ...], int]]:
+        """(the data-parallel group's ranks, this rank) when its sums go through shared memory, else None:
+        parallel.grad_reduce=shared_memory, or auto on the CPU with every rank on this host under
+        `mindrun launch`. shared_memory where that does not hold is an error."""
+        plan, ctx = self.ctx.plan, self.ctx
+        if plan.grad_reduce not in ("auto", "shared_memory"):
+            return None
+        mp = plan.model_parallel
+        why_not = None
+        if ctx.backend != "CPU":
+            why_not = f"the backend is {ctx.backend}, not CPU"
+        elif not shared_sum.one_host(plan.world_size):
+            why_not = "the job's ranks are not all on this host (MINDRUN_LOCAL_WORLD_SIZE)"
+        elif shared_sum.job_token() is None:
+            why_not = "the job was not started by `mindrun launch`"
+        if why_not is None:
+            return tuple(ctx.mp_rank + i * mp for i in range(plan.data_parallel)), ctx.rank
+        if plan.grad_reduce == "shared_memory":
+            raise shared_sum.SharedSumError(f"parallel.grad_reduce=shared_memory: {why_not}; use auto, flat or "
+                                            f"per_tensor")
+        return None
 
     def optimizer_shard(self, weights) -> Optional["FlatShard"]:
         """Where Adam's state is split (parallel.optimizer_shard under data_parallel or hybrid), or None."""
