@@ -35,6 +35,7 @@ from trainer.parallel.clock import RunClock
 from trainer.parallel.context import (ParallelContext, init_parallel, is_scheduler, select_backend,
                                       world_size_from_env)
 from trainer.parallel.plan import check_trainable, check_vocabulary, make_plan
+from trainer.parallel.seam import reduction_path
 from trainer.precision import check_precision, precision_caveat
 from trainer.step import StepResult
 from trainer.validation import LmValidator, Validator
@@ -207,7 +208,8 @@ class Trainer:
                 f"{self.accumulation} = {self.cfg.data.max_tokens * self.accumulation} (budget, padding "
                 f"included{share}); precision {self.cfg.precision.level}"
                 + ("" if self.cfg.precision.level == "O0" else
-                   f" {self.cfg.precision.dtype}, loss scaling {self.cfg.precision.scaling()}"))
+                   f" {self.cfg.precision.dtype}, loss scaling {self.cfg.precision.scaling()}")
+                + reduction_path(getattr(self.stepper.update_step, "reduction", None)))
 
     def run(self) -> Dict[str, object]:
         """Train until max_epochs, max_steps or the time budget; return the summary."""

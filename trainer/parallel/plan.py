@@ -47,8 +47,8 @@ class Plan:
             elif self.grad_reduce == "flat":
                 reduction = "; gradients summed in one flat float32 buffer"
             elif self.grad_reduce == "auto":
-                reduction = (f"; gradients summed in one flat float32 buffer (through shared memory on one CPU "
-                             f"host; else one AllReduce per gradient past {FLAT_LIMIT_BYTES >> 20} MiB of them)")
+                reduction = (f"; gradients summed in one flat float32 buffer (one AllReduce per gradient past "
+                             f"{FLAT_LIMIT_BYTES >> 20} MiB of them off a one-host CPU job)")
         if self.optimizer_shard and self.mode != "semi_auto":
             reduction = (f"; gradients reduce-scattered in one flat {self.grad_reduce_dtype} buffer, Adam's moments "
                          f"sharded over data_parallel {self.data_parallel}")

@@ -62,20 +62,32 @@ class FlatReduction(nn.Cell):
     (bench/README.md, bench.startup); this takes under 1 s.
     """
 
-    def __init__(self, weights, group: str, wire=ms.float32, shared: Optional[Tuple[Sequence[int], int]] = None):
+    def __init__(self, weights, group: str, wire=ms.float32, shared: Optional[Tuple[Sequence[int], int, bool]] = None):
         super().__init__(auto_prefix=False)
         sizes = [int(np.prod(p.shape)) for p in weights]
         self.split = FlatSplit(sizes)
         self.wire = wire
-        if shared is None:
+        self.wire_name = "float16" if wire == ms.float16 else "float32"
+        self.shared = False
+        if shared is not None:  # the group's ranks share this CPU host: sum through memory (shared_sum.py)
+            ranks, rank, required = shared
+            try:
+                grads = shared_sum.join("grads", ranks, rank, sum(sizes), np.dtype(self.wire_name), tag=group)
+            except shared_sum.SharedMemoryTooSmall as e:  # every member gets it: all fall back together
+                if required:
+                    raise shared_sum.SharedSumError(f"parallel.grad_reduce=shared_memory: {e}; enlarge /dev/shm "
+                                                    f"(docker run --shm-size) or use auto") from None
+                if rank == ranks[0]:
+                    print(f"note: data-parallel sums through MindSpore's AllReduce, not shared memory: {e}",
+                          flush=True)
+            else:
+                self.grad_sum = shared_sum.summing_op("grads", grads)
+                self.sum = shared_sum.summing_op("losses", shared_sum.join("losses", ranks, rank, 2, np.float32,
+                                                                           tag=group))
+                self.shared = True
+        if not self.shared:
             self.grad_sum = ops.AllReduce(ops.ReduceOp.SUM, group)
             self.sum = ops.AllReduce(ops.ReduceOp.SUM, group)
-        else:  # the group's ranks share this CPU host: sum through memory (trainer/parallel/shared_sum.py)
-            ranks, rank = shared
-            wire_np = np.float16 if wire == ms.float16 else np.float32
-            self.grad_sum = shared_sum.summing_op(
-                "grads", shared_sum.join("grads", ranks, rank, sum(sizes), wire_np, tag=group))
-            self.sum = shared_sum.summing_op("losses", shared_sum.join("losses", ranks, rank, 2, np.float32, tag=group))
 
     def construct(self, grads, loss_sum, nll_sum):
         flat = ops.concat(_hyper_map(self._flatten, grads))
@@ -89,6 +101,16 @@ class FlatReduction(nn.Cell):
 
     def _shaped_like(self, piece, grad):
         return piece.reshape(grad.shape)
+
+
+def reduction_path(reduction) -> str:
+    """"; data-parallel sums through ..." for the run's first lines ("" without a data-parallel reduction)."""
+    if isinstance(reduction, FlatReduction):
+        how = "shared memory on this host" if reduction.shared else "one AllReduce"
+        return f"; data-parallel gradient sums: one flat {reduction.wire_name} buffer through {how}"
+    if isinstance(reduction, DataParallelReduction) and reduction.reducer is not None:
+        return "; data-parallel gradient sums: one AllReduce per gradient"
+    return ""
 
 
 @dataclass
@@ -132,8 +154,9 @@ class Parallelized:
             return FlatReduction(weights, self.dp_group, ms.float32)
         return DataParallelReduction(weights, self.dp_group)
 
-    def shared_memory_group(self) -> Optional[Tuple[Tuple[int, ...], int]]:
-        """(the data-parallel group's ranks, this rank) when its sums go through shared memory, else None:
+    def shared_memory_group(self) -> Optional[Tuple[Tuple[int, ...], int, bool]]:
+        """(the data-parallel group's ranks, this rank, whether asked for by name) when its sums go through shared
+        memory, else None:
         parallel.grad_reduce=shared_memory, or auto on the CPU with every rank on this host under
         `mindrun launch`. shared_memory where that does not hold is an error."""
         plan, ctx = self.ctx.plan, self.ctx
@@ -146,9 +169,10 @@ class Parallelized:
         elif not shared_sum.one_host(plan.world_size):
             why_not = "the job's ranks are not all on this host (MINDRUN_LOCAL_WORLD_SIZE)"
         elif shared_sum.job_token() is None:
-            why_not = "the job was not started by `mindrun launch`"
+            why_not = "the job was not started by `mindrun launch`"  # (MINDRUN_LOCAL_WORLD_SIZE, master endpoint)
         if why_not is None:
-            return tuple(ctx.mp_rank + i * mp for i in range(plan.data_parallel)), ctx.rank
+            return tuple(ctx.mp_rank + i * mp for i in range(plan.data_parallel)), ctx.rank, \
+                plan.grad_reduce == "shared_memory"
         if plan.grad_reduce == "shared_memory":
             raise shared_sum.SharedSumError(f"parallel.grad_reduce=shared_memory: {why_not}; use auto, flat or "
                                             f"per_tensor")

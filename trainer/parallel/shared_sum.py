@@ -11,12 +11,14 @@ The barriers are one byte each way over a Unix socket to the group's first rank.
 was. The function is registered under a fixed id (not `id(func)`, a per-process address), so that a step
 compiled by one run and loaded from the compile cache by the next calls the same function.
 
-The group is formed when the step is built (`SharedSum.join`): the first rank creates the segment and
-listens on an abstract Unix socket named after the job (the launcher's spawn time and restart count, so
-a restart or a second job on the host never meets the first), the others connect, attach and say so, and
-the first rank then unlinks the segment's name (the mapping lives as long as the processes). A rank that
+The group is formed when the step is built (`join`): the first rank listens on an abstract Unix socket
+named after the job (its master endpoint and restart count, so a restart or a second job on the host
+never meets the first), the others connect, the first rank creates the segment (reserving its pages: a
+/dev/shm too small is an error every member gets, and `auto` falls back to AllReduce), the others attach
+and say so, and the first rank then unlinks the segment's name (the mapping lives as long as the processes). A rank that
 dies closes its socket: the others' next barrier fails with an error naming it, not a hang.
 """
+import hashlib
 import mmap
 import os
 import socket
@@ -35,14 +37,27 @@ class SharedSumError(RuntimeError):
     """A shared-memory group could not form, or a member left it."""
 
 
+class SharedMemoryTooSmall(SharedSumError):
+    """The host's shared memory cannot hold the segment (every member of the group gets this, with the sizes)."""
+
+
+def _free_bytes(directory: str) -> int:
+    st = os.statvfs(directory)
+    return st.f_bavail * st.f_frsize
+
+
 def job_token() -> Optional[str]:
-    """What names this job's segments and sockets on the host, from the launcher's environment; None
-    outside `mindrun launch` (then the sums stay MindSpore collectives)."""
-    spawned = os.environ.get("MINDRUN_SPAWNED_AT")
-    if not spawned:
+    """What names this job's segments and sockets on the host: the cluster's master endpoint (every rank of a
+    job has the same, and no two running jobs do) and the restart count; None outside `mindrun launch` (then
+    the sums stay MindSpore collectives)."""
+    if "MINDRUN_LOCAL_WORLD_SIZE" not in os.environ:
+        return None
+    master = os.environ.get("MINDRUN_STORE") or (
+        f"{os.environ.get('MS_SCHED_HOST', '')}:{os.environ.get('MS_SCHED_PORT', '')}")
+    if master == ":":
         return None
     restart = os.environ.get("MINDRUN_RESTART_COUNT", "0")
-    return f"{os.getuid()}-{spawned.replace('.', '')}-{restart}"
+    return hashlib.sha1(f"{os.getuid()}-{master}-{restart}".encode()).hexdigest()[:16]
 
 
 def one_host(world_size: int) -> bool:
@@ -63,12 +78,17 @@ class SharedSum:
         self._leader: Optional[socket.socket] = None
         path = f"/dev/shm/mindrun-{name}"
         if index == 0:
-            self._segment = self._create(path, total)
-            self._accept(timeout, path)
+            self._segment = self._lead(path, total, timeout)
         else:
             self._connect(timeout)
+            verdict = _read_exact(self._leader, 1, "the group's first rank")
+            if verdict != b"y":
+                why = _read_all(self._leader) or "the group's first rank could not create the segment"
+                self.close()
+                raise SharedMemoryTooSmall(why)
             self._segment = self._attach(path, total)
             self._leader.sendall(b"a")  # attached: the first rank may unlink the name
+            self._leader.settimeout(None)  # a sum waits as long as the slowest member's step takes
         buf = np.frombuffer(self._segment, np.uint8)
         self.slots = [buf[i * slot:(i + 1) * slot].view(self.dtype) for i in range(size)]
         self.result = buf[size * slot:].view(self.sum_dtype)
@@ -78,10 +98,17 @@ class SharedSum:
     # -- forming the group ---------------------------------------------------------------------
     @staticmethod
     def _create(path: str, nbytes: int) -> mmap.mmap:
+        """The segment, its pages reserved now: a tmpfs too small for it (a container's 64 MiB /dev/shm) is an
+        error here rather than a SIGBUS at the first write."""
+        if os.path.exists(path):  # left by a killed job that had this master port: no running job has it
+            os.unlink(path)
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
         try:
-            os.ftruncate(fd, nbytes)
+            os.posix_fallocate(fd, 0, nbytes)
             return mmap.mmap(fd, nbytes)
+        except OSError:
+            os.unlink(path)
+            raise
         finally:
             os.close(fd)
 
@@ -96,28 +123,46 @@ class SharedSum:
     def _address(self) -> str:
         return "\0mindrun-" + self.name  # abstract namespace: no file, gone with the process
 
-    def _accept(self, timeout: float, path: str) -> None:
+    def _lead(self, path: str, nbytes: int, timeout: float) -> mmap.mmap:
+        """The first rank: every member connected, then the segment created (or every member told why not),
+        then every member's word that it has mapped it, then its name unlinked."""
         server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        peers: Dict[int, socket.socket] = {}
         try:
             server.bind(self._address())
             server.listen(self.size)
             server.settimeout(timeout)
-            peers = {}
             try:
                 while len(peers) < self.size - 1:
                     conn, _ = server.accept()
                     conn.settimeout(timeout)
-                    peer = int.from_bytes(_read_exact(conn, 4, "a joining rank"), "little")
-                    peers[peer] = conn
-                for peer in sorted(peers):
-                    _read_exact(peers[peer], 1, f"group member {peer}")
+                    peers[int.from_bytes(_read_exact(conn, 4, "a joining rank"), "little")] = conn
             except socket.timeout:
                 missing = sorted(set(range(1, self.size)) - set(peers))
                 raise SharedSumError(f"shared-memory sum {self.name!r}: members {missing} did not join within "
                                      f"{timeout:.0f} s") from None
-            for conn in peers.values():
-                conn.settimeout(None)
             self._peers = [peers[i] for i in sorted(peers)]
+            try:
+                segment = self._create(path, nbytes)
+            except OSError as e:
+                free = _free_bytes(os.path.dirname(path))
+                why = (f"{os.path.dirname(path)} has {free / 2**20:.0f} MiB free, the sums need {nbytes / 2**20:.0f} "
+                       f"MiB ({e.strerror})")
+                for conn in self._peers:
+                    conn.sendall(b"n" + why.encode())
+                self.close()
+                raise SharedMemoryTooSmall(why) from None
+            try:
+                for conn in self._peers:
+                    conn.sendall(b"y")
+                for i, conn in enumerate(self._peers, 1):
+                    _read_exact(conn, 1, f"group member {i}")
+            except socket.timeout:
+                raise SharedSumError(f"shared-memory sum {self.name!r}: a member did not map the segment within "
+                                     f"{timeout:.0f} s") from None
+            for conn in self._peers:
+                conn.settimeout(None)
+            return segment
         finally:
             server.close()
             if os.path.exists(path):
@@ -137,6 +182,7 @@ class SharedSum:
                                          f"leader within {timeout:.0f} s") from None
                 time.sleep(0.01)
         conn.sendall(self.index.to_bytes(4, "little"))
+        conn.settimeout(timeout)
         self._leader = conn
 
     # -- summing ---------------------------------------------------------------------------------
@@ -182,6 +228,16 @@ def _read_exact(conn: socket.socket, n: int, who: str) -> bytes:
     return data
 
 
+def _read_all(conn: socket.socket) -> str:
+    """What the peer sent until it closed (the first rank's reason for refusing)."""
+    chunks = []
+    while True:
+        got = conn.recv(4096)
+        if not got:
+            return b"".join(chunks).decode(errors="replace")
+        chunks.append(got)
+
+
 def _sum_grads(x):
     return _ACTIVE["grads"](x)
 
@@ -214,8 +270,10 @@ def join(kind: str, ranks: Sequence[int], rank: int, count: int, dtype, tag: str
     elements of `dtype`; `tag` tells groups of one job apart (e.g. the data-parallel group's name)."""
     token = job_token()
     if token is None:
-        raise SharedSumError("shared-memory sums need `mindrun launch` (MINDRUN_SPAWNED_AT is not set)")
+        raise SharedSumError("shared-memory sums need `mindrun launch` (MINDRUN_LOCAL_WORLD_SIZE and the master "
+                             "endpoint are not set)")
     serial = _JOINED.get(kind, 0)
     _JOINED[kind] = serial + 1
-    name = f"{token}-{kind}{serial}-{tag}-{'_'.join(map(str, ranks))}"
+    members = hashlib.sha1(f"{tag}:{','.join(map(str, ranks))}".encode()).hexdigest()[:12]  # a socket name is <108 B
+    name = f"{token}-{kind}{serial}-{members}"
     return SharedSum(name, list(ranks).index(rank), len(ranks), count, dtype)
