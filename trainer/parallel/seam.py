@@ -25,9 +25,9 @@ from mindspore import nn, ops
 
 from model.parallel.layout import apply_hybrid, apply_semi_auto
 from model.parallel.mappings import all_gather_works
+from trainer.parallel import shared_sum
 from trainer.parallel.context import ParallelContext
 from trainer.parallel.data import RankRows, shard_rows
-from trainer.parallel import shared_sum
 from trainer.parallel.flat_split import FlatSplit
 from trainer.parallel.plan import FLAT_LIMIT_BYTES
 
@@ -143,12 +143,9 @@ class Parallelized:
         plan = self.ctx.plan if self.ctx is not None else None
         if self.dp_group is None or plan is None:
             return DataParallelReduction(weights, self.dp_group)
-        wire = ms.float16 if plan.grad_reduce_dtype == "float16" else ms.float32
         shared = self.shared_memory_group()
-        if shared is not None:
-            return FlatReduction(weights, self.dp_group, wire, shared)
-        if plan.grad_reduce_dtype == "float16":
-            return FlatReduction(weights, self.dp_group, ms.float16)
+        if shared is not None or plan.grad_reduce_dtype == "float16":  # float16 always goes through the flat buffer
+            return FlatReduction(weights, self.dp_group, self.wire_dtype(), shared)
         flat_bytes = sum(4 * int(np.prod(p.shape)) for p in weights)
         if plan.grad_reduce == "flat" or (plan.grad_reduce == "auto" and flat_bytes <= FLAT_LIMIT_BYTES):
             return FlatReduction(weights, self.dp_group, ms.float32)
