@@ -15,6 +15,9 @@ normalising regime and clipping that acts (clip_norm below the measured gradient
     dp2 (data_parallel, optimizer sharding,        standalone, same        in one process (dp 2 -> 1,
         --launch_mode store), padded, gradient     settings, no recompute, no recompute, unsharded)
         accumulation 2, LINEAR, full recompute     unsharded
+    dp2 without MindSpore's cluster (store         standalone, same        launched, the same layout
+        mode, shared-memory sums, the local        settings                (exact)
+        group), padded, accumulation 2, LINEAR
     2x2 (hybrid dp 2 x mp 2, optimizer             packed standalone,      launched 2x2 (exact); in one
         sharding over dp sub-groups), packed,      no recompute,           process (mp 2 -> 1, no
         Adam + clipping (one norm from the         unsharded               recompute, unsharded)
@@ -215,6 +218,36 @@ def test_data_parallel_with_accumulation_matches_standalone(standalone, data_par
     same_run(standalone, data_parallel)
 
 
+@pytest.fixture(scope="module")
+def without_cluster(data_dir, tmp_path_factory):
+    """The README job's shape: data parallel 2 in store mode, gradients summed through shared memory; so no
+    MindSpore collective, and the ranks never form MindSpore's cluster (trainer/parallel/context.py): the run
+    clock, validation's sums and the checkpoint agreements go through the local socket group."""
+    out = tmp_path_factory.mktemp("dp2_local")
+    return launched(data_dir, out, 2, "parallel.mode=data_parallel", *PADDED, plan="data_parallel 2 x model_parallel 1",
+                    launcher_args=("--launch_mode", "store"))
+
+
+def test_a_one_host_cpu_job_runs_without_mindspore_cluster_and_matches_standalone(standalone, without_cluster):
+    log = (without_cluster.parent / "logs" / "worker_0.log").read_text()
+    assert "running without MindSpore's cluster" in log and "through shared memory on this host" in log
+    for rank in (0, 1):  # validation split over the ranks, its sums through the local group
+        log = (without_cluster.parent / "logs" / f"worker_{rank}.log").read_text()
+        assert f"validation: data-parallel rank {rank} decodes 20 of 40 sentences" in log
+    startup = records(without_cluster, "startup")
+    assert len(startup) == 1 and startup[0]["cluster_s"] < 1.0  # MindSpore's own join polls 3 s (launcher/join.py)
+    same_run(standalone, without_cluster)
+
+
+def test_a_job_without_mindspore_cluster_resumes_exactly_launched(without_cluster, data_dir, tmp_path):
+    """Its checkpoint agreement (which step directory verifies on every rank) goes through the local group."""
+    run = stopped_at_the_checkpoint(without_cluster, tmp_path / "run")
+    launched(data_dir, tmp_path, 2, "parallel.mode=data_parallel", *PADDED, "train.resume=auto", run=run,
+             launcher_args=("--launch_mode", "store"))
+    assert "running without MindSpore's cluster" in (tmp_path / "logs" / "worker_0.log").read_text()
+    resumed_exactly(without_cluster, run)
+
+
 def test_standalone_resumes_exactly_with_dropout_and_accumulation(standalone, data_dir, tmp_path):
     run = resume_here(stopped_at_the_checkpoint(standalone, tmp_path / "run"), data_dir, *PADDED)
     resumed_exactly(standalone, run)
@@ -307,7 +340,7 @@ BUDGET_MINUTES = 0.4  # the budget counts the first update's compile: 24 s leave
 
 
 def test_time_budget_stops_every_rank_at_the_same_step_with_the_rate_annealed(data_dir, tmp_path):
-    """Ranks read one clock (AllGather, then max), so a budget cannot end them a step apart (a hang).
+    """Ranks read one clock (a sum of a row per rank, then max), so a budget cannot end them a step apart (a hang).
     The same job's console (stdout not a terminal) is what a person watching it gets. Its gradients go over the
     wire in float16 (under a static loss scale): that option end to end."""
     run, proc = launch_job(data_dir, tmp_path, 2, "parallel.mode=data_parallel", "train.max_steps=null",

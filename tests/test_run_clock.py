@@ -8,7 +8,7 @@ from trainer.parallel.clock import MAX_GAP_STEPS, RunClock
 
 def several_ranks():
     clock = RunClock()
-    clock._gather = object()  # as with a data-parallel group: readings are collectives, planned
+    clock._sum = object()  # as with a data-parallel group: readings are collectives, planned
     return clock
 
 
@@ -43,15 +43,17 @@ class FakeClockTime:
         return self.now
 
 
-class GatherWith:
-    """One rank's AllGather of [[seconds, flag]] in a pair: its own row and its peer's own reading."""
+class SumWith:
+    """One rank's sum over a pair of the [world, 2] table of (seconds, flag): its own row filled, its peer's
+    filled with the peer's own reading."""
 
-    def __init__(self, peer):
-        self.peer = peer
+    def __init__(self, peer, peer_rank):
+        self.peer, self.peer_rank = peer, peer_rank
 
-    def __call__(self, tensor):
-        rows = np.concatenate([tensor.asnumpy(), np.array([[self.peer.local(), 0.0]], np.float32)])
-        return type("Gathered", (), {"asnumpy": lambda _: rows})()
+    def __call__(self, table):
+        summed = table.copy()
+        summed[self.peer_rank] += np.array([self.peer.local(), 0.0], np.float32)
+        return summed
 
 
 def test_two_ranks_that_started_apart_agree_on_the_reading_and_plan_the_same_steps(monkeypatch):
@@ -64,7 +66,8 @@ def test_two_ranks_that_started_apart_agree_on_the_reading_and_plan_the_same_ste
     a = RunClock()
     fake.now += 3.0
     b = RunClock()
-    a._gather, b._gather = GatherWith(b), GatherWith(a)
+    a._sum, a._rank, a._world = SumWith(b, 1), 0, 2
+    b._sum, b._rank, b._world = SumWith(a, 0), 1, 2
     for clock in (a, b):
         clock.plan_next(0, 60.0)
     plans, readings = {"a": [], "b": []}, {"a": [], "b": []}

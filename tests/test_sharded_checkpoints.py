@@ -194,7 +194,7 @@ def test_a_checkpoint_directory_other_ranks_cannot_see_is_an_error_at_start(tmp_
 
     calls = []
 
-    def fake_sum(array, world_size):  # rank 1 wrote its probe elsewhere: its token never appears here
+    def fake_sum(array, world_size, summed=None):  # rank 1 wrote its probe elsewhere: its token never appears here
         calls.append(array.copy())
         if len(calls) == 1:
             array = array.copy()
@@ -227,7 +227,7 @@ def test_resume_verification_is_spread_over_the_ranks_and_agreed(tmp_path, monke
         """Rank `rank`'s resume, the AllReduce adding the other rank's verdicts (`others`, by candidate)."""
         sent, warnings = [], []
 
-        def fake_sum(array, world_size):
+        def fake_sum(array, world_size, summed=None):
             sent.append(array.copy())
             return array + (others[len(sent) - 1] if len(sent) <= len(others) else 0)
 
@@ -275,7 +275,7 @@ def test_a_sharded_optimizer_saves_pieces_without_gathering_and_any_layout_reads
 
     def save_as(d, other):
         monkeypatch.setattr(store_module, "_sum_over_ranks",
-                            lambda table, world: (tables.__setitem__(d, table.copy()) or table + other))
+                            lambda table, world, summed=None: (tables.__setitem__(d, table.copy()) or table + other))
         st = CheckpointStore(tmp_path, ShardLayout(0, 1, d, 2, AXES), world_size=2, is_main=d == 0,
                              warn=lambda _: None)
         return save(st, 7, rank(d))

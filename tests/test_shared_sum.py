@@ -145,8 +145,8 @@ def test_the_seam_uses_shared_memory_only_where_it_can_and_says_why_not(monkeypa
     with pytest.raises(SharedSumError, match="not started by `mindrun launch`"):
         group("CPU", "parallel.grad_reduce=shared_memory")
     monkeypatch.setenv("MINDRUN_STORE", "127.0.0.1:29500")
-    assert group("CPU") == ((0, 1), 1, False)
-    assert group("CPU", "parallel.grad_reduce=shared_memory") == ((0, 1), 1, True)
+    assert group("CPU") == ((0, 1), 1, None)  # auto: AllReduce if /dev/shm is too small
+    assert group("CPU", "parallel.grad_reduce=shared_memory") == ((0, 1), 1, "parallel.grad_reduce=shared_memory")
     assert group("CPU", "parallel.grad_reduce=flat") is None  # asked for MindSpore's AllReduce
     assert group("Ascend") is None
     with pytest.raises(SharedSumError, match="the backend is Ascend, not CPU"):

@@ -1,13 +1,13 @@
 """Translation metrics through sacreBLEU: cased BLEU with its signature, lowercased BLEU, chrF."""
 from typing import Dict, Sequence
 
-import sacrebleu
-
 
 def score(hypotheses: Sequence[str], references: Sequence[str]) -> Dict[str, object]:
     """Corpus scores of detokenized hypotheses against one reference each."""
     if len(hypotheses) != len(references):
         raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references")
+    import sacrebleu  # here, not at the top: 40 ms of every worker's start-up otherwise
+
     hyps, refs = list(hypotheses), [list(references)]
     bleu = sacrebleu.metrics.BLEU()
     bleu_lc = sacrebleu.metrics.BLEU(lowercase=True)

@@ -34,8 +34,10 @@ from trainer.mfu import ModelFlops
 from trainer.parallel.clock import RunClock
 from trainer.parallel.context import (ParallelContext, init_parallel, is_scheduler, select_backend,
                                       world_size_from_env)
+from trainer.parallel.host_sum import world_sum
 from trainer.parallel.plan import check_trainable, check_vocabulary, make_plan
 from trainer.parallel.seam import reduction_path
+from trainer.parallel.sizing import shared_sum_bytes
 from trainer.precision import check_precision, precision_caveat
 from trainer.step import StepResult
 from trainer.validation import LmValidator, Validator
@@ -72,7 +74,7 @@ class Trainer:
             self.batcher = LmBatcher(corpus.train, cfg.data.max_tokens // cfg.data.pack_length, cfg.train.seed,
                                      shares, share, cfg.data.train_limit)
             self.validator = LmValidator(cfg, self.model, corpus.valid, shares, share, built.parallel.dp_group,
-                                         cfg.data.valid_limit)
+                                         cfg.data.valid_limit, ctx)
         else:
             self.train_split = corpus.splits["train"]
             self.batcher, self.collate = training_batches(cfg, self.train_split)
@@ -141,7 +143,7 @@ class Trainer:
     def _agree(self, budget: Optional[float], force: bool = False) -> bool:
         """After an update, when the clock says a reading is due (every step alone; with several ranks, at
         steps every rank plans alike, at most 5 s apart): the run clock and any rank's signal, agreed by
-        every rank (one small AllGather); sets the budget share spent and `stopping`; True once the
+        every rank (one small sum over ranks); sets the budget share spent and `stopping`; True once the
         budget is spent. All ranks stop, save and change rate at the same step. `force`: read now (every rank
         at the same point: before a validation, which a signal should not have to wait for; nothing when this
         step's reading was taken already)."""
@@ -344,8 +346,11 @@ def train(cfg: RunConfig, corpus: Optional[Corpus] = None) -> Dict[str, object]:
     plan = make_plan(cfg, world, backend)  # layout errors before anything compiles
     check_precision(cfg, backend)
     check_trainable(plan)
-    ctx = init_parallel(plan, backend)
+    ctx = init_parallel(plan, backend, shared_sum_bytes(cfg, plan.data_parallel))  # (context.py: without_cluster)
     startup.close("cluster")
+    if ctx.is_main and ctx.local is not None:
+        tqdm.write("note: running without MindSpore's cluster (every rank on this CPU host, store mode): sums go "
+                   "through shared memory and a local socket group")
     if ctx.is_main and plan.caveat:
         tqdm.write(f"warning: {plan.caveat}")
     caveat, note = precision_caveat(cfg), speedups_note(cfg, backend)
@@ -357,7 +362,8 @@ def train(cfg: RunConfig, corpus: Optional[Corpus] = None) -> Dict[str, object]:
     seed_everything(cfg.train.seed)
     run_dir = cfg.run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
-    check_shared_storage(run_dir / "checkpoints", ctx.rank, plan.world_size)  # multi-node: shared, or stop now
+    # multi-node: shared storage, or stop now
+    check_shared_storage(run_dir / "checkpoints", ctx.rank, plan.world_size, world_sum(ctx))
     corpus = corpus or prepare_corpus(cfg)
     check_vocabulary(plan, len(corpus.tgt_vocab))
     startup.close("data")

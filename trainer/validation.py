@@ -22,7 +22,7 @@ from trainer.data.batching import TokenBatcher, bucket_of, collate, pair_length
 from trainer.data.packing import PackedBatcher, collate_packed, side_lengths
 from trainer.dataset import Corpus, Split
 from trainer.parallel.context import ParallelContext
-from trainer.parallel.host_sum import GroupSum
+from trainer.parallel.host_sum import group_sum
 from trainer.scoring import score
 from trainer.translation import Translator
 
@@ -58,13 +58,13 @@ class LmValidator:
     """
 
     def __init__(self, cfg: RunConfig, model, dataset, shares: int = 1, share: int = 0, group: Optional[str] = None,
-                 limit: Optional[int] = None):
+                 limit: Optional[int] = None, ctx: Optional[ParallelContext] = None):
         self.model, self.dataset = model, dataset
         self.loss = PackedLossSums(model, LabelSmoothedCrossEntropy(cfg.optim.label_smoothing, PAD))
         self.global_rows = cfg.data.max_tokens // cfg.data.pack_length
         self.shares, self.share = shares, share
         self.samples = min(len(dataset), limit) if limit else len(dataset)
-        self.sum = GroupSum(group) if shares > 1 else None
+        self.sum = group_sum(ctx, group) if shares > 1 else None
 
     def run(self) -> Dict[str, float]:
         """One pass over the valid samples: loss, nll and perplexity per target token."""
@@ -84,7 +84,7 @@ class LmValidator:
             arrays = as_packed(rows)
             total += [float(x.asnumpy()) for x in self.loss(*map(ms.Tensor, arrays))]
         if self.sum is not None:
-            total = self.sum(ms.Tensor(total.astype(np.float32))).asnumpy().astype(np.float64)
+            total = self.sum(total.astype(np.float32)).astype(np.float64)
         self.model.set_train(True)
         return {**per_token(total), "tokens": int(total[2])}
 
@@ -100,7 +100,7 @@ class Validator:
         shares = ctx.plan.data_parallel if ctx is not None and ctx.dp_group else 1
         lengths = self.split.lengths()
         self.share = share_of(lengths, ctx.dp_rank if shares > 1 else 0, shares)
-        self.sum = GroupSum(ctx.dp_group) if shares > 1 else None
+        self.sum = group_sum(ctx, ctx.dp_group) if shares > 1 else None
         self.src_ids = [self.split.src_ids[i] for i in self.share]
         self.tgt_ids = [self.split.tgt_ids[i] for i in self.share]
         self.batches = LossBatches(cfg, self.src_ids, self.tgt_ids)
@@ -119,7 +119,7 @@ class Validator:
         total = self.loss_sums()
         mine = self.translator.translate_ids(self.src_ids)
         if self.sum is not None:
-            total = self.sum(ms.Tensor(total.astype(np.float32))).asnumpy().astype(np.float64)
+            total = self.sum(total.astype(np.float32)).astype(np.float64)
         hyps = [self.corpus.tgt_vocab.decode(h) for h in self._gather(mine)]
         refs = [t for _, t in self.split.pairs]
         scores = score(hyps, refs)
@@ -146,7 +146,7 @@ class Validator:
         for i, ids in zip(self.share, mine):
             table[i, 0] = len(ids)
             table[i, 1:1 + len(ids)] = ids
-        table = self.sum(ms.Tensor(table)).asnumpy().astype(np.int64)
+        table = self.sum(table).astype(np.int64)
         return [list(row[1:1 + row[0]]) for row in table]
 
 

@@ -16,6 +16,7 @@ import numpy as np
 from trainer.ckpt.layout import ShardLayout
 from trainer.ckpt.store import CheckpointStore
 from trainer.parallel.context import ParallelContext
+from trainer.parallel.host_sum import world_sum
 
 
 def versions() -> Dict[str, str]:
@@ -57,7 +58,7 @@ class RunCheckpoints:
     def __init__(self, ckpt_dir: Path, config: Dict, best_metric: str, optimizer, layout: ShardLayout,
                  ctx: ParallelContext, keep_last: int = 3, warn: Callable[[str], None] = print):
         self.store = CheckpointStore(ckpt_dir, layout, ctx.plan.world_size, ctx.is_main, keep_last,
-                                     warn if ctx.is_main else (lambda _: None))
+                                     warn if ctx.is_main else (lambda _: None), world_sum(ctx))
         self.config, self.best_metric, self.optimizer = config, best_metric, optimizer
         self.seed = int(config.get("train", {}).get("seed", 0))
         self.best_value: Optional[float] = None

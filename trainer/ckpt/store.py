@@ -30,6 +30,7 @@ from trainer.ckpt.layout import ShardLayout
 
 DIR_MODE, FILE_MODE = 0o750, 0o640  # nobody but the owner's group reads a run's weights
 _STEP_DIR = re.compile(r"^step_(\d+)$")
+Sum = Callable[[np.ndarray], np.ndarray]  # an element-wise sum over ranks (trainer/parallel/host_sum.py)
 _ROW = 20  # ok flag, 16 x 16 bits of SHA-256, 3 x 16 bits of size: exact in float32 sums
 
 
@@ -41,14 +42,14 @@ def _contiguous(array: np.ndarray) -> np.ndarray:
     return np.array(array, order="C", copy=True)
 
 
-def _sum_over_ranks(array: np.ndarray, world_size: int) -> np.ndarray:
-    """Element-wise sum over every rank (an AllReduce over the world group); identity alone."""
+def _sum_over_ranks(array: np.ndarray, world_size: int, summed: Optional[Sum] = None) -> np.ndarray:
+    """Element-wise float32 sum over every rank: `summed` (trainer/parallel/host_sum.py's world_sum), else an
+    AllReduce over MindSpore's world group; identity alone."""
     if world_size <= 1:
         return array
-    import mindspore as ms
-    from mindspore import ops
-
-    return ops.AllReduce(ops.ReduceOp.SUM)(ms.Tensor(array.astype(np.float32))).asnumpy()
+    if summed is None:
+        from trainer.parallel.host_sum import world_allreduce as summed  # imports MindSpore: only when needed
+    return summed(array.astype(np.float32))
 
 
 def _encode(sha256: str, size: int) -> np.ndarray:
@@ -119,10 +120,11 @@ def resolve(path: Path) -> Path:
     return path.resolve()
 
 
-def check_shared_storage(root: Path, rank: int, world_size: int) -> None:
+def check_shared_storage(root: Path, rank: int, world_size: int, summed: Optional[Sum] = None) -> None:
     """Every rank must see every rank's files under `root` (the commit protocol and resume read
     them all): each writes a probe with a random token, rank 0 reads them all; a CheckpointError on
-    every rank, at start, if it cannot (node-local storage on several nodes)."""
+    every rank, at start, if it cannot (node-local storage on several nodes). `summed`: how ranks sum
+    (host_sum.world_sum), else MindSpore's AllReduce."""
     if world_size <= 1:
         return
     make_private_dir(root)
@@ -131,7 +133,7 @@ def check_shared_storage(root: Path, rank: int, world_size: int) -> None:
     write_text(probe, str(token), mode=FILE_MODE)
     tokens = np.zeros(world_size, np.float32)
     tokens[rank] = token
-    tokens = _sum_over_ranks(tokens, world_size)
+    tokens = _sum_over_ranks(tokens, world_size, summed)
     missing = np.zeros(1, np.float32)
     unseen = []
     if rank == 0:
@@ -143,7 +145,7 @@ def check_shared_storage(root: Path, rank: int, world_size: int) -> None:
             if seen != int(tokens[r]):
                 unseen.append(r)
         missing[0] = len(unseen)
-    missing = _sum_over_ranks(missing, world_size)
+    missing = _sum_over_ranks(missing, world_size, summed)
     with contextlib.suppress(OSError):
         os.unlink(probe)
     if missing[0]:
@@ -207,9 +209,9 @@ class CheckpointStore:
     """The checkpoints of one run directory, seen from one rank (see the module docstring)."""
 
     def __init__(self, root: Path, layout: ShardLayout, world_size: int = 1, is_main: bool = True,
-                 keep_last: int = 3, warn: Callable[[str], None] = print):
+                 keep_last: int = 3, warn: Callable[[str], None] = print, summed: Optional[Sum] = None):
         self.root, self.layout, self.world_size, self.is_main = Path(root), layout, world_size, is_main
-        self.keep_last, self.warn = keep_last, warn
+        self.keep_last, self.warn, self.summed = keep_last, warn, summed  # summed: how ranks sum (host_sum.py)
 
     def step_dir(self, step: int) -> Path:
         return self.root / f"step_{step}"
@@ -238,7 +240,7 @@ class CheckpointStore:
                                                          {n: p.asnumpy() for n, p in pieces.items()}))
         except Exception as exc:  # every rank must still reach the exchange, then all raise
             failure = exc
-        table = _sum_over_ranks(table, self.world_size)
+        table = _sum_over_ranks(table, self.world_size, self.summed)
         files = {}
         for d in range(layout.dp_size):
             for r in range(layout.mp_size):
@@ -377,7 +379,7 @@ class CheckpointStore:
                     verdict[me % self.world_size] = failed + 1
             elif self.is_main:
                 verdict[0] = 1.0  # the manifest itself: every rank saw it, rank 0 says so
-            verdict = _sum_over_ranks(verdict, self.world_size)
+            verdict = _sum_over_ranks(verdict, self.world_size, self.summed)
             if not verdict.any():
                 return directory, manifest
             if problem is None:  # another rank's file failed

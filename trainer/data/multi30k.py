@@ -7,7 +7,6 @@ its pinned SHA-256 before it is read.
 import gzip
 import hashlib
 import os
-import urllib.request
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -70,6 +69,8 @@ def download(name: str, dest_dir: Path, url_template: str = UPSTREAM) -> Path:
     url = url_template.format(name=name)
     try:
         with atomic_path(dest, mode=0o644) as tmp:  # renamed onto dest only if the checksum matches
+            import urllib.request  # only to download (0.1 s of every worker's start-up otherwise)
+
             with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
                 total = int(resp.headers.get("Content-Length") or 0) or None
                 with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {name}", leave=False) as bar:

@@ -21,9 +21,6 @@ def _import_summary_writer():
     return SummaryWriter
 
 
-SummaryWriter = _import_summary_writer()
-
-
 class MetricsLog:
     """Writes records to <run>/metrics.jsonl and scalars to <run>/tb (rank 0 only writes).
 
@@ -35,7 +32,8 @@ class MetricsLog:
     def __init__(self, run_dir: Path, enabled: bool = True, resume_step: Optional[int] = None):
         self.enabled = enabled
         self._jsonl = None
-        self._tb: Optional[SummaryWriter] = None
+        self._tb = None  # tensorboardX's SummaryWriter, opened at the first write (its import is 80 ms)
+        self._tb_dir, self._purge = run_dir / "tb", None
         if enabled:
             run_dir.mkdir(parents=True, exist_ok=True)
             path = run_dir / "metrics.jsonl"
@@ -45,8 +43,7 @@ class MetricsLog:
             self._jsonl = open(path, "w", encoding="utf-8")
             for record in kept:
                 self._jsonl.write(json.dumps(record) + "\n")
-            purge = resume_step + 1 if resume_step is not None else None
-            self._tb = SummaryWriter(str(run_dir / "tb"), purge_step=purge)
+            self._purge = resume_step + 1 if resume_step is not None else None
 
     def write(self, kind: str, step: int, values: Dict[str, object]) -> None:
         """One record: `kind` ('train', 'valid', 'test') at optimiser step `step`."""
@@ -55,6 +52,8 @@ class MetricsLog:
         record = {"kind": kind, "step": step, "time": round(time.time(), 3), **values}
         self._jsonl.write(json.dumps(record) + "\n")
         self._jsonl.flush()
+        if self._tb is None:
+            self._tb = _import_summary_writer()(str(self._tb_dir), purge_step=self._purge)
         for key, value in values.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 self._tb.add_scalar(f"{kind}/{key}", value, step)
@@ -62,7 +61,8 @@ class MetricsLog:
     def close(self) -> None:
         if self.enabled:
             self._jsonl.close()
-            self._tb.close()
+            if self._tb is not None:
+                self._tb.close()
 
 
 def read_metrics(path: Path, kind: Optional[str] = None):

@@ -3,9 +3,9 @@
 Each rank measuring its own wall clock could see the budget run out one step apart from
 another rank; the early one would leave while the other waits in a collective forever, and
 a time-based learning rate would differ between replicas. The clock's reading is the
-maximum over all ranks: one AllGather per reading (AllReduce only sums on CPU), which also
-carries whether any rank has seen a stop signal, so that every rank saves and stops at the
-same step.
+maximum over all ranks: one sum per reading of a table with a row per rank (each rank fills its
+own; trainer/parallel/host_sum.py), which also carries whether any rank has seen a stop signal,
+so that every rank saves and stops at the same step.
 
 Readings are not taken every step: after each one the clock plans the next from agreed numbers
 only (the step, the agreed seconds and the seconds per step since the last reading), so every rank
@@ -17,6 +17,8 @@ and the run stops within a step of it.
 import math
 import time
 from typing import Optional, Tuple
+
+import numpy as np
 
 MAX_GAP_S = 5.0
 MAX_GAP_STEPS = 50
@@ -32,11 +34,11 @@ class RunClock:
         self.agreed = already  # the last reading every rank agreed on (agree())
         self.next_step = 0  # the first step at which `due` says to read again
         self._last: Optional[Tuple[int, float]] = None  # (step, agreed seconds) of the last planned reading
-        self._gather = None
+        self._sum, self._rank, self._world = None, 0, 1
         if ctx is not None and ctx.plan.world_size > 1:
-            from mindspore import ops
+            from trainer.parallel.host_sum import world_sum
 
-            self._gather = ops.AllGather()
+            self._sum, self._rank, self._world = world_sum(ctx), ctx.rank, ctx.plan.world_size
 
     def local(self) -> float:
         """This rank's own reading: no communication, safe where ranks are not in step."""
@@ -50,18 +52,18 @@ class RunClock:
         """(elapsed seconds, whether any rank's `flag` is set), the same on every rank; all ranks
         must call it together."""
         local = self.local()
-        if self._gather is None:
+        if self._sum is None:
             self.agreed = local
             return local, flag
-        import mindspore as ms
-
-        both = self._gather(ms.Tensor([[local, float(flag)]], ms.float32)).asnumpy().max(axis=0)
+        table = np.zeros((self._world, 2), np.float32)
+        table[self._rank] = local, float(flag)
+        both = self._sum(table).max(axis=0)
         self.agreed = float(both[0])
         return self.agreed, bool(both[1])
 
     def due(self, step: int) -> bool:
         """Whether every rank reads the clock after `step` (always without other ranks: no communication)."""
-        return self._gather is None or step >= self.next_step
+        return self._sum is None or step >= self.next_step
 
     def plan_next(self, step: int, budget: Optional[float]) -> int:
         """After a reading at `step`: the step of the next one, from agreed numbers only (see the module)."""

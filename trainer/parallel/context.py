@@ -3,9 +3,16 @@
 Ranks are laid out model-parallel first (Megatron's convention): rank = dp_rank x mp + mp_rank,
 so a model-parallel group is mp consecutive ranks. The context is passed explicitly; nothing
 here is a module-level global.
+
+A data-parallel CPU job whose ranks all run on this host, started by `mindrun launch --launch_mode store`,
+with its gradients summed through shared memory, holds no MindSpore collective: it does not join MindSpore's
+cluster at all (`without_cluster`). MindSpore's CPU collectives spend about 3 s forming it (a hard-coded poll in
+its address exchange, launcher/join.py), a fifth of the README job's start-up. Such a job's ranks form a local
+socket group instead (trainer/parallel/local_group.py), through which its host-side sums go
+(trainer/parallel/host_sum.py).
 """
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 from trainer.parallel.affinity import unpinned
@@ -23,6 +30,8 @@ class ParallelContext:
     mp_rank: int = 0
     dp_group: Optional[str] = None  # None: no data-parallel communication (dp == 1)
     mp_group: Optional[str] = None  # None: no model-parallel communication (mp == 1)
+    # the job's ranks as a local socket group when it runs without MindSpore's cluster (see the module), else None
+    local: Optional[object] = field(default=None, compare=False, repr=False)
 
     @property
     def is_main(self) -> bool:
@@ -55,9 +64,33 @@ def is_scheduler() -> bool:
     return os.environ.get("MS_ROLE") == "MS_SCHED"
 
 
-def init_parallel(plan: Plan, backend: str) -> ParallelContext:
+def without_cluster(plan: Plan, backend: str, env=os.environ) -> Optional[str]:
+    """Why this job must join MindSpore's cluster, or None when it can run without it (see the module): data
+    parallel only, on the CPU, every rank on this host under `mindrun launch --launch_mode store` (no scheduler
+    process waiting for the ranks), gradients summed through shared memory (parallel.grad_reduce auto or
+    shared_memory), no sharded optimizer (its collectives are MindSpore's)."""
+    from trainer.parallel import shared_sum
+
+    if backend != "CPU":
+        return f"the backend is {backend}"
+    if plan.model_parallel > 1 or plan.pipeline_stages > 1:  # (semi_auto never gets here: refused on the CPU)
+        return "model or pipeline parallelism uses MindSpore's collectives"
+    if plan.optimizer_shard:
+        return "parallel.optimizer_shard uses MindSpore's collectives"
+    if plan.grad_reduce not in ("auto", "shared_memory"):
+        return f"parallel.grad_reduce={plan.grad_reduce} sums through MindSpore's AllReduce"
+    if not env.get("MINDRUN_STORE"):
+        return "the job was not started by `mindrun launch --launch_mode store`"
+    if not shared_sum.one_host(plan.world_size) or shared_sum.job_token() is None:
+        return "the job's ranks are not all on this host"
+    return None
+
+
+def init_parallel(plan: Plan, backend: str, shared_bytes: Optional[int] = None) -> ParallelContext:
     """Join the cluster and create this rank's groups (MindSpore's parallel mode is the seam's:
-    trainer/parallel/seam.py)."""
+    trainer/parallel/seam.py). `shared_bytes`: the shared memory the gradient sums will need, when the caller
+    knows it; then a job that can (`without_cluster`) and whose /dev/shm holds that forms a local group instead
+    of joining MindSpore's cluster."""
     if plan.world_size == 1:
         return ParallelContext(plan, backend)
     import mindspore as ms
@@ -68,6 +101,11 @@ def init_parallel(plan: Plan, backend: str) -> ParallelContext:
     # the device explicitly, before init(), as MindSpore's rank-table tutorial does (the launcher exports
     # DEVICE_ID per rank; on the CPU the same call runs with device 0)
     ms.set_device(backend, int(os.environ.get("DEVICE_ID", "0")) if backend != "CPU" else 0)
+    if shared_bytes is not None and without_cluster(plan, backend) is None:
+        local = _local_group(plan, shared_bytes, _rank_id())
+        if local is not None:
+            rank = local.index
+            return ParallelContext(plan, backend, rank, rank, 0, GlobalComm.WORLD_COMM_GROUP, None, local)
     with unpinned():  # registration is seconds slower on one pinned core (trainer/parallel/affinity.py)
         join_cluster()  # the scheduler's init(), or rank 0's store under --launch_mode store
     if get_group_size() != plan.world_size:
@@ -84,3 +122,32 @@ def init_parallel(plan: Plan, backend: str) -> ParallelContext:
         if dp > 1:
             create_group(mp_group, [dp_rank * mp + j for j in range(mp)])
     return ParallelContext(plan, backend, rank, dp_rank, mp_rank, dp_group, mp_group)
+
+
+def _rank_id() -> int:
+    from launcher.join import JoinError
+
+    try:
+        return int(os.environ["RANK_ID"])
+    except (KeyError, ValueError):
+        raise JoinError(f"RANK_ID={os.environ.get('RANK_ID')!r} is not a number (`mindrun launch` exports it)") \
+            from None
+
+
+def _local_group(plan: Plan, shared_bytes: int, rank: int):
+    """The job's ranks as a local group, or None (all ranks alike) when rank 0's /dev/shm cannot hold
+    `shared_bytes`: then the job joins MindSpore's cluster, and its sums fall back to AllReduce as they would have."""
+    from trainer.parallel import shared_sum
+    from trainer.parallel.local_group import LocalGroup
+
+    group = LocalGroup(f"{shared_sum.job_token()}-world", rank, plan.world_size,
+                       label="the job's local group (ranks on this host, without MindSpore's cluster)")
+    free = shared_sum.shared_memory_free()
+    verdict = group.broadcast(b"y" if free >= shared_bytes else f"n{free}".encode())
+    if verdict == b"y":
+        return group
+    group.close()
+    if rank == 0:
+        print(f"note: joining MindSpore's cluster: /dev/shm has {int(verdict[1:]) / 2**20:.0f} MiB free, the "
+              f"shared-memory sums need about {shared_bytes / 2**20:.0f} MiB", flush=True)
+    return None

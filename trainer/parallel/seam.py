@@ -62,7 +62,8 @@ class FlatReduction(nn.Cell):
     (bench/README.md, bench.startup); this takes under 1 s.
     """
 
-    def __init__(self, weights, group: str, wire=ms.float32, shared: Optional[Tuple[Sequence[int], int, bool]] = None):
+    def __init__(self, weights, group: str, wire=ms.float32,
+                 shared: Optional[Tuple[Sequence[int], int, Optional[str]]] = None):
         super().__init__(auto_prefix=False)
         sizes = [int(np.prod(p.shape)) for p in weights]
         self.split = FlatSplit(sizes)
@@ -70,13 +71,13 @@ class FlatReduction(nn.Cell):
         self.wire_name = "float16" if wire == ms.float16 else "float32"
         self.shared = False
         if shared is not None:  # the group's ranks share this CPU host: sum through memory (shared_sum.py)
-            ranks, rank, required = shared
+            ranks, rank, required_by = shared
             try:
                 grads = shared_sum.join("grads", ranks, rank, sum(sizes), np.dtype(self.wire_name), tag=group)
             except shared_sum.SharedMemoryTooSmall as e:  # every member gets it: all fall back together
-                if required:
-                    raise shared_sum.SharedSumError(f"parallel.grad_reduce=shared_memory: {e}; enlarge /dev/shm "
-                                                    f"(docker run --shm-size) or use auto") from None
+                if required_by:
+                    raise shared_sum.SharedSumError(f"{required_by}: {e}; enlarge /dev/shm (docker run "
+                                                    f"--shm-size) or set parallel.grad_reduce=flat") from None
                 if rank == ranks[0]:
                     print(f"note: data-parallel sums through MindSpore's AllReduce, not shared memory: {e}",
                           flush=True)
@@ -151,9 +152,9 @@ class Parallelized:
             return FlatReduction(weights, self.dp_group, ms.float32)
         return DataParallelReduction(weights, self.dp_group)
 
-    def shared_memory_group(self) -> Optional[Tuple[Tuple[int, ...], int, bool]]:
-        """(the data-parallel group's ranks, this rank, whether asked for by name) when its sums go through shared
-        memory, else None:
+    def shared_memory_group(self) -> Optional[Tuple[Tuple[int, ...], int, Optional[str]]]:
+        """(the data-parallel group's ranks, this rank, what requires it: None where `auto` may fall back to
+        AllReduce) when its sums go through shared memory, else None:
         parallel.grad_reduce=shared_memory, or auto on the CPU with every rank on this host under
         `mindrun launch`. shared_memory where that does not hold is an error."""
         plan, ctx = self.ctx.plan, self.ctx
@@ -168,8 +169,10 @@ class Parallelized:
         elif shared_sum.job_token() is None:
             why_not = "the job was not started by `mindrun launch`"  # (MINDRUN_LOCAL_WORLD_SIZE, master endpoint)
         if why_not is None:
-            return tuple(ctx.mp_rank + i * mp for i in range(plan.data_parallel)), ctx.rank, \
-                plan.grad_reduce == "shared_memory"
+            required_by = ("parallel.grad_reduce=shared_memory" if plan.grad_reduce == "shared_memory" else
+                           "a job without MindSpore's cluster (one CPU host, store mode) sums through shared memory"
+                           if ctx.local is not None else None)
+            return tuple(ctx.mp_rank + i * mp for i in range(plan.data_parallel)), ctx.rank, required_by
         if plan.grad_reduce == "shared_memory":
             raise shared_sum.SharedSumError(f"parallel.grad_reduce=shared_memory: {why_not}; use auto, flat or "
                                             f"per_tensor")
@@ -228,7 +231,8 @@ def parallelize(model: nn.Cell, ctx: ParallelContext) -> Parallelized:
         rows = apply_semi_auto(model, plan.data_parallel, plan.model_parallel)
         return Parallelized("semi_auto", full_batch=True, strategies=tuple(rows),
                             wrap=_auto_parallel(plan.optimizer_shard))
-    _set_explicit_mode(plan.mode, plan.world_size)
+    if ctx.local is None:  # without MindSpore's cluster nothing of MindSpore's communicates: stand_alone
+        _set_explicit_mode(plan.mode, plan.world_size)
     applied = {}
     if plan.mode == "hybrid":
         applied = apply_hybrid(model, ctx.mp_group, ctx.mp_rank, plan.model_parallel,

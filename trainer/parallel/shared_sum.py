@@ -5,7 +5,7 @@ MindSpore's CPU collectives send through their TCP RPC layer: one `AllReduce` of
 bench.dp_efficiency). Ranks on one host can sum through memory instead: each rank copies its buffer into
 its slot of a shared segment, and after a barrier rank r sums the r-th chunk of every slot into the result
 region (a reduce-scatter), and after a second barrier every rank reads the whole result (an all-gather).
-The barriers are one byte each way over a Unix socket to the group's first rank.
+The barriers are one byte each way over a Unix socket to the group's first rank (trainer/parallel/local_group.py).
 
 `ops.Custom(..., func_type="pyfunc")` puts that Python code into the compiled step where the `AllReduce`
 was. The function is registered under a fixed id (not `id(func)`, a per-process address), so that a step
@@ -21,19 +21,18 @@ dies closes its socket: the others' next barrier fails with an error naming it, 
 import hashlib
 import mmap
 import os
-import socket
-import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 
-JOIN_TIMEOUT_S = 60.0
+from trainer.parallel.local_group import JOIN_TIMEOUT_S, LocalGroup, LocalGroupError
+
 _FN_IDS = {"grads": 0x6D696E6472756E01, "losses": 0x6D696E6472756E02}  # fixed pyfunc ids ("mindrun" + n)
 _ACTIVE: Dict[str, "SharedSum"] = {}  # what each fixed id sums in this process
 _JOINED: Dict[str, int] = {}  # groups of each kind this process formed (members form them in the same order)
 
 
-class SharedSumError(RuntimeError):
+class SharedSumError(LocalGroupError):
     """A shared-memory group could not form, or a member left it."""
 
 
@@ -44,6 +43,14 @@ class SharedMemoryTooSmall(SharedSumError):
 def _free_bytes(directory: str) -> int:
     st = os.statvfs(directory)
     return st.f_bavail * st.f_frsize
+
+
+def shared_memory_free() -> int:
+    """Bytes free in /dev/shm (0 where there is none)."""
+    try:
+        return _free_bytes("/dev/shm")
+    except OSError:
+        return 0
 
 
 def job_token() -> Optional[str]:
@@ -73,22 +80,18 @@ class SharedSum:
         self.count, self.dtype = int(count), np.dtype(dtype)
         self.sum_dtype = np.dtype(np.float32) if self.dtype == np.float16 else self.dtype
         slot = self.count * self.dtype.itemsize
-        total = slot * size + self.count * self.sum_dtype.itemsize
-        self._peers: List[socket.socket] = []
-        self._leader: Optional[socket.socket] = None
+        total = segment_bytes(self.count, size, self.dtype)
         path = f"/dev/shm/mindrun-{name}"
-        if index == 0:
-            self._segment = self._lead(path, total, timeout)
-        else:
-            self._connect(timeout)
-            verdict = _read_exact(self._leader, 1, "the group's first rank")
-            if verdict != b"y":
-                why = _read_all(self._leader) or "the group's first rank could not create the segment"
-                self.close()
-                raise SharedMemoryTooSmall(why)
-            self._segment = self._attach(path, total)
-            self._leader.sendall(b"a")  # attached: the first rank may unlink the name
-            self._leader.settimeout(None)  # a sum waits as long as the slowest member's step takes
+        try:
+            self.group = LocalGroup(name, index, size, timeout, label=f"shared-memory sum {name!r}")
+        except LocalGroupError as e:
+            raise SharedSumError(str(e)) from None
+        try:
+            self._segment = self._lead(path, total) if index == 0 else self._follow(path, total)
+        except LocalGroupError as e:
+            self.group.close()
+            raise e if isinstance(e, SharedSumError) else SharedSumError(str(e)) from None
+        self.group.settimeout(None)  # a sum waits as long as the slowest member's step takes
         buf = np.frombuffer(self._segment, np.uint8)
         self.slots = [buf[i * slot:(i + 1) * slot].view(self.dtype) for i in range(size)]
         self.result = buf[size * slot:].view(self.sum_dtype)
@@ -120,82 +123,35 @@ class SharedSum:
         finally:
             os.close(fd)
 
-    def _address(self) -> str:
-        return "\0mindrun-" + self.name  # abstract namespace: no file, gone with the process
-
-    def _lead(self, path: str, nbytes: int, timeout: float) -> mmap.mmap:
-        """The first rank: every member connected, then the segment created (or every member told why not),
-        then every member's word that it has mapped it, then its name unlinked."""
-        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        peers: Dict[int, socket.socket] = {}
+    def _lead(self, path: str, nbytes: int) -> mmap.mmap:
+        """The first rank, every member connected: the segment created (or every member told why not), then every
+        member's word that it has mapped it, then its name unlinked."""
         try:
-            server.bind(self._address())
-            server.listen(self.size)
-            server.settimeout(timeout)
-            try:
-                while len(peers) < self.size - 1:
-                    conn, _ = server.accept()
-                    conn.settimeout(timeout)
-                    peers[int.from_bytes(_read_exact(conn, 4, "a joining rank"), "little")] = conn
-            except socket.timeout:
-                missing = sorted(set(range(1, self.size)) - set(peers))
-                raise SharedSumError(f"shared-memory sum {self.name!r}: members {missing} did not join within "
-                                     f"{timeout:.0f} s") from None
-            self._peers = [peers[i] for i in sorted(peers)]
             try:
                 segment = self._create(path, nbytes)
             except OSError as e:
                 free = _free_bytes(os.path.dirname(path))
                 why = (f"{os.path.dirname(path)} has {free / 2**20:.0f} MiB free, the sums need {nbytes / 2**20:.0f} "
                        f"MiB ({e.strerror})")
-                for conn in self._peers:
-                    conn.sendall(b"n" + why.encode())
-                self.close()
+                self.group.broadcast(b"n" + why.encode())
                 raise SharedMemoryTooSmall(why) from None
-            try:
-                for conn in self._peers:
-                    conn.sendall(b"y")
-                for i, conn in enumerate(self._peers, 1):
-                    _read_exact(conn, 1, f"group member {i}")
-            except socket.timeout:
-                raise SharedSumError(f"shared-memory sum {self.name!r}: a member did not map the segment within "
-                                     f"{timeout:.0f} s") from None
-            for conn in self._peers:
-                conn.settimeout(None)
+            self.group.broadcast(b"y")
+            self.group.acknowledge()  # every member has mapped it
             return segment
         finally:
-            server.close()
             if os.path.exists(path):
                 os.unlink(path)  # every member has it mapped, or the group failed
 
-    def _connect(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                conn.connect(self._address())
-                break
-            except (FileNotFoundError, ConnectionRefusedError):
-                conn.close()
-                if time.monotonic() > deadline:
-                    raise SharedSumError(f"shared-memory sum {self.name!r}: rank {self.index} found no group "
-                                         f"leader within {timeout:.0f} s") from None
-                time.sleep(0.01)
-        conn.sendall(self.index.to_bytes(4, "little"))
-        conn.settimeout(timeout)
-        self._leader = conn
+    def _follow(self, path: str, nbytes: int) -> mmap.mmap:
+        verdict = self.group.broadcast()
+        if verdict != b"y":
+            raise SharedMemoryTooSmall(verdict[1:].decode(errors="replace")
+                                       or "the group's first rank could not create the segment")
+        segment = self._attach(path, nbytes)
+        self.group.acknowledge()  # mapped: the first rank may unlink the name
+        return segment
 
     # -- summing ---------------------------------------------------------------------------------
-    def _barrier(self) -> None:
-        if self.index == 0:
-            for i, peer in enumerate(self._peers, 1):
-                _read_exact(peer, 1, f"group member {i}")
-            for peer in self._peers:
-                peer.sendall(b"b")
-        else:
-            self._leader.sendall(b"b")
-            _read_exact(self._leader, 1, "the group's first rank")
-
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """The sum over the group of every member's `x` (all call together, same shape and dtype)."""
         flat = x.reshape(-1)
@@ -210,32 +166,23 @@ class SharedSum:
         self._barrier()  # every chunk summed
         return self.result.astype(x.dtype, copy=self.sum_dtype != x.dtype).reshape(x.shape)
 
+    def _barrier(self) -> None:
+        try:
+            self.group.barrier()
+        except LocalGroupError as e:
+            raise SharedSumError(str(e)) from None
+
     def close(self) -> None:
         """Leave the group (the others' next barrier fails)."""
-        for conn in self._peers + ([self._leader] if self._leader else []):
-            conn.close()
-        self._peers, self._leader = [], None
+        self.group.close()
 
 
-def _read_exact(conn: socket.socket, n: int, who: str) -> bytes:
-    data = b""
-    while len(data) < n:
-        got = conn.recv(n - len(data))
-        if not got:
-            raise SharedSumError(f"shared-memory sum: {who} left the group (its process ended or failed; "
-                                 f"see that rank's log)")
-        data += got
-    return data
-
-
-def _read_all(conn: socket.socket) -> str:
-    """What the peer sent until it closed (the first rank's reason for refusing)."""
-    chunks = []
-    while True:
-        got = conn.recv(4096)
-        if not got:
-            return b"".join(chunks).decode(errors="replace")
-        chunks.append(got)
+def segment_bytes(count: int, size: int, dtype) -> int:
+    """Bytes of the shared segment that sums `count` elements of `dtype` over `size` members: a slot each and
+    the result (float16 summed in float32)."""
+    dtype = np.dtype(dtype)
+    sum_itemsize = 4 if dtype == np.float16 else dtype.itemsize
+    return int(count) * (dtype.itemsize * size + sum_itemsize)
 
 
 def _sum_grads(x):

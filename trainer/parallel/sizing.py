@@ -286,3 +286,17 @@ def rank(cfg: RunConfig, vocab: int, world: int, device_gib: float, peak_flops: 
                    if fit.fits else None)
         out.append(Ranked(fit, seconds))
     return sorted(out, key=lambda r: (r.seconds is None, r.seconds if r.seconds is not None else r.fit.needed))
+
+
+ASSUMED_VOCAB = 32000  # for the estimate below, before the data (and so the vocabulary) is read
+
+
+def shared_sum_bytes(cfg: RunConfig, dp: int) -> int:
+    """An upper estimate of the /dev/shm a one-host CPU job's shared-memory gradient sums take (a slot per
+    data-parallel rank and the result, trainer/parallel/shared_sum.py), from the config alone: the vocabulary
+    taken as data.vocab_size or ASSUMED_VOCAB, whichever is larger, and a quarter more."""
+    from trainer.parallel.shared_sum import segment_bytes
+
+    vocab = max(cfg.data.vocab_size, ASSUMED_VOCAB)
+    wire = "float16" if cfg.parallel.grad_reduce_dtype == "float16" else "float32"
+    return int(1.25 * segment_bytes(parameter_count(cfg.model, vocab, vocab), dp, wire))
