@@ -55,7 +55,8 @@ def _int(env: Mapping[str, str], key: str) -> int:
                         f"RANK_ID and RANK_SIZE with it)") from None
 
 
-def _timeout(env: Mapping[str, str]) -> timedelta:
+def join_timeout(env: Mapping[str, str] = os.environ) -> timedelta:
+    """How long a rank waits for the others to join: MINDRUN_STORE_TIMEOUT (--cluster_time_out), else a week."""
     raw = env.get(STORE_TIMEOUT, "").strip()
     seconds = float(raw) if raw else -1.0
     return timedelta(seconds=seconds if seconds > 0 else FOREVER_S)
@@ -94,7 +95,7 @@ def join_cluster(env: Mapping[str, str] = os.environ) -> None:
     from mindspore.mint.distributed import TCPStore
 
     rank, world = _int(env, "RANK_ID"), _int(env, "RANK_SIZE")
-    timeout = _timeout(env)
+    timeout = join_timeout(env)
     host, port = address
     store = TCPStore(host, port, world_size=world, is_master=rank == 0, timeout=timeout)  # rank 0 serves it
     wait_for_every_rank(store, rank, world, timeout.total_seconds())

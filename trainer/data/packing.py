@@ -66,26 +66,33 @@ class PackedBatcher:
         self._first_epoch_count = self.batches_in(0)
 
     def _pack(self, order: np.ndarray) -> List[PackedBatch]:
+        """First fit: each pair (in `order`) into the first row of the open batch with room on both sides, else a
+        new row, else the batch is closed and a new one opened. Plain Python on lists: per pair it compares a few
+        small ints, where NumPy calls cost more than the work (0.2 s an epoch of Multi30k that way, on every
+        start and every epoch)."""
         length, rows = self.length, self.rows
+        src_len, tgt_len = self.src_len.tolist(), self.tgt_len.tolist()
         batches = []
-        fill_src, fill_tgt = np.zeros(rows, np.int64), np.zeros(rows, np.int64)
+        fill_src, fill_tgt = [0] * rows, [0] * rows
         members: List[List[int]] = [[] for _ in range(rows)]
         used = 0
-        for i in order:
-            ls, lt = self.src_len[i], self.tgt_len[i]
-            fits = np.flatnonzero((fill_src[:used] + ls <= length) & (fill_tgt[:used] + lt <= length))
-            if len(fits):
-                r = fits[0]
-            elif used < rows:
-                r, used = used, used + 1
-            else:  # the batch is full for this pair: close it
-                batches.append(PackedBatch(length, rows, tuple(tuple(m) for m in members[:used])))
-                fill_src[:], fill_tgt[:] = 0, 0
-                members = [[] for _ in range(rows)]
-                r, used = 0, 1
+        for i in order.tolist():
+            ls, lt = src_len[i], tgt_len[i]
+            room_src, room_tgt = length - ls, length - lt
+            r = 0
+            while r < used and (fill_src[r] > room_src or fill_tgt[r] > room_tgt):
+                r += 1
+            if r == used:
+                if used < rows:
+                    used += 1
+                else:  # the batch is full for this pair: close it
+                    batches.append(PackedBatch(length, rows, tuple(tuple(m) for m in members[:used])))
+                    fill_src, fill_tgt = [0] * rows, [0] * rows
+                    members = [[] for _ in range(rows)]
+                    r, used = 0, 1
             fill_src[r] += ls
             fill_tgt[r] += lt
-            members[r].append(int(i))
+            members[r].append(i)
         if used:
             batches.append(PackedBatch(length, rows, tuple(tuple(m) for m in members[:used])))
         return batches

@@ -137,14 +137,17 @@ def _rank_id() -> int:
 def _local_group(plan: Plan, shared_bytes: int, rank: int):
     """The job's ranks as a local group, or None (all ranks alike) when rank 0's /dev/shm cannot hold
     `shared_bytes`: then the job joins MindSpore's cluster, and its sums fall back to AllReduce as they would have."""
+    from launcher.join import join_timeout
     from trainer.parallel import shared_sum
     from trainer.parallel.local_group import LocalGroup
 
     group = LocalGroup(f"{shared_sum.job_token()}-world", rank, plan.world_size,
+                       timeout=join_timeout().total_seconds(),  # --cluster_time_out, as a join would wait
                        label="the job's local group (ranks on this host, without MindSpore's cluster)")
     free = shared_sum.shared_memory_free()
     verdict = group.broadcast(b"y" if free >= shared_bytes else f"n{free}".encode())
     if verdict == b"y":
+        group.settimeout(None)  # a sum waits as long as the slowest rank takes to reach it (a checkpoint's write)
         return group
     group.close()
     if rank == 0:
