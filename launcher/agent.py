@@ -14,6 +14,7 @@ Registration backstop: a local worker that has not connected to the scheduler wi
 --cluster_time_out (+ start-up allowance) fails the job; "connected" is read from the worker's
 sockets (`launcher.registration`), never from MindSpore's log text, whose level the user sets.
 """
+import contextlib
 import ctypes
 import enum
 import os
@@ -29,7 +30,7 @@ from launcher import affinity, environment, watchdog
 from launcher.console import Console, hidden_summary
 from launcher.join import server_of
 from launcher.ranks import Worker
-from launcher.registration import ConnectionWatch, describe_missing
+from launcher.registration import NO_CLUSTER_MARK, ConnectionWatch, describe_missing, no_cluster_mark
 from launcher.spec import LaunchSpec, hosts_store
 
 POLL_S = 0.05
@@ -198,6 +199,7 @@ class Agent:
                 env = environment.worker_env(spec, w, self.base_env, restart)
             elif spec.launch_mode == "store":
                 env = environment.store_env(spec, w, self.base_env, restart)
+                env[NO_CLUSTER_MARK] = str(no_cluster_mark(spec.log_name(w.key)))  # (registration.py)
             else:
                 env = environment.ranktable_env(spec, w, self.rank_table, self.base_env, restart)
             # Like msrun, workers run in the launcher's directory, so relative paths mean the same in both modes.
@@ -246,6 +248,8 @@ class Agent:
     # ---- running -------------------------------------------------------------------------
     def _spawn(self, proc: Process, restart: int) -> Child:
         proc.log.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):  # an earlier start's word is not this one's
+            os.unlink(no_cluster_mark(proc.log))
         if proc.cwd is not None:
             proc.cwd.mkdir(parents=True, exist_ok=True)
         mode = "ab" if restart else "wb"

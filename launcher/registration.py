@@ -5,13 +5,35 @@ A MindSpore worker opens TCP connections to the scheduler (MS_SCHED_HOST:MS_SCHE
 psutil) whether each local worker, or a process it started, holds such a connection: that works
 whatever GLOG_v, GLOG_logtostderr or the log directory say, and costs one look per worker until
 every worker has been seen once.
+
+A worker may also run without MindSpore's cluster (mindrun's trainer does, for a one-host CPU job in store mode:
+trainer/parallel/context.py): it then says so by creating the file MINDRUN_NO_CLUSTER_MARK names
+(`declare_no_cluster`), and the backstop counts it as arrived.
 """
+import os
 import socket
-from typing import Iterable, List, Set
+from pathlib import Path
+from typing import Iterable, List, Mapping, Set
 
 import psutil
 
 from launcher.discovery import local_addresses
+
+
+NO_CLUSTER_MARK = "MINDRUN_NO_CLUSTER_MARK"  # the file a worker creates when it will not join the cluster
+
+
+def no_cluster_mark(log: Path) -> Path:
+    """Where a worker whose log is `log` says it runs without MindSpore's cluster."""
+    return log.with_name(log.name + ".no-cluster")
+
+
+def declare_no_cluster(env: Mapping[str, str] = os.environ) -> None:
+    """In a worker: tell the launcher this process will not join MindSpore's cluster, so that its registration
+    backstop does not end the job for it (nothing outside `mindrun launch`)."""
+    path = env.get(NO_CLUSTER_MARK)
+    if path:
+        Path(path).touch()
 
 
 class ConnectionWatch:
@@ -55,9 +77,13 @@ class ConnectionWatch:
         return False
 
     def update(self, workers: Iterable) -> None:
-        """Look at each not-yet-seen worker (objects with `.key` and `.popen.pid`)."""
+        """Look at each not-yet-seen worker (objects with `.key`, `.popen.pid` and `.log`): connected, or declared
+        to run without the cluster."""
         for worker in workers:
-            if worker.key not in self.seen and worker.popen.poll() is None and self._connected(worker.popen.pid):
+            if worker.key in self.seen or worker.popen.poll() is not None:
+                continue
+            log = getattr(worker, "log", None)
+            if (log is not None and no_cluster_mark(Path(log)).exists()) or self._connected(worker.popen.pid):
                 self.seen.add(worker.key)
 
     def missing(self, workers: Iterable) -> List[int]:

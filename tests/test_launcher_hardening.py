@@ -77,6 +77,32 @@ def test_connection_watch_sees_workers_that_hold_a_connection_to_the_scheduler()
         server.close()
 
 
+def test_a_worker_that_declares_it_runs_without_the_cluster_counts_as_arrived(tmp_path, monkeypatch):
+    """mindrun's trainer skips MindSpore's cluster on a one-host CPU job in store mode (trainer/parallel/context.py);
+    it says so through the file MINDRUN_NO_CLUSTER_MARK names, or the backstop would end a healthy job after
+    --cluster_time_out. The agent names that file after the worker's log and removes a stale one at spawn."""
+    from launcher.registration import NO_CLUSTER_MARK, declare_no_cluster, no_cluster_mark
+
+    idle = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"]) for _ in range(2)]
+    try:
+        class W:
+            def __init__(self, key, popen):
+                self.key, self.popen, self.log = key, popen, tmp_path / f"worker_{key}.log"
+
+        workers = [W(0, idle[0]), W(1, idle[1])]
+        watch = ConnectionWatch("127.0.0.1", free_port())
+        watch.update(workers)
+        assert watch.missing(workers) == [0, 1]
+        declare_no_cluster({NO_CLUSTER_MARK: str(no_cluster_mark(workers[1].log))})
+        declare_no_cluster({})  # outside the launcher: nothing
+        watch.update(workers)
+        assert watch.missing(workers) == [0]
+    finally:
+        for p in idle:
+            p.kill()
+            p.wait()
+
+
 def test_hidden_sockets_turn_the_backstop_off_instead_of_failing_a_job(monkeypatch):
     def hidden(self, kind="inet"):
         raise psutil.AccessDenied(self.pid)

@@ -218,6 +218,11 @@ def test_data_parallel_with_accumulation_matches_standalone(standalone, data_par
     same_run(standalone, data_parallel)
 
 
+# the launcher's registration backstop (store mode: every worker connects to rank 0's store) ends a job whose workers
+# neither connect nor say they run without the cluster at --cluster_time_out plus as much again (at most 20 s)
+LOCAL_JOB = ("--launch_mode", "store", "--cluster_time_out", "15")
+
+
 @pytest.fixture(scope="module")
 def without_cluster(data_dir, tmp_path_factory):
     """The README job's shape: data parallel 2 in store mode, gradients summed through shared memory; so no
@@ -225,12 +230,15 @@ def without_cluster(data_dir, tmp_path_factory):
     clock, validation's sums and the checkpoint agreements go through the local socket group."""
     out = tmp_path_factory.mktemp("dp2_local")
     return launched(data_dir, out, 2, "parallel.mode=data_parallel", *PADDED, plan="data_parallel 2 x model_parallel 1",
-                    launcher_args=("--launch_mode", "store"))
+                    launcher_args=LOCAL_JOB)
 
 
 def test_a_one_host_cpu_job_runs_without_mindspore_cluster_and_matches_standalone(standalone, without_cluster):
-    log = (without_cluster.parent / "logs" / "worker_0.log").read_text()
+    logs = without_cluster.parent / "logs"
+    log = (logs / "worker_0.log").read_text()
     assert "running without MindSpore's cluster" in log and "through shared memory on this host" in log
+    for rank in (0, 1):  # each told the launcher, whose backstop would otherwise end the job (launcher/registration.py)
+        assert (logs / f"worker_{rank}.log.no-cluster").exists()
     for rank in (0, 1):  # validation split over the ranks, its sums through the local group
         log = (without_cluster.parent / "logs" / f"worker_{rank}.log").read_text()
         assert f"validation: data-parallel rank {rank} decodes 20 of 40 sentences" in log
@@ -243,7 +251,7 @@ def test_a_job_without_mindspore_cluster_resumes_exactly_launched(without_cluste
     """Its checkpoint agreement (which step directory verifies on every rank) goes through the local group."""
     run = stopped_at_the_checkpoint(without_cluster, tmp_path / "run")
     launched(data_dir, tmp_path, 2, "parallel.mode=data_parallel", *PADDED, "train.resume=auto", run=run,
-             launcher_args=("--launch_mode", "store"))
+             launcher_args=LOCAL_JOB)
     assert "running without MindSpore's cluster" in (tmp_path / "logs" / "worker_0.log").read_text()
     resumed_exactly(without_cluster, run)
 

@@ -97,6 +97,7 @@ def init_parallel(plan: Plan, backend: str, shared_bytes: Optional[int] = None) 
     from mindspore.communication import GlobalComm, create_group, get_group_size, get_rank
 
     from launcher.join import join_cluster
+    from launcher.registration import declare_no_cluster
 
     # the device explicitly, before init(), as MindSpore's rank-table tutorial does (the launcher exports
     # DEVICE_ID per rank; on the CPU the same call runs with device 0)
@@ -104,6 +105,7 @@ def init_parallel(plan: Plan, backend: str, shared_bytes: Optional[int] = None) 
     if shared_bytes is not None and without_cluster(plan, backend) is None:
         local = _local_group(plan, shared_bytes, _rank_id())
         if local is not None:
+            declare_no_cluster()  # or the launcher's registration backstop would end the job (launcher/registration.py)
             rank = local.index
             return ParallelContext(plan, backend, rank, rank, 0, GlobalComm.WORLD_COMM_GROUP, None, local)
     with unpinned():  # registration is seconds slower on one pinned core (trainer/parallel/affinity.py)
