@@ -18,6 +18,10 @@ def test_the_key_follows_what_shapes_the_graphs():
                    ["train.gradient_accumulation_steps=2"], ["parallel.grad_reduce=flat"]):
         assert cache_key(load_config("tiny", change), 1) != base, change
     assert cache_key(load_config("tiny"), 2) != base  # the world size shapes the layout
+    # decided at start, not by the config: shared-memory sums or AllReduce (a full /dev/shm), cluster or not
+    shared, allreduce = (cache_key(load_config("tiny"), 2, f"; gradient sums through {how}")
+                         for how in ("shared memory", "one AllReduce"))
+    assert shared != allreduce and shared != cache_key(load_config("tiny"), 2)
 
 
 def test_a_new_key_replaces_the_old_directory(tmp_path):

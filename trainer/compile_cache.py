@@ -6,8 +6,9 @@ dependency files are unchanged; files on sys.path (mindrun itself, installed edi
 so an edited model could load a stale graph. The cache therefore lives in a directory named by a key of
 everything that shapes the graphs: MindSpore's version and device target, mindrun's `model/` and `trainer/`
 sources (Python and C++), and the
-config without its run-control keys (steps, budgets, logging, checkpoint cadence, paths). Another key, another
-directory; older ones are removed. Per rank: <run>/compile_cache/<key>/rank_<r>.
+config without its run-control keys (steps, budgets, logging, checkpoint cadence, paths), and what the start decided
+that the config does not fix (the gradient sums through shared memory or AllReduce, MindSpore's cluster joined or
+not). Another key, another directory; older ones are removed. Per rank: <run>/compile_cache/<key>/rank_<r>.
 
 Across runs: a run that ends normally publishes its graphs to mindrun's cache directory
 (<cache>/compile/<key>/rank_<r>, written under a temporary name and renamed), and a new run whose own cache is
@@ -38,9 +39,11 @@ RUN_CONTROL = {"out_dir", "max_epochs", "max_steps", "time_budget_minutes", "eva
                "keep_last", "compile_cache"}
 
 
-def cache_key(cfg: RunConfig, world_size: int) -> str:
-    """16 hex digits naming what the compiled graphs depend on."""
-    digest = hashlib.sha256(f"{ms.__version__} {ms.get_context('device_target')}".encode())
+def cache_key(cfg: RunConfig, world_size: int, variant: str = "") -> str:
+    """16 hex digits naming what the compiled graphs depend on. `variant`: what the config does not fix but the
+    graphs hold, decided at start (whether the gradient sums go through shared memory or AllReduce, and whether the
+    job joined MindSpore's cluster: a full /dev/shm changes it between two starts of one run)."""
+    digest = hashlib.sha256(f"{ms.__version__} {ms.get_context('device_target')} {variant}".encode())
     config = cfg.to_dict()
     config["train"] = {k: v for k, v in config["train"].items() if k not in RUN_CONTROL}
     config.pop("name", None)
@@ -53,14 +56,14 @@ def cache_key(cfg: RunConfig, world_size: int) -> str:
 
 
 @contextlib.contextmanager
-def compile_cache(cfg: RunConfig, run_dir: Path, rank: int, world_size: int) -> Iterator[Path]:
+def compile_cache(cfg: RunConfig, run_dir: Path, rank: int, world_size: int, variant: str = "") -> Iterator[Path]:
     """Within the block, MindSpore's compile cache points at this run's current key (other keys removed on rank
     0); yields that directory. MindSpore 2.10 turns the cache on by the environment (MS_COMPILER_CACHE_ENABLE;
     set_context's flag is deprecated), read at each compile and inherited by child processes: the block
     restores it, so that nothing compiled after the run (a test process's next run, an evaluate it starts)
     reads a cache meant for this one."""
     root = run_dir / "compile_cache"
-    key = cache_key(cfg, world_size)
+    key = cache_key(cfg, world_size, variant)
     if rank == 0 and root.is_dir():
         for old in root.iterdir():
             if old.name != key:

@@ -372,6 +372,10 @@ def train(cfg: RunConfig, corpus: Optional[Corpus] = None) -> Dict[str, object]:
         (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
         if world > 1:
             tqdm.write(f"parallel plan: {plan.describe()}")
-    cache = compile_cache(cfg, run_dir, ctx.rank, plan.world_size) if cfg.train.compile_cache else nullcontext()
+    trainer = Trainer(cfg, corpus, ctx, startup)  # nothing compiles before run(): the cache may be chosen after
+    variant = reduction_path(getattr(trainer.stepper.update_step, "reduction", None)) + (
+        "; without MindSpore's cluster" if ctx.local is not None else "")
+    cache = (compile_cache(cfg, run_dir, ctx.rank, plan.world_size, variant) if cfg.train.compile_cache else
+             nullcontext())
     with cache:
-        return Trainer(cfg, corpus, ctx, startup).run()
+        return trainer.run()

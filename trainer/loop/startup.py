@@ -8,9 +8,9 @@ metrics.jsonl and prints one line, e.g.
     checkpoint 0.3, first update 3.9)
 
 Phases: imports = Python, MindSpore and the trainer's imports and the config (spawn to train()); cluster =
-joining the cluster (init()); data = tokenizer, encoded corpus, compile-cache set-up; build = model,
-layout, optimizer, train step (not compiled yet); checkpoint = finding and loading the checkpoint a
-resumed run continues from; first update = compiling the train step (or loading it from the compile
+joining the cluster (init(), or the local group of a job without one); data = tokenizer, encoded corpus; build =
+model, layout, optimizer, train step (not compiled yet); checkpoint = compile-cache set-up, finding and loading
+the checkpoint a resumed run continues from; first update = compiling the train step (or loading it from the compile
 cache) and running it once. Without MINDRUN_SPAWNED_AT (not launched by mindrun) the first phase is
 left out and the clock starts at train().
 """
