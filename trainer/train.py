@@ -211,7 +211,11 @@ class Trainer:
                 f"included{share}); precision {self.cfg.precision.level}"
                 + ("" if self.cfg.precision.level == "O0" else
                    f" {self.cfg.precision.dtype}, loss scaling {self.cfg.precision.scaling()}")
-                + reduction_path(getattr(self.stepper.update_step, "reduction", None)))
+                + self.sums_path())
+
+    def sums_path(self) -> str:
+        """How the data-parallel sums travel ("" without any): for the run's first lines and the compile cache."""
+        return reduction_path(getattr(self.stepper.update_step, "reduction", None))
 
     def run(self) -> Dict[str, object]:
         """Train until max_epochs, max_steps or the time budget; return the summary."""
@@ -373,8 +377,7 @@ def train(cfg: RunConfig, corpus: Optional[Corpus] = None) -> Dict[str, object]:
         if world > 1:
             tqdm.write(f"parallel plan: {plan.describe()}")
     trainer = Trainer(cfg, corpus, ctx, startup)  # nothing compiles before run(): the cache may be chosen after
-    variant = reduction_path(getattr(trainer.stepper.update_step, "reduction", None)) + (
-        "; without MindSpore's cluster" if ctx.local is not None else "")
+    variant = trainer.sums_path() + ("; without MindSpore's cluster" if ctx.local is not None else "")
     cache = (compile_cache(cfg, run_dir, ctx.rank, plan.world_size, variant) if cfg.train.compile_cache else
              nullcontext())
     with cache:

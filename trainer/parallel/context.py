@@ -71,9 +71,7 @@ def without_cluster(plan: Plan, backend: str, env=os.environ) -> Optional[str]:
     shared_memory), no sharded optimizer (its collectives are MindSpore's)."""
     from trainer.parallel import shared_sum
 
-    if backend != "CPU":
-        return f"the backend is {backend}"
-    if plan.model_parallel > 1 or plan.pipeline_stages > 1:  # (semi_auto never gets here: refused on the CPU)
+    if plan.model_parallel > 1 or plan.pipeline_stages > 1:  # (semi_auto runs off the CPU only: refused below)
         return "model or pipeline parallelism uses MindSpore's collectives"
     if plan.optimizer_shard:
         return "parallel.optimizer_shard uses MindSpore's collectives"
@@ -81,9 +79,7 @@ def without_cluster(plan: Plan, backend: str, env=os.environ) -> Optional[str]:
         return f"parallel.grad_reduce={plan.grad_reduce} sums through MindSpore's AllReduce"
     if not env.get("MINDRUN_STORE"):
         return "the job was not started by `mindrun launch --launch_mode store`"
-    if not shared_sum.one_host(plan.world_size) or shared_sum.job_token() is None:
-        return "the job's ranks are not all on this host"
-    return None
+    return shared_sum.unavailable(backend, plan.world_size)  # the same conditions as the shared-memory sums
 
 
 def init_parallel(plan: Plan, backend: str, shared_bytes: Optional[int] = None) -> ParallelContext:

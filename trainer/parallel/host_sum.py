@@ -39,15 +39,13 @@ def world_allreduce(array: np.ndarray) -> np.ndarray:
 
 def world_sum(ctx) -> Sum:
     """Element-wise sum over every rank of the job, NumPy in and out (every rank calls it together)."""
-    local = getattr(ctx, "local", None)
-    return local.sum if local is not None else world_allreduce
+    return ctx.local.sum if ctx.local is not None else world_allreduce
 
 
 def group_sum(ctx, group: str) -> Sum:
     """Element-wise sum over the ranks of `group`, a data-parallel group of `ctx`, NumPy in and out."""
-    local = getattr(ctx, "local", None)
-    if local is not None:  # a job without MindSpore's cluster has model_parallel 1: its dp group is the world
-        return local.sum
+    if ctx.local is not None:  # a job without MindSpore's cluster has model_parallel 1: its dp group is the world
+        return ctx.local.sum
     cell = GroupSum(group)
 
     def summed(array: np.ndarray) -> np.ndarray:

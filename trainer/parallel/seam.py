@@ -161,13 +161,7 @@ class Parallelized:
         if plan.grad_reduce not in ("auto", "shared_memory"):
             return None
         mp = plan.model_parallel
-        why_not = None
-        if ctx.backend != "CPU":
-            why_not = f"the backend is {ctx.backend}, not CPU"
-        elif not shared_sum.one_host(plan.world_size):
-            why_not = "the job's ranks are not all on this host (MINDRUN_LOCAL_WORLD_SIZE)"
-        elif shared_sum.job_token() is None:
-            why_not = "the job was not started by `mindrun launch`"  # (MINDRUN_LOCAL_WORLD_SIZE, master endpoint)
+        why_not = shared_sum.unavailable(ctx.backend, plan.world_size)
         if why_not is None:
             required_by = ("parallel.grad_reduce=shared_memory" if plan.grad_reduce == "shared_memory" else
                            "a job without MindSpore's cluster (one CPU host, store mode) sums through shared memory"

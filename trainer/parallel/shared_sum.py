@@ -72,13 +72,30 @@ def one_host(world_size: int) -> bool:
     return int(os.environ.get("MINDRUN_LOCAL_WORLD_SIZE", "0")) == world_size
 
 
+def unavailable(backend: str, world_size: int) -> Optional[str]:
+    """Why a job's sums cannot go through shared memory (None: they can): the CPU only, every rank on this host,
+    started by `mindrun launch` (which names the job's segments and sockets)."""
+    if backend != "CPU":
+        return f"the backend is {backend}, not CPU"
+    if not one_host(world_size):
+        return "the job's ranks are not all on this host (MINDRUN_LOCAL_WORLD_SIZE)"
+    if job_token() is None:
+        return "the job was not started by `mindrun launch`"  # (MINDRUN_LOCAL_WORLD_SIZE, master endpoint)
+    return None
+
+
+def _sum_dtype(dtype: np.dtype) -> np.dtype:
+    """What a sum of `dtype` is computed and kept in: float16 in float32 (a float16 sum of ~1e4 keeps only units)."""
+    return np.dtype(np.float32) if dtype == np.float16 else dtype
+
+
 class SharedSum:
     """Element-wise sum of equal-shaped arrays over `size` processes of one host, through shared memory."""
 
     def __init__(self, name: str, index: int, size: int, count: int, dtype, timeout: float = JOIN_TIMEOUT_S):
         self.name, self.index, self.size = name, index, size
         self.count, self.dtype = int(count), np.dtype(dtype)
-        self.sum_dtype = np.dtype(np.float32) if self.dtype == np.float16 else self.dtype
+        self.sum_dtype = _sum_dtype(self.dtype)
         slot = self.count * self.dtype.itemsize
         total = segment_bytes(self.count, size, self.dtype)
         path = f"/dev/shm/mindrun-{name}"
@@ -181,8 +198,7 @@ def segment_bytes(count: int, size: int, dtype) -> int:
     """Bytes of the shared segment that sums `count` elements of `dtype` over `size` members: a slot each and
     the result (float16 summed in float32)."""
     dtype = np.dtype(dtype)
-    sum_itemsize = 4 if dtype == np.float16 else dtype.itemsize
-    return int(count) * (dtype.itemsize * size + sum_itemsize)
+    return int(count) * (dtype.itemsize * size + _sum_dtype(dtype).itemsize)
 
 
 def _sum_grads(x):
